@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deltaserve.layers.weights import make_param, row_shard_loader, shard_offsets
+from deltaserve.ops.fp8 import FP8_DTYPE, block_fp8_linear
 
 
 class ReplicatedLinear(nn.Module):
@@ -31,6 +32,15 @@ class ReplicatedLinear(nn.Module):
         self.bias = make_param((out_features,), dtype, device) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
+        if self.weight.dtype == FP8_DTYPE:  # converted by layers.fp8.apply_fp8
+            return block_fp8_linear(
+                x,
+                self.weight,
+                self.weight_scale_inv,
+                self.weight_row_block,
+                self.bias,
+                block_k=self.fp8_block_k,
+            )
         return F.linear(x, self.weight, self.bias)
 
 

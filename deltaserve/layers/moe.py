@@ -10,6 +10,7 @@ from torch import nn
 from deltaserve.layers.linear import ReplicatedLinear
 from deltaserve.layers.mlp import SwiGLUMLP
 from deltaserve.layers.weights import WeightShapeError, check_shape, make_param
+from deltaserve.ops.fp8 import FP8_DTYPE, dequant_block_fp8
 from deltaserve.ops.moe import fused_experts, route_topk
 
 
@@ -62,7 +63,12 @@ class FusedExperts(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return fused_experts(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids)  # [T, H]
+        w13, w2 = self.gate_up_proj, self.down_proj
+        if w13.dtype == FP8_DTYPE:  # converted by layers.fp8.apply_fp8: W8A16 through dequantisation
+            bk = self.fp8_block_k
+            w13 = dequant_block_fp8(w13, self.gate_up_proj_scale_inv, self.gate_up_row_block, bk).to(x.dtype)
+            w2 = dequant_block_fp8(w2, self.down_proj_scale_inv, self.down_row_block, bk).to(x.dtype)
+        return fused_experts(x, w13, w2, topk_weights, topk_ids)  # [T, H]
 
 
 class SparseMoeBlock(nn.Module):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+SCALE_SUFFIX = "_scale_inv"
 _PLACEHOLDERS = {"p": r"(?P<p>.+?)", "e": r"(?P<e>\d+)", "w": r"(?P<w>weight|bias)"}
 
 
@@ -86,7 +87,13 @@ class NameRules:
         return None
 
     def map(self, name: str) -> tuple[str, Any]:
-        """Checkpoint name (after prefix rewrite) -> (parameter name, shard id or None)."""
+        """Checkpoint name (after prefix rewrite) -> (parameter name, shard id or None).
+
+        `<weight>_scale_inv` (FP8 block scales) maps like its weight, to `<param>_scale_inv`.
+        """
+        if name.endswith(SCALE_SUFFIX):
+            param, shard = self.map(name[: -len(SCALE_SUFFIX)])
+            return param + SCALE_SUFFIX, shard
         for rule in self.rules:
             hit = rule.forward(name)
             if hit is not None:
@@ -95,6 +102,9 @@ class NameRules:
 
     def checkpoint_name(self, param_name: str, shard: Any, *, prefer_prefix: str | None = None) -> str:
         """Best guess of the checkpoint tensor that would fill `param_name` shard `shard`."""
+        if param_name.endswith(SCALE_SUFFIX):
+            base = self.checkpoint_name(param_name[: -len(SCALE_SUFFIX)], shard, prefer_prefix=prefer_prefix)
+            return base + SCALE_SUFFIX
         name = param_name
         for rule in self.rules:
             guess = rule.inverse(param_name, shard)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from deltaserve.layers.fp8 import Fp8Config
 
 LINEAR = "linear_attention"
 FULL = "full_attention"
@@ -76,7 +78,7 @@ class ModelConfig:
     eos_token_id: tuple[int, ...] = ()
     image_token_id: int | None = None
     mtp_num_hidden_layers: int = 0
-    quantization: Mapping[str, Any] | None = field(default=None, compare=False)
+    quantization: Fp8Config | None = None
 
     # ---- derived -------------------------------------------------------------------------------
     @property
@@ -170,7 +172,7 @@ class ModelConfig:
             raise ConfigError("qwen3_5_moe config has no 'num_experts'")
         eos = text.get("eos_token_id", raw.get("eos_token_id"))
         eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (int(eos),))
-        quant = raw.get("quantization_config")
+        quant = _quantization(raw.get("quantization_config"))
         default_arch = {
             "qwen3_next": "Qwen3NextForCausalLM",
             "qwen3_5": "Qwen3_5ForConditionalGeneration" if multimodal else "Qwen3_5ForCausalLM",
@@ -247,6 +249,35 @@ class ModelConfig:
                 raise ConfigError("config is missing 'intermediate_size' (needed by the dense MLP layers)")
         if self.mamba_ssm_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ConfigError(f"unsupported mamba_ssm_dtype {self.mamba_ssm_dtype!r}")
+
+
+def _quantization(quant: Any) -> Fp8Config | None:
+    """Validate `quantization_config`; one clear error naming the unsupported field."""
+    if quant is None:
+        return None
+    if not isinstance(quant, Mapping):
+        raise ConfigError(f"quantization_config must be an object, got {quant!r}")
+    method = quant.get("quant_method")
+    if method != "fp8":
+        raise ConfigError(f"unsupported quantization_config.quant_method {method!r} (supported: 'fp8')")
+    fmt = quant.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise ConfigError(f"unsupported quantization_config.fmt {fmt!r} (supported: 'e4m3')")
+    scheme = quant.get("activation_scheme", "dynamic")
+    if scheme != "dynamic":
+        raise ConfigError(
+            f"unsupported quantization_config.activation_scheme {scheme!r} (supported: 'dynamic')"
+        )
+    block = quant.get("weight_block_size")
+    if not (
+        isinstance(block, list | tuple)
+        and len(block) == 2
+        and all(isinstance(b, int) and b > 0 for b in block)
+    ):
+        raise ConfigError(
+            f"quantization_config.weight_block_size must be [n, k] positive ints, got {block!r}"
+        )
+    return Fp8Config(block[0], block[1], tuple(quant.get("modules_to_not_convert") or ()))
 
 
 class _Reader:

@@ -144,6 +144,10 @@ class HybridForCausalLM(nn.Module):
         self.lm_head = LMHead(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         if config.tie_word_embeddings:
             self.lm_head.tie_to(self.model.embed_tokens)
+        if config.quantization:
+            from deltaserve.layers.fp8 import apply_fp8
+
+            apply_fp8(self, config.quantization, self.name_rules.checkpoint_name)
 
     def forward(
         self, input_ids: torch.Tensor | None, batch: ForwardBatch, inputs_embeds: torch.Tensor | None = None

@@ -1,0 +1,68 @@
+"""Plain-torch reference of block-FP8 (e4m3, 128×128 blocks) weights and dynamic activation quant.
+
+Weights are stored `w_q [..., N, K]` float8_e4m3fn with `scale_inv [..., NB, ceil(K/bk)]` fp32 so that
+`W[n, k] ≈ w_q[n, k] * scale_inv[row_block[n], k // bk]`. `row_block [N]` maps each weight row to its
+scale row: `n // bn` for a plain checkpoint tensor, offset per shard for merged parameters, permuted
+for Qwen3-Next's de-interleaved projections.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+
+__all__ = ["dequant_block_fp8", "block_fp8_linear", "per_token_group_quant_fp8"]
+
+
+def dequant_block_fp8(
+    w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int
+) -> torch.Tensor:
+    """`w_q [..., N, K]`, `scale_inv [..., NB, KB]`, `row_block [N]` -> fp32 `[..., N, K]`."""
+    if w_q.shape[-2] != row_block.shape[0]:
+        raise ValueError(f"row_block has {row_block.shape[0]} entries, weight has {w_q.shape[-2]} rows")
+    k = w_q.shape[-1]
+    if scale_inv.shape[-1] != -(-k // block_k):
+        raise ValueError(f"scale_inv last dim {scale_inv.shape[-1]} != ceil(K={k} / {block_k})")
+    rows = scale_inv.float().index_select(-2, row_block.to(scale_inv.device))  # [..., N, KB]
+    return w_q.float() * rows.repeat_interleave(block_k, dim=-1)[..., :k]  # [..., N, K]
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic activation quant: `x [M, K]` -> `(x_q [M, K] e4m3, scales [M, ceil(K/group)] fp32)`."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
+    m, k = x.shape
+    kb = -(-k // group)
+    padded = F.pad(x.float(), (0, kb * group - k)).view(m, kb, group)  # [M, KB, G]
+    amax = padded.abs().amax(-1).clamp_min(1e-10)  # [M, KB]
+    scales = amax / FP8_MAX  # [M, KB]
+    q = (padded / scales[..., None]).clamp(-FP8_MAX, FP8_MAX).view(m, kb * group)[:, :k].to(FP8_DTYPE)
+    return q, scales
+
+
+def block_fp8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    scale_inv: torch.Tensor,
+    row_block: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_k: int = 128,
+    quantize_activation: bool = False,
+) -> torch.Tensor:
+    """`y = x Wᵀ (+ b)` with a block-FP8 weight. `x [M, K]` -> `[M, N]` in `x.dtype`.
+
+    With `quantize_activation`, `x` is first quantised per token and 128-wide group (the W8A8 math
+    the GPU kernel computes); otherwise the weight is dequantised and the product is fp32 (W8A16).
+    """
+    xf = x.float()
+    if quantize_activation:
+        xq, xs = per_token_group_quant_fp8(xf, block_k)
+        xf = xq.float() * xs.repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]
+    y = F.linear(xf, dequant_block_fp8(w_q, scale_inv, row_block, block_k))  # [M, N]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
