@@ -12,6 +12,7 @@ import torch
 
 from deltaserve.models.registry import load_model
 from deltaserve.testing import load_hf_model
+from deltaserve.testing.hf import hf_greedy
 from deltaserve.testing.harness import StaticRunner
 
 PRESETS = [
@@ -73,10 +74,8 @@ def test_prefill_logits_and_greedy_decode(models, name: str) -> None:
         for i, o in enumerate(outs):
             generated[i].append(int(o[-1].argmax()))
     for i, p in enumerate(prompts):
-        ref = hf.generate(
-            torch.tensor([p]), max_new_tokens=DECODE_STEPS, do_sample=False, min_new_tokens=DECODE_STEPS
-        )
-        assert generated[i] == ref[0, len(p) :].tolist(), f"prompt {i} ({len(p)} tokens)"
+        ref = hf_greedy(hf, p, DECODE_STEPS)
+        assert generated[i] == ref, f"prompt {i} ({len(p)} tokens)"
 
 
 @pytest.mark.parametrize(

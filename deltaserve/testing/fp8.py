@@ -1,0 +1,134 @@
+"""FP8 (e4m3, 128x128 blocks) checkpoints like the official `-FP8` releases.
+
+Quantised: every `*_proj.weight` of the decoder and MTP layers (attention q/k/v/o, GDN in_proj_qkvz /
+in_proj_qkv / in_proj_z / out_proj, MLP and expert gate/up/down, shared expert), stored as
+float8_e4m3fn with a float32 `<name>_scale_inv` of shape [ceil(N/128), ceil(K/128)] such that
+`W ~= q * scale_inv` per block. Kept in the spec dtype: embeddings, LM head, norms, in_proj_ba /
+in_proj_a / in_proj_b, conv1d, A_log, dt_bias, router `mlp.gate`, `shared_expert_gate`, `mtp.fc`,
+and the vision tower.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from deltaserve.testing import shards
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+BLOCK = 128
+_QUANTISED_LEAVES = frozenset(
+    {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "in_proj_qkvz",
+        "in_proj_qkv",
+        "in_proj_z",
+        "out_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+)
+
+
+def is_quantised_name(name: str) -> bool:
+    """Whether a checkpoint tensor is stored in FP8 in the official layout."""
+    if name.startswith("model.visual.") or not name.endswith(".weight"):
+        return False
+    return name[: -len(".weight")].rsplit(".", 1)[-1] in _QUANTISED_LEAVES
+
+
+def quantize_block_fp8(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (q [N, K] float8_e4m3fn, scale_inv [ceil(N/block), ceil(K/block)] float32)."""
+    if w.ndim != 2:
+        raise ValueError(f"w: expected a 2-D weight, got shape {tuple(w.shape)}")
+    n, k = w.shape
+    nb, kb = -(-n // block), -(-k // block)
+    padded = torch.zeros(nb * block, kb * block, dtype=torch.float32)
+    padded[:n, :k] = w.float()
+    blocks = padded.view(nb, block, kb, block)  # [nb, B, kb, B]
+    amax = blocks.abs().amax(dim=(1, 3))  # [nb, kb]
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))  # [nb, kb]
+    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
+    q = q.view(nb * block, kb * block)[:n, :k].to(torch.float8_e4m3fn)
+    return q.contiguous(), scale.contiguous()
+
+
+def dequantize_block_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """q [N, K] fp8, scale_inv [ceil(N/block), ceil(K/block)] -> fp32 [N, K]."""
+    n, k = q.shape
+    expanded = scale_inv.float().repeat_interleave(block, 0).repeat_interleave(block, 1)[:n, :k]  # [N, K]
+    return q.float() * expanded
+
+
+def quantize_checkpoint(ckpt_dir: Path) -> None:
+    """Rewrite every quantisable weight of a checkpoint as FP8 + `weight_scale_inv` (same shard)."""
+    if any(n.endswith(("experts.gate_up_proj", "experts.down_proj")) for n in shards.tensor_index(ckpt_dir)):
+        raise ValueError("ckpt_dir: FP8 of stacked (fused) experts is not an official layout")
+
+    def edit(fname: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            if is_quantised_name(name):
+                q, s = quantize_block_fp8(t)
+                out[name] = q
+                out[name + "_scale_inv"] = s
+            else:
+                out[name] = t
+        return out
+
+    shards.rewrite_checkpoint(ckpt_dir, edit)
+
+
+def quantization_config(ckpt_dir: Path) -> dict:
+    """The config.json `quantization_config` of an FP8 checkpoint (lists every unconverted module)."""
+    index = shards.tensor_index(ckpt_dir)
+    keep = sorted({n.rsplit(".", 1)[0] for n in index if n.endswith(".weight") and not is_quantised_name(n)})
+    return {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "modules_to_not_convert": keep,
+        "quant_method": "fp8",
+        "weight_block_size": [BLOCK, BLOCK],
+    }
+
+
+def dequantized_copy(src: Path, dst: Path) -> Path:
+    """Copy an FP8 checkpoint with every FP8 weight dequantised to fp32 and no quantization_config."""
+    src, dst = Path(src), Path(dst)
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dst / f.name)
+            (dst / f.name).chmod(0o644)
+
+    def edit(fname: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            if name.endswith("_scale_inv"):
+                continue
+            scale = tensors.get(name + "_scale_inv")
+            out[name] = dequantize_block_fp8(t, scale) if scale is not None else t
+        return out
+
+    shards.rewrite_checkpoint(dst, edit)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return dst
+
+
+def is_fp8_checkpoint(ckpt_dir: Path) -> bool:
+    cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    return (cfg.get("quantization_config") or {}).get("quant_method") == "fp8"
+
+
+def make_temp_dequantized(src: Path) -> Path:
+    """`dequantized_copy` into a fresh temp dir (caller removes it)."""
+    return dequantized_copy(src, Path(tempfile.mkdtemp(prefix="deltaserve-fp8-deq-")))
