@@ -76,7 +76,9 @@ class StaticRunner:
             while len(seq.blocks) * self.block_size < seq.length:
                 seq.blocks.append(self.free_blocks.pop())
             for pos in range(start, seq.length):
-                slot_mapping.append(seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size)
+                slot_mapping.append(
+                    seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
+                )
             ids.extend(tokens)
             positions.extend(range(start, seq.length))
             cu.append(cu[-1] + len(tokens))

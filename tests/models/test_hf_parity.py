@@ -12,8 +12,8 @@ import torch
 
 from deltaserve.models.registry import load_model
 from deltaserve.testing import load_hf_model
-from deltaserve.testing.hf import hf_greedy
 from deltaserve.testing.harness import StaticRunner
+from deltaserve.testing.hf import hf_greedy
 
 PRESETS = [
     "qwen3-next-a",  # head_dim 64, Hv/Hk 2, per-expert MoE, legacy config style
