@@ -50,13 +50,14 @@ def allocate_state_tensors(
     device: torch.device | str,
     ssm_dtype: torch.dtype | None = None,
     ssm_layout: str = "kv",
-    conv_layout: str = "dw",
+    conv_layout: str = "wd",
 ) -> StateTensors:
     """Allocate one `[L, ...]` tensor per kind and hand out per-layer views.
 
     `ssm_dtype` defaults to the checkpoint's `mamba_ssm_dtype`, else fp32. `conv_layout` "dw" stores
     conv state `[slots, D, W-1]` (SGLang), "wd" stores `[slots, W-1, D]` (vLLM) and hands out the
-    transposed view; either way the ops see logical `[slots, D, W-1]`.
+    transposed view; either way the ops see logical `[slots, D, W-1]`. "wd" is the default: its
+    decode update reads and writes D-contiguous rows (79 % vs 57 % of copy bandwidth at B=256, H100).
     """
     if conv_layout not in ("dw", "wd"):
         raise ValueError(f"conv_layout must be 'dw' or 'wd', got {conv_layout!r}")

@@ -8,7 +8,7 @@ from torch import nn
 from deltaserve.context import ForwardBatch
 from deltaserve.layers.linear import QKVParallelLinear, RowParallelLinear
 from deltaserve.layers.norm import RMSNorm
-from deltaserve.ops.rope import apply_rotary
+from deltaserve.ops.rope import qk_norm_rope
 
 
 class GatedAttention(nn.Module):
@@ -57,10 +57,10 @@ class GatedAttention(nn.Module):
             q, gate = q_gate[..., : self.head_dim], q_gate[..., self.head_dim :]  # [T, Hq, D] each
         else:
             q, gate = q_gate.view(t, self.num_heads, self.head_dim), None
-        q = self.q_norm(q)  # [T, Hq, D]
-        k = self.k_norm(k.view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
+        k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        # per-head zero-centred q_norm / k_norm, then partial RoPE: one fused op
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, cos, sin, self.q_norm.eps)
         o = batch.attn_backend.attention(self.layer_id, q, k, v, gate, batch, self.scale)  # [T, Hq, D]
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))

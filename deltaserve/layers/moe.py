@@ -11,7 +11,7 @@ from deltaserve.layers.linear import ReplicatedLinear
 from deltaserve.layers.mlp import SwiGLUMLP
 from deltaserve.layers.weights import WeightShapeError, check_shape, make_param
 from deltaserve.ops.fp8 import FP8_DTYPE, dequant_block_fp8
-from deltaserve.ops.moe import fused_experts, route_topk
+from deltaserve.ops.moe import ExpertWeights, SharedExpertWeights, fused_experts, fused_moe, route_topk
 
 
 def _expert_loader(per_expert_rows: dict[str, tuple[int, int]] | None):
@@ -62,6 +62,20 @@ class FusedExperts(nn.Module):
             (e, h, i), dtype, device, weight_loader=_expert_loader(None), shard_ids=list(range(e))
         )
 
+    def expert_weights(self) -> ExpertWeights:
+        """The stacked weights (and FP8 scales / row maps when converted) for ``ops.moe.fused_moe``."""
+        if self.gate_up_proj.dtype != FP8_DTYPE:
+            return ExpertWeights(self.gate_up_proj, self.down_proj)
+        return ExpertWeights(
+            self.gate_up_proj,
+            self.down_proj,
+            self.gate_up_proj_scale_inv,
+            self.down_proj_scale_inv,
+            self.gate_up_row_block,
+            self.down_row_block,
+            self.fp8_block_k,
+        )
+
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         w13, w2 = self.gate_up_proj, self.down_proj
         if w13.dtype == FP8_DTYPE:  # converted by layers.fp8.apply_fp8: W8A16 through dequantisation
@@ -97,7 +111,41 @@ class SparseMoeBlock(nn.Module):
         )
         self.shared_expert_gate = ReplicatedLinear(hidden_size, 1, dtype=dtype, device=device)
 
+    def _shared_weights(self) -> SharedExpertWeights | None:
+        """Shared expert + gate for the fused GPU path; None when the gate itself is quantised."""
+        gu, down, gate = (
+            self.shared_expert.gate_up_proj,
+            self.shared_expert.down_proj,
+            self.shared_expert_gate,
+        )
+        if gate.weight.dtype == FP8_DTYPE or gate.bias is not None:
+            return None
+        if gu.weight.dtype != FP8_DTYPE or down.weight.dtype != FP8_DTYPE:
+            if gu.weight.dtype == FP8_DTYPE or down.weight.dtype == FP8_DTYPE:
+                return None  # mixed: keep the plain path
+            return SharedExpertWeights(gu.weight, down.weight, gate.weight)
+        if gu.fp8_block_k != down.fp8_block_k:
+            return None
+        return SharedExpertWeights(
+            gu.weight,
+            down.weight,
+            gate.weight,
+            gu.weight_scale_inv,
+            down.weight_scale_inv,
+            gu.weight_row_block,
+            down.weight_row_block,
+            gu.fp8_block_k,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        if x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
+            # Triton: routing + shared gate, alignment, fused expert GEMMs (shared expert folded in)
+            shared = self._shared_weights()
+            logits = self.gate(x)  # [T, E]
+            out = fused_moe(x, logits, self.top_k, self.norm_topk_prob, self.experts.expert_weights(), shared)
+            if shared is None:
+                out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+            return out
         weights, ids = route_topk(self.gate(x), self.top_k, self.norm_topk_prob)  # [T, k] each
         # HF casts the routing weights to the activation dtype before weighting the experts.
         routed = self.experts(x, weights.to(x.dtype), ids)  # [T, H]

@@ -33,7 +33,7 @@ class StaticRunner:
         block_size: int = 16,
         num_blocks: int = 128,
         ssm_layout: str = "kv",
-        conv_layout: str = "dw",
+        conv_layout: str = "wd",
         ssm_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
