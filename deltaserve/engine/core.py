@@ -1,0 +1,295 @@
+"""`LLMEngine`: the synchronous core loop shared by the offline `LLM` and the `AsyncEngine`.
+
+`add_request` validates and queues; each `step()` schedules, runs one forward, samples, detokenizes,
+applies stop conditions, frees finished sequences' cache and returns the cumulative `RequestOutput`
+of every request that changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from deltaserve.config import EngineConfig
+from deltaserve.engine import detokenizer as detok
+from deltaserve.engine.cache import HybridCache
+from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from deltaserve.engine.request import Request, SeqStatus, Sequence
+from deltaserve.engine.runner import ModelRunner, StepResult, seed_for
+from deltaserve.engine.sampling_params import SamplingParams
+from deltaserve.engine.scheduler import Scheduler, SchedulerOutput
+
+logger = logging.getLogger("deltaserve.engine")
+
+PromptType = str | list[int] | Mapping[str, Any]
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _private_copy(tokenizer):
+    try:
+        return copy.deepcopy(tokenizer)
+    except Exception:  # an exotic tokenizer that cannot be copied: share it
+        return tokenizer
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, *, tokenizer=None, model=None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
+        # a private copy for detokenization: the AsyncEngine's thread decodes while the event loop
+        # (server) encodes with `self.tokenizer`; Rust tokenizers are not meant to be shared so
+        self._decode = detok.fast_decoder(_private_copy(self.tokenizer))
+        self.runner = ModelRunner(config, model=model)
+        self.model_config = self.runner.model_config
+        plan = self.runner.plan
+        self.cache = HybridCache(plan.num_slots, plan.num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            self.cache, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
+        )
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        eos = tuple(self.model_config.eos_token_id)
+        if not eos and self.tokenizer.eos_token_id is not None:
+            eos = (int(self.tokenizer.eos_token_id),)
+        self.eos_ids = eos
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        self.num_steps = 0
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Token ids that end a sequence unless `ignore_eos` (also banned under `min_tokens`)."""
+        return self.runner.eos_ids
+
+    @eos_ids.setter
+    def eos_ids(self, ids: tuple[int, ...]) -> None:
+        self.runner.eos_ids = tuple(int(i) for i in ids)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def make_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None
+    ) -> Request:
+        """Tokenize and validate (raises `ValueError` naming the problem); does not queue."""
+        params = (params if params is not None else SamplingParams()).validate()
+        text: str | None = None
+        if isinstance(prompt, str):
+            text = prompt
+            ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        elif isinstance(prompt, Mapping):
+            if "prompt_token_ids" in prompt:
+                ids = list(prompt["prompt_token_ids"])
+                text = prompt.get("prompt")
+            elif "prompt" in prompt:
+                text = prompt["prompt"]
+                ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+            else:
+                raise ValueError("prompt: a dict prompt needs 'prompt' or 'prompt_token_ids'")
+        elif isinstance(prompt, list | tuple):
+            ids = list(prompt)
+        else:
+            raise ValueError(f"prompt: expected str, list of token ids or dict, got {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("prompt: is empty (0 tokens)")
+        v = self.model_config.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < v for t in ids):
+            raise ValueError(f"prompt: token ids must be integers in [0, {v})")
+        limit = self.config.max_model_len
+        if len(ids) > limit:
+            raise ValueError(
+                f"prompt: {len(ids)} tokens is longer than max_model_len ({limit}); shorten it or raise "
+                "max_model_len"
+            )
+        need = self.cache.blocks.blocks_for(min(limit, len(ids) + (params.max_tokens or limit)))
+        if need > self.cache.blocks.size:
+            raise ValueError(
+                f"prompt: needs {need} KV pages but the whole cache has {self.cache.blocks.size}; "
+                "lower max_tokens or raise the memory budget"
+            )
+        if request_id in self.requests:
+            raise ValueError(f"request_id: {request_id!r} is already running")
+        req = Request(request_id=request_id, prompt=text, prompt_ids=ids, params=params)
+        for i in range(params.n):
+            seq = Sequence(seq_id=next(self._seq_ids), request=req, index=i, prompt_ids=ids)
+            if params.seed is not None:
+                seq.generator = self.runner.make_generator(seed_for(params.seed, i))
+            seq.detok = detok.new_state(len(ids))
+            if params.logprobs is not None:
+                seq.logprobs = []
+                seq.cumulative_logprob = 0.0
+            req.seqs.append(seq)
+        return req
+
+    def add_request(
+        self, request_id: str, prompt: PromptType | Request, params: SamplingParams | None = None
+    ) -> Request:
+        req = prompt if isinstance(prompt, Request) else self.make_request(request_id, prompt, params)
+        if req.request_id in self.requests:
+            raise ValueError(f"request_id: {req.request_id!r} is already running")
+        self.requests[req.request_id] = req
+        for seq in req.seqs:
+            self.scheduler.add(seq)
+        return req
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Finish every sequence of the request with reason "abort" and free its cache now."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        req.aborted = True
+        for seq in req.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+        req.finished_time = time.time()
+        return self._output(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def step(self, *, only_finished: bool = False) -> list[RequestOutput]:
+        """One engine step; the cumulative outputs of the requests it changed (or only of those it
+        finished, which saves building intermediate outputs for batch use)."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        result = self.runner.execute(sched)
+        self.scheduler.on_step_done(sched)
+        self.num_steps += 1
+        return self._process(sched, result, only_finished)
+
+    def _process(
+        self, sched: SchedulerOutput, result: StepResult, only_finished: bool
+    ) -> list[RequestOutput]:
+        now = time.time()
+        changed: dict[str, Request] = {}
+        row = 0
+        for entry in sched.scheduled:
+            if not entry.sample:
+                continue
+            seq, i = entry.seq, row
+            row += 1
+            req = seq.request
+            if len(seq.output_ids) == 0 and seq.index == 0 and seq.num_preemptions == 0:
+                self.num_prompt_tokens += len(seq.prompt_ids)
+            token = result.token_ids[i]
+            seq.output_ids.append(token)
+            self.num_generation_tokens += 1
+            if req.first_token_time is None:
+                req.first_token_time = now
+            if seq.logprobs is not None:
+                self._add_logprobs(seq, result, i, token)
+            self._check_stop(seq, token)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq)
+            changed[req.request_id] = req
+        outputs = []
+        for req in changed.values():
+            if req.is_finished:
+                req.finished_time = now
+                self.requests.pop(req.request_id, None)
+            elif only_finished:
+                continue
+            outputs.append(self._output(req))
+        return outputs
+
+    def _add_logprobs(self, seq: Sequence, result: StepResult, i: int, token: int) -> None:
+        entry = {token: Logprob(result.sampled_logprob[i], result.sampled_rank[i])}
+        n = seq.params.logprobs or 0
+        if n and result.top_ids is not None:
+            for rank, (tid, lp) in enumerate(zip(result.top_ids[i][:n], result.top_logprobs[i][:n]), start=1):
+                if tid not in entry:
+                    entry[tid] = Logprob(lp, rank)
+        for tid, lp in entry.items():
+            lp.decoded_token = self.tokenizer.decode([tid])
+        seq.logprobs.append(entry)
+        seq.cumulative_logprob += result.sampled_logprob[i]
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        p = seq.params
+        n_out = len(seq.output_ids)
+        stop_token = n_out >= p.min_tokens and (
+            token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids)
+        )
+        if not stop_token or p.include_stop_str_in_output:
+            old_len = len(seq.text)
+            all_ids = seq.prompt_ids + seq.output_ids
+            seq.text += detok.decode_delta(self._decode, all_ids, seq.detok, p.skip_special_tokens)
+            if not stop_token and n_out >= p.min_tokens:
+                hit = detok.find_stop(seq.text, len(seq.text) - old_len, p.stop)
+                if hit is not None:
+                    stop, idx = hit
+                    seq.text = seq.text[: idx + len(stop)] if p.include_stop_str_in_output else seq.text[:idx]
+                    seq.finish_reason, seq.stop_reason = "stop", stop
+                    return
+        if stop_token:
+            seq.finish_reason = "stop"
+            seq.stop_reason = token if token in p.stop_token_ids else None
+            return
+        max_tokens = p.max_tokens if p.max_tokens is not None else self.config.max_model_len
+        if n_out >= max_tokens or seq.num_tokens >= self.config.max_model_len:
+            seq.finish_reason = "length"
+
+    def _output(self, req: Request) -> RequestOutput:
+        finished = req.is_finished
+        outs = []
+        for seq in req.seqs:
+            text = seq.text
+            if not seq.is_finished:
+                hold = detok.holdback(seq.params)
+                if hold:
+                    text = text[: max(0, len(text) - hold)]
+            outs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=text,
+                    token_ids=list(seq.output_ids),
+                    cumulative_logprob=seq.cumulative_logprob,
+                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                )
+            )
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt=req.prompt,
+            prompt_token_ids=list(req.prompt_ids),
+            outputs=outs,
+            finished=finished,
+            metrics=RequestMetrics(req.arrival_time, req.first_token_time, req.finished_time),
+        )
+
+    # ---- introspection ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        return {
+            "num_running": len({s.request.request_id for s in self.scheduler.running}),
+            "num_waiting": len(
+                {s.request.request_id for s in self.scheduler.waiting}
+                - {s.request.request_id for s in self.scheduler.running}
+            ),
+            "num_running_seqs": len(self.scheduler.running),
+            "num_waiting_seqs": len(self.scheduler.waiting),
+            "kv_cache_usage": self.cache.usage(),
+            "state_slot_usage": self.cache.slots.usage(),
+            "prompt_tokens_total": self.num_prompt_tokens,
+            "generation_tokens_total": self.num_generation_tokens,
+            "num_preemptions_total": self.scheduler.num_preemptions,
+            "num_steps_total": self.num_steps,
+        }
+
+    def check_integrity(self) -> None:
+        """Raise `CacheError` unless live sequences own exactly the allocated pages and slots."""
+        live = [s for s in self.scheduler.live_seqs() if s.status is not SeqStatus.FINISHED]
+        self.cache.check_integrity(live)

@@ -1,0 +1,326 @@
+"""`ModelRunner`: model + cache tensors; turns one `SchedulerOutput` into one forward and one sample.
+
+Rows of a step are laid out decodes first (the scheduler's order). Only the rows that sample (the
+last token of a sequence that is caught up) get logits. A decode-only step whose size fits a
+captured CUDA graph replays it (padded to the captured size); everything else runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from deltaserve.backends import OpsBackend, allocate_state_tensors
+from deltaserve.config import EngineConfig
+from deltaserve.context import AttentionMetadata, ForwardBatch, GDNMetadata
+from deltaserve.engine.cache import CachePlan, CacheSpec, plan_cache
+from deltaserve.engine.graph import DecodeGraphs
+from deltaserve.engine.sampler import SamplingBatch, sample
+from deltaserve.engine.scheduler import SchedulerOutput
+from deltaserve.models.registry import load_model
+
+logger = logging.getLogger("deltaserve.engine")
+
+
+@dataclass
+class StepResult:
+    """Host-side results for the sampling rows, in schedule order."""
+
+    token_ids: list[int]
+    sampled_logprob: list[float] | None = None
+    sampled_rank: list[int] | None = None
+    top_logprobs: list[list[float]] | None = None
+    top_ids: list[list[int]] | None = None
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def seed_for(seed: int, index: int) -> int:
+    """Generator seed of continuation `index` of a request seeded with `seed` (stable across runs)."""
+    if index == 0:
+        return seed
+    return ((seed << 32) + zlib.crc32(f"{seed}:{index}".encode())) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, *, model: torch.nn.Module | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        self.dtype = _torch_dtype(config.dtype)
+        torch.manual_seed(config.seed)
+        t0 = time.perf_counter()
+        self.model = (
+            model if model is not None else load_model(config.model, dtype=self.dtype, device=self.device)
+        )
+        self.model_config = self.model.config
+        self.vocab_size = self.model_config.vocab_size
+        self.eos_ids: tuple[int, ...] = tuple(self.model_config.eos_token_id)  # the engine may override
+        self.load_time_s = time.perf_counter() - t0
+        self.spec = CacheSpec.for_model(
+            self.model_config, block_size=config.block_size, dtype=config.dtype, ssm_dtype=config.ssm_dtype
+        )
+        self.plan = self._plan_cache()
+        if self.plan.note:
+            logger.warning(self.plan.note)
+        self.states = allocate_state_tensors(
+            self.model_config,
+            num_slots=self.plan.num_slots,
+            num_blocks=self.plan.num_blocks,
+            block_size=config.block_size,
+            dtype=self.dtype,
+            device=self.device,
+            ssm_dtype=_torch_dtype(config.ssm_dtype),
+        )
+        self.backend = OpsBackend(self.states)
+        self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
+        self.graphs: DecodeGraphs | None = None
+        self.graph_error: str | None = None
+        if config.use_cuda_graphs:
+            self.graphs = DecodeGraphs(self, max_bs=min(config.cuda_graph_max_bs, self.plan.num_slots))
+            try:
+                self.graphs.capture()
+            except Exception as exc:  # a non-graph-safe op (e.g. the reference MoE): run eagerly
+                logger.warning("CUDA graphs disabled, running decode eagerly: %s", str(exc)[:500])
+                self.graph_error = str(exc)[:500]
+                self.graphs = None
+                torch.cuda.synchronize(self.device)
+
+    # ---- memory ------------------------------------------------------------------------------
+    def _plan_cache(self) -> CachePlan:
+        c = self.config
+        if self.device.type != "cuda":
+            budget = c.cpu_cache_bytes
+        else:
+            budget = self._measure_gpu_budget()
+        plan = plan_cache(
+            self.spec,
+            budget,
+            max_num_seqs=c.max_num_seqs,
+            max_model_len=c.max_model_len,
+            num_blocks_override=c.num_kv_blocks,
+        )
+        logger.info(
+            "cache: %d GDN slots x %.2f MiB + %d KV pages x %d tokens x %.3f MiB (budget %.1f MiB)",
+            plan.num_slots,
+            self.spec.slot_bytes / 2**20,
+            plan.num_blocks,
+            c.block_size,
+            self.spec.block_bytes / 2**20,
+            budget / 2**20,
+        )
+        return plan
+
+    @torch.no_grad()
+    def _measure_gpu_budget(self) -> int:
+        """Cache bytes = utilisation x total - (everything in use now) - peak activations - reserve.
+
+        The activation peak is measured by one forward of `max_num_batched_tokens` tokens plus logits
+        and a sort for `max_num_seqs` rows, on a throw-away cache just big enough for it.
+        """
+        from deltaserve import env
+
+        c = self.config
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        tokens = c.max_num_batched_tokens
+        tmp = allocate_state_tensors(
+            self.model_config,
+            num_slots=1,
+            num_blocks=-(-tokens // c.block_size),
+            block_size=c.block_size,
+            dtype=self.dtype,
+            device=self.device,
+            ssm_dtype=_torch_dtype(c.ssm_dtype),
+        )
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        backend = OpsBackend(tmp)
+        batch = self._eager_batch(
+            positions=list(range(tokens)),
+            cu=[0, tokens],
+            seq_lens=[tokens],
+            slot_mapping=list(range(tokens)),
+            tables=[list(range(-(-tokens // c.block_size)))],
+            slots=[0],
+            has_init=[False],
+            max_q=tokens,
+            backend=backend,
+        )
+        ids = torch.zeros(tokens, dtype=torch.long, device=self.device)
+        try:
+            hidden = self.model(ids, batch)  # [T, H]
+        except ValueError as exc:  # an op refusing this model/dtype on this device: say which setting
+            raise ValueError(
+                f"dtype={c.dtype!r} on {c.device}: the model's first forward failed: {exc}"
+            ) from exc
+        rows = min(tokens, c.max_num_seqs)
+        logits = self.model.compute_logits(hidden[:rows])  # [N, V]
+        logits.sort(dim=-1, descending=True)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        del hidden, logits, batch, backend, tmp
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        reserve = env.get("DELTASERVE_GRAPH_MEMORY_RESERVE_MIB") * 2**20 if c.use_cuda_graphs else 0
+        budget = int(total * c.gpu_memory_utilization) - (total - free) - peak - reserve
+        logger.info(
+            "memory: total %.1f GiB, in use %.1f GiB, activation peak %.2f GiB, graph reserve %.2f GiB"
+            " -> cache budget %.2f GiB",
+            total / 2**30,
+            (total - free) / 2**30,
+            peak / 2**30,
+            reserve / 2**30,
+            budget / 2**30,
+        )
+        if budget <= 0:
+            raise ValueError(
+                f"gpu_memory_utilization={c.gpu_memory_utilization} leaves no room for the cache: "
+                f"{(total - free) / 2**30:.1f} GiB in use and {peak / 2**30:.2f} GiB activation peak "
+                f"of {total / 2**30:.1f} GiB; raise it or lower max_num_batched_tokens"
+            )
+        return budget
+
+    # ---- batch construction ------------------------------------------------------------------
+    def _eager_batch(
+        self,
+        *,
+        positions: list[int],
+        cu: list[int],
+        seq_lens: list[int],
+        slot_mapping: list[int],
+        tables: list[list[int]],
+        slots: list[int],
+        has_init: list[bool],
+        max_q: int,
+        backend: OpsBackend,
+        decode_only: bool = False,
+    ) -> ForwardBatch:
+        dev = self.device
+        width = max(1, max(len(t) for t in tables))
+        table = torch.zeros((len(tables), width), dtype=torch.int32)
+        for i, row in enumerate(tables):
+            if row:
+                table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+
+        def put(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
+
+        return ForwardBatch(
+            positions=put(positions, torch.int64),
+            cu_seqlens=put(cu, torch.int32),
+            seq_lens=put(seq_lens, torch.int32),
+            num_seqs=len(seq_lens),
+            max_query_len=max_q,
+            max_seq_len=max(seq_lens),
+            attn=AttentionMetadata(
+                block_tables=table.to(dev, non_blocking=True),
+                slot_mapping=put(slot_mapping, torch.int64),
+                block_size=self.config.block_size,
+            ),
+            gdn=GDNMetadata(
+                state_slots=put(slots, torch.int32),
+                has_initial_state=put(has_init, torch.bool),
+                decode_only=decode_only,
+            ),
+            attn_backend=backend,
+            gdn_backend=backend,
+        )
+
+    def make_generator(self, seed: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return gen
+
+    # ---- one step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        """Run the scheduled tokens; sample the rows that are caught up."""
+        logits, sample_seqs = self.forward_logits(out)
+        if logits is None:
+            return StepResult(token_ids=[])
+        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids)
+        so = sample(logits, sb)
+        if so.sampled_logprob is None:
+            return StepResult(token_ids=so.token_ids.tolist())  # the step's one device->host transfer
+        # logprobs wanted: pack everything into one float64 transfer (ids are exact below 2**53)
+        cols = [so.token_ids[:, None], so.sampled_logprob[:, None], so.sampled_rank[:, None]]
+        if so.top_logprobs is not None:
+            cols += [so.top_ids, so.top_logprobs]
+        rows = torch.cat([c.to(torch.float64) for c in cols], dim=1).tolist()  # [N, 3 (+ 2K)]
+        k = so.top_ids.shape[1] if so.top_ids is not None else 0
+        result = StepResult(
+            token_ids=[int(r[0]) for r in rows],
+            sampled_logprob=[r[1] for r in rows],
+            sampled_rank=[int(r[2]) for r in rows],
+        )
+        if k:
+            result.top_ids = [[int(x) for x in r[3 : 3 + k]] for r in rows]
+            result.top_logprobs = [r[3 + k :] for r in rows]
+        return result
+
+    @torch.no_grad()
+    def forward_logits(
+        self, out: SchedulerOutput, *, allow_graph: bool = True
+    ) -> tuple[torch.Tensor | None, list]:
+        """One forward over the scheduled tokens: fp32 logits `[N, V]` of the N sampling rows (in
+        schedule order) and their sequences; `(None, [])` when no row samples. Updates the cache."""
+        bs = self.config.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        cu = [0]
+        seq_lens: list[int] = []
+        tables: list[list[int]] = []
+        slots: list[int] = []
+        has_init: list[bool] = []
+        logit_rows: list[int] = []
+        sample_seqs = []
+        max_q = 0
+        for entry in out.scheduled:
+            seq, n = entry.seq, entry.num_new
+            start, end = seq.num_computed, seq.num_computed + n
+            ids.extend(seq.tokens(start, end))
+            positions.extend(range(start, end))
+            blocks = seq.blocks
+            slot_mapping.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+            cu.append(cu[-1] + n)
+            seq_lens.append(end)
+            tables.append(blocks)
+            slots.append(seq.slot)
+            has_init.append(start > 0)
+            max_q = max(max_q, n)
+            if entry.sample:
+                logit_rows.append(cu[-1] - 1)
+                sample_seqs.append(seq)
+        decode_only = max_q == 1 and all(has_init)
+        num_seqs = len(seq_lens)
+        if allow_graph and decode_only and self.graphs is not None and self.graphs.fits(num_seqs):
+            return self.graphs.run(ids, positions, slot_mapping, seq_lens, tables, slots), sample_seqs
+        batch = self._eager_batch(
+            positions=positions,
+            cu=cu,
+            seq_lens=seq_lens,
+            slot_mapping=slot_mapping,
+            tables=tables,
+            slots=slots,
+            has_init=has_init,
+            max_q=max_q,
+            backend=self.backend,
+            decode_only=decode_only,
+        )
+        input_ids = torch.tensor(ids, dtype=torch.int64).to(self.device, non_blocking=True)
+        hidden = self.model(input_ids, batch)  # [T, H]
+        if not sample_seqs:
+            return None, []
+        if len(logit_rows) != hidden.shape[0]:
+            rows = torch.tensor(logit_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            hidden = hidden.index_select(0, rows)  # [N, H]
+        return self.model.compute_logits(hidden), sample_seqs  # [N, V]

@@ -1,0 +1,175 @@
+"""Batched sampling on the logits device: one call per step, no host sync inside.
+
+`SamplingBatch.build` turns the sampling rows' parameters into a handful of device tensors (one
+small host->device copy each); `sample` applies, in order: min_tokens bans, repetition / presence /
+frequency penalties, temperature, top-k, top-p, min-p, then draws with per-row exponential noise
+(`argmax(p / q)`, `q ~ Exp(1)`), seeded rows drawing their noise from their own generator so a
+seeded request gets the same tokens whatever else is in the batch. Greedy rows take the argmax of
+the penalised logits; an all-greedy batch without penalties is a single argmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling parameters of one step (`N` rows, vocabulary `V`)."""
+
+    all_greedy: bool
+    greedy: torch.Tensor | None  # [N] bool
+    temperature: torch.Tensor | None  # [N] fp32 (1.0 on greedy rows)
+    top_k: torch.Tensor | None  # [N] int64 (V = off)
+    top_p: torch.Tensor | None  # [N] fp32
+    min_p: torch.Tensor | None  # [N] fp32
+    repetition: torch.Tensor | None  # [N] fp32
+    presence: torch.Tensor | None  # [N] fp32
+    frequency: torch.Tensor | None  # [N] fp32
+    seen_ids: torch.Tensor | None  # [N, Lp] int64 prompt+output ids, padded with V (repetition)
+    output_ids: torch.Tensor | None  # [N, Lo] int64 output ids, padded with V (presence/frequency)
+    ban_rows: torch.Tensor | None  # [K] rows of (row, token) bans (min_tokens)
+    ban_cols: torch.Tensor | None  # [K]
+    generators: list[tuple[int, torch.Generator]]  # seeded rows
+    max_logprobs: int  # largest top-N requested (-1: no row wants logprobs)
+
+    @classmethod
+    def build(
+        cls, seqs: list, vocab_size: int, device: torch.device, eos_ids: tuple[int, ...]
+    ) -> SamplingBatch:
+        """`seqs` are the sampling `Sequence`s in row order."""
+        ps = [s.params for s in seqs]
+        v = vocab_size
+
+        def t(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        all_greedy = all(p.temperature == 0.0 for p in ps)
+        greedy = temperature = top_k = top_p = min_p = None
+        if not all_greedy:
+            greedy = t([p.temperature == 0.0 for p in ps], torch.bool)
+            temperature = t([p.temperature if p.temperature > 0 else 1.0 for p in ps], torch.float32)
+            if any(0 < p.top_k < v for p in ps):
+                top_k = t([p.top_k if 0 < p.top_k < v else v for p in ps], torch.int64)
+            if any(p.top_p < 1.0 for p in ps):
+                top_p = t([p.top_p for p in ps], torch.float32)
+            if any(p.min_p > 0.0 for p in ps):
+                min_p = t([p.min_p for p in ps], torch.float32)
+        repetition = presence = frequency = seen = outs = None
+        if any(p.repetition_penalty != 1.0 for p in ps):
+            repetition = t([p.repetition_penalty for p in ps], torch.float32)
+            seen = _pad([s.prompt_ids + s.output_ids for s in seqs], v, device)
+        if any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in ps):
+            presence = t([p.presence_penalty for p in ps], torch.float32)
+            frequency = t([p.frequency_penalty for p in ps], torch.float32)
+            outs = _pad([s.output_ids for s in seqs], v, device)
+        rows, cols = [], []
+        for i, s in enumerate(seqs):
+            p = s.params
+            if len(s.output_ids) < p.min_tokens:
+                banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
+                for tok in sorted(banned):
+                    if 0 <= tok < v:
+                        rows.append(i)
+                        cols.append(tok)
+        ban_rows = t(rows, torch.int64) if rows else None
+        ban_cols = t(cols, torch.int64) if rows else None
+        gens = [
+            (i, s.generator)
+            for i, s in enumerate(seqs)
+            if s.generator is not None and s.params.temperature > 0
+        ]
+        max_lp = max((p.logprobs for p in ps if p.logprobs is not None), default=-1)
+        return cls(
+            all_greedy, greedy, temperature, top_k, top_p, min_p, repetition, presence, frequency,
+            seen, outs, ban_rows, ban_cols, gens, max_lp,
+        )  # fmt: skip
+
+
+def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), pad, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    return out.to(device, non_blocking=True)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: torch.Tensor  # [N] int64
+    sampled_logprob: torch.Tensor | None = None  # [N] fp32
+    sampled_rank: torch.Tensor | None = None  # [N] int64, 1 = most likely
+    top_logprobs: torch.Tensor | None = None  # [N, K] fp32
+    top_ids: torch.Tensor | None = None  # [N, K] int64
+
+
+def _apply_penalties(logits: torch.Tensor, b: SamplingBatch) -> torch.Tensor:
+    n, v = logits.shape
+    if b.repetition is not None:
+        seen = torch.zeros(n, v + 1, dtype=torch.bool, device=logits.device)
+        seen.scatter_(1, b.seen_ids, True)
+        seen = seen[:, :v]  # [N, V]
+        rep = b.repetition[:, None]  # [N, 1]
+        penalised = torch.where(logits > 0, logits / rep, logits * rep)
+        logits = torch.where(seen, penalised, logits)
+    if b.presence is not None:
+        counts = torch.zeros(n, v + 1, dtype=logits.dtype, device=logits.device)
+        counts.scatter_add_(1, b.output_ids, torch.ones_like(b.output_ids, dtype=logits.dtype))
+        counts = counts[:, :v]  # [N, V]
+        logits = logits - b.frequency[:, None] * counts - b.presence[:, None] * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def _filter(logits: torch.Tensor, b: SamplingBatch) -> torch.Tensor:
+    """Top-k, top-p (on the sorted distribution) and min-p masking; masked logits become -inf."""
+    if b.top_k is not None or b.top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V]
+        v = logits.shape[-1]
+        if b.top_k is not None:
+            rank = torch.arange(v, device=logits.device)[None, :]  # [1, V]
+            sorted_logits = sorted_logits.masked_fill(rank >= b.top_k[:, None], _NEG_INF)
+        if b.top_p is not None:
+            probs = sorted_logits.softmax(dim=-1)  # [N, V]
+            before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+            drop = before > b.top_p[:, None]
+            drop[:, 0] = False  # always keep the most likely token
+            sorted_logits = sorted_logits.masked_fill(drop, _NEG_INF)
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    if b.min_p is not None:
+        probs = logits.softmax(dim=-1)
+        keep = probs >= b.min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(~keep, _NEG_INF)
+    return logits
+
+
+def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
+    """Sample one token per row of `logits [N, V]` (fp32, not modified)."""
+    raw = logits
+    if b.ban_rows is not None:
+        logits = logits.clone()
+        logits[b.ban_rows, b.ban_cols] = _NEG_INF
+    logits = _apply_penalties(logits, b)
+    if b.all_greedy:
+        tokens = logits.argmax(dim=-1)  # [N]
+    else:
+        greedy_tokens = logits.argmax(dim=-1)  # [N]
+        scaled = _filter(logits / b.temperature[:, None], b)  # [N, V]
+        probs = scaled.softmax(dim=-1)
+        q = torch.empty_like(probs).exponential_()
+        for row, gen in b.generators:
+            q[row].exponential_(generator=gen)
+        sampled = (probs / q).argmax(dim=-1)  # [N]
+        tokens = torch.where(b.greedy, greedy_tokens, sampled)
+    out = SamplerOutput(token_ids=tokens)
+    if b.max_logprobs >= 0:
+        lp = raw.log_softmax(dim=-1)  # [N, V] logprobs of the model's distribution
+        out.sampled_logprob = lp.gather(1, tokens[:, None])[:, 0]
+        out.sampled_rank = (lp > out.sampled_logprob[:, None]).sum(dim=-1) + 1
+        if b.max_logprobs > 0:
+            out.top_logprobs, out.top_ids = lp.topk(b.max_logprobs, dim=-1)
+    return out

@@ -1,0 +1,129 @@
+"""Continuous-batching scheduler: decode-first, chunked prefill under a token budget, preemption.
+
+Each step it picks `(sequence, num_new_tokens)` pairs:
+1. running sequences that decode (one token each), oldest first;
+2. running sequences still prefilling (a prompt chunk, or recomputation after preemption);
+3. waiting sequences (FCFS) while a state slot, pages and token budget remain and nothing had to be
+   preempted this step.
+When a running sequence needs a page and none is free, the newest running sequence is preempted by
+recompute: its pages and state slot are freed and it goes back to the front of the queue; later its
+prompt and generated tokens are prefilled again to rebuild the state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from deltaserve.engine.cache import HybridCache
+from deltaserve.engine.request import SeqStatus, Sequence
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new: int  # tokens all_ids[num_computed : num_computed + num_new] are computed this step
+    sample: bool  # the chunk ends at the last known token: sample the next one
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, cache: HybridCache, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.cache = cache
+        self.max_num_seqs = min(max_num_seqs, cache.slots.size)
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order (oldest first)
+        self.num_preemptions = 0
+
+    # ---- queue management ----------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Drop `seq` from the queues and free its cache at once (finished or aborted)."""
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self.cache.release(seq)
+        seq.status = SeqStatus.FINISHED
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def live_seqs(self) -> list[Sequence]:
+        return list(self.running) + list(self.waiting)
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        self.cache.release(seq)
+        seq.num_computed = 0
+        seq.status = SeqStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+
+    # ---- one step ------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        chosen: dict[int, ScheduledSeq] = {}  # seq_id -> entry, insertion ordered
+        decodes = [s for s in self.running if s.num_uncomputed == 1]
+        prefills = [s for s in self.running if s.num_uncomputed > 1]
+        for seq in decodes + prefills:
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            if budget <= 0:
+                break
+            n = min(seq.num_uncomputed, budget)
+            while not self.cache.grow(seq, seq.num_computed + n):
+                victim = self.running[-1]  # newest running sequence
+                entry = chosen.pop(victim.seq_id, None)
+                if entry is not None:
+                    budget += entry.num_new
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+            if seq.status is not SeqStatus.RUNNING:
+                continue
+            chosen[seq.seq_id] = ScheduledSeq(seq, n, seq.num_computed + n == seq.num_tokens)
+            budget -= n
+        if not out.preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                seq = self.waiting[0]
+                n = min(seq.num_uncomputed, budget)
+                if not self.cache.can_admit(seq, seq.num_computed + n):
+                    break
+                self.waiting.popleft()
+                self.cache.admit(seq)
+                self.cache.grow(seq, seq.num_computed + n)
+                seq.status = SeqStatus.RUNNING
+                self.running.append(seq)
+                chosen[seq.seq_id] = ScheduledSeq(seq, n, seq.num_computed + n == seq.num_tokens)
+                budget -= n
+        out.scheduled = list(chosen.values())
+        return out
+
+    def on_step_done(self, out: SchedulerOutput) -> None:
+        """Advance `num_computed` of everything that ran (call before appending sampled tokens)."""
+        for entry in out.scheduled:
+            entry.seq.num_computed += entry.num_new

@@ -1,0 +1,135 @@
+"""Sampler pieces on hand-made logits (CPU)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from deltaserve.engine.sampler import SamplingBatch, sample
+from deltaserve.engine.sampling_params import SamplingParams
+
+V = 32
+
+
+def _seqs(params: list[SamplingParams], outputs=None, prompts=None, seeds=None):
+    out = []
+    for i, p in enumerate(params):
+        gen = None
+        if seeds is not None and seeds[i] is not None:
+            gen = torch.Generator().manual_seed(seeds[i])
+        out.append(
+            SimpleNamespace(
+                params=p,
+                prompt_ids=(prompts or [[1, 2]] * len(params))[i],
+                output_ids=(outputs or [[]] * len(params))[i],
+                generator=gen,
+            )
+        )
+    return out
+
+
+def _draw(logits, params, **kw):
+    seqs = _seqs(params, **kw)
+    return sample(logits, SamplingBatch.build(seqs, V, torch.device("cpu"), eos_ids=(0,)))
+
+
+def test_greedy_fast_path_is_argmax():
+    logits = torch.randn(5, V)
+    b = SamplingBatch.build(_seqs([SamplingParams(temperature=0)] * 5), V, torch.device("cpu"), (0,))
+    assert b.all_greedy and b.temperature is None
+    assert torch.equal(sample(logits, b).token_ids, logits.argmax(-1))
+
+
+def test_top_k_1_top_p_tiny_and_min_p_1_are_greedy():
+    logits = torch.randn(6, V)
+    params = [
+        SamplingParams(temperature=1.0, top_k=1),
+        SamplingParams(temperature=1.5, top_p=1e-6),
+        SamplingParams(temperature=2.0, min_p=1.0),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, top_k=1, top_p=0.5),
+        SamplingParams(temperature=0.7, top_k=1, min_p=0.3),
+    ]
+    for _ in range(5):
+        assert torch.equal(_draw(logits, params).token_ids, logits.argmax(-1))
+
+
+def test_top_k_restricts_support_and_frequencies_follow_softmax():
+    torch.manual_seed(0)
+    row = torch.randn(V)
+    logits = row.expand(4000, V).contiguous()
+    toks = _draw(logits, [SamplingParams(temperature=1.0, top_k=4)] * 4000).token_ids
+    top4 = set(row.topk(4).indices.tolist())
+    assert set(toks.tolist()) <= top4
+    probs = row[list(top4)].softmax(-1)
+    freq = torch.tensor([(toks == t).float().mean() for t in list(top4)])
+    assert torch.allclose(freq, probs, atol=0.04)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    row = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05] + [1e-9] * (V - 4)))
+    logits = row.expand(2000, V).contiguous()
+    toks = _draw(logits, [SamplingParams(temperature=1.0, top_p=0.7)] * 2000).token_ids
+    assert set(toks.tolist()) == {0, 1}
+
+
+def test_penalties_move_the_argmax():
+    logits = torch.zeros(3, V)
+    logits[:, 5] = 2.0
+    logits[:, 6] = 1.9
+    p_rep = SamplingParams(temperature=0, repetition_penalty=1.2)
+    p_freq = SamplingParams(temperature=0, frequency_penalty=0.2)
+    p_none = SamplingParams(temperature=0)
+    out = _draw(logits, [p_rep, p_freq, p_none], prompts=[[5], [1], [5]], outputs=[[], [5], [5]]).token_ids
+    assert out.tolist() == [6, 6, 5]  # repetition sees the prompt; frequency only outputs
+
+
+def test_min_tokens_bans_eos_and_stop_ids():
+    logits = torch.zeros(2, V)
+    logits[:, 0] = 5.0  # eos
+    logits[:, 3] = 4.0  # a stop token id
+    p = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[3])
+    out = _draw(logits, [p, p], outputs=[[9], [9, 9]]).token_ids
+    assert out.tolist() == [1, 0]  # row 0 still under min_tokens: eos and 3 banned
+
+
+def test_seeded_rows_reproducible_across_batch_compositions():
+    torch.manual_seed(1)
+    row = torch.randn(V)
+    seeded = SamplingParams(temperature=1.0, seed=123)
+
+    def run(batch_size: int, position: int) -> int:
+        logits = torch.randn(batch_size, V)
+        logits[position] = row
+        params = [SamplingParams(temperature=1.0)] * batch_size
+        params[position] = seeded
+        seeds = [None] * batch_size
+        seeds[position] = 123
+        return _draw(logits, params, seeds=seeds).token_ids[position].item()
+
+    first = [run(1, 0) for _ in range(3)]  # fresh generator each call: same token every time
+    assert len(set(first)) == 1
+    assert run(5, 3) == first[0] and run(9, 0) == first[0]
+
+
+def test_logprobs_and_rank():
+    logits = torch.randn(3, V)
+    params = [
+        SamplingParams(temperature=0, logprobs=3),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0, logprobs=0),
+    ]
+    out = _draw(logits, params)
+    lp = logits.log_softmax(-1)
+    assert torch.allclose(out.sampled_logprob, lp.max(-1).values)
+    assert out.sampled_rank.tolist() == [1, 1, 1]
+    assert out.top_ids.shape == (3, 3) and torch.equal(out.top_ids[:, 0], logits.argmax(-1))
+
+
+@pytest.mark.parametrize("bad", [dict(top_p=0.0), dict(temperature=-1.0), dict(top_k=-2), dict(logprobs=50)])
+def test_params_validation_names_the_field(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**bad).validate()
