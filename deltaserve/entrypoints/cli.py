@@ -184,7 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bench_sub.add_parser("serve", help="serving benchmark against a running server")
     add_arguments(bs)
     bs.set_defaults(func=main_from_args)
+
+    doctor = sub.add_parser("doctor", help="check a host integration")
+    doctor_sub = doctor.add_subparsers(dest="doctor_command", required=True)
+    dsg = doctor_sub.add_parser(
+        "sglang", help="which class SGLang resolves for each architecture with our external package"
+    )
+    dsg.set_defaults(func=cmd_doctor_sglang)
     return parser
+
+
+def cmd_doctor_sglang(args: argparse.Namespace) -> None:
+    from deltaserve.plugin.sglang.doctor import main as doctor_main
+
+    raise SystemExit(doctor_main([]))
 
 
 def main(argv: list[str] | None = None) -> None:
