@@ -14,7 +14,7 @@ import torch.nn.functional as F
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 
-__all__ = ["dequant_block_fp8", "block_fp8_linear", "per_token_group_quant_fp8"]
+__all__ = ["dequant_block_fp8", "block_fp8_linear", "per_token_group_quant_fp8", "quantize_block_fp8"]
 
 
 def dequant_block_fp8(
@@ -66,3 +66,22 @@ def block_fp8_linear(
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def quantize_block_fp8(
+    w: torch.Tensor, block_n: int = 128, block_k: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block quantisation (for tests and benchmarks; runs on ``w``'s device, batched over leading dims).
+
+    ``w [..., N, K]`` -> ``(w_q [..., N, K] e4m3, scale_inv [..., ceil(N/bn), ceil(K/bk)] fp32)`` with
+    ``scale = amax / 448`` per block (1 for all-zero blocks); pair with ``row_block = arange(N) // bn``.
+    """
+    *lead, n, k = w.shape
+    nb, kb = -(-n // block_n), -(-k // block_k)
+    padded = F.pad(w.float(), (0, kb * block_k - k, 0, nb * block_n - n))  # [..., NB*bn, KB*bk]
+    blocks = padded.view(*lead, nb, block_n, kb, block_k)
+    amax = blocks.abs().amax(dim=(-3, -1))  # [..., NB, KB]
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (blocks / scale[..., :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    q = q.view(*lead, nb * block_n, kb * block_k)[..., :n, :k].contiguous()
+    return q, scale.contiguous()

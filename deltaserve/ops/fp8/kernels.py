@@ -1,0 +1,286 @@
+"""Triton block-FP8 kernels: per-token-group activation quant and the block-FP8 GEMM.
+
+The GEMM computes ``y = x Wᵀ`` with ``W [N, K]`` e4m3 and fp32 ``scale_inv [NB, KB]``; each output
+column ``n`` reads its scale row through ``row_block[n]`` (gathered per K step, so any row map works:
+plain, shard-offset or permuted). ``BK`` equals 128 and divides ``block_k``, so one scale per column
+applies to each K step's fp32 partial product. Activation modes (constexpr ``A_MODE``):
+
+- 0 ``W8A16``: bf16/fp16 activations, the e4m3 tile is widened in registers (exact) and the product
+  is scaled per column: the dequantised computation with fp32 accumulation.
+- 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (large M).
+- 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
+  arithmetic as the quant kernel, one launch fewer).
+
+Small M (``<= 16``) splits K over programs (fp32 partials, then a reduce launch) so that about two
+programs per SM stream the weight. No host syncs: every launch size follows from the shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+BK = 128
+# The CPU interpreter mis-computes bf16/fp16 tl.dot (triton 3.9); there the operands go through fp32.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# (BM, BN, warps, stages) by M range; benchmarks may override for sweeps.
+CONFIG = {
+    "small": (16, 64, 4, 4),
+    "medium": (64, 128, 4, 4),
+    "large": (128, 128, 8, 3),
+    "large_w8a16": (128, 128, 8, 3),
+    "small_m_max": 16,
+    "medium_m_max": 256,
+    "target_programs": 264,
+    "dequant_m_min": 512,  # W8A16 from this M on: dequantise to a bf16 scratch + cuBLAS
+}
+
+
+@triton.jit
+def _dot(a, b, F32: tl.constexpr):
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _quant_tile(a, FP8_MAX_C: tl.constexpr):
+    """``a [BM, G]`` fp32 -> (``q [BM, G]`` e4m3, ``scale [BM]``); same math as the reference."""
+    amax = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-10)  # [BM]
+    scale = amax / FP8_MAX_C
+    q = a / scale[:, None]
+    q = tl.minimum(tl.maximum(q, -FP8_MAX_C), FP8_MAX_C)
+    return q.to(tl.float8e4nv), scale
+
+
+@triton.jit
+def _group_quant_kernel(
+    x_ptr, q_ptr, s_ptr, K, KB, sx, sq, ss,
+    G: tl.constexpr, GPP: tl.constexpr, FP8_MAX_C: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(1) * GPP + tl.arange(0, GPP)  # [GPP]
+    col = grp[:, None] * G + tl.arange(0, G)[None, :]  # [GPP, G]
+    m = (grp[:, None] < KB) & (col < K)
+    x = tl.load(x_ptr + row * sx + col, mask=m, other=0.0).to(tl.float32)
+    q, scale = _quant_tile(x, FP8_MAX_C)
+    tl.store(q_ptr + row * sq + col, q, mask=m)
+    tl.store(s_ptr + row * ss + grp, scale, mask=grp < KB)
+
+
+@triton.jit
+def _fp8_gemm_kernel(
+    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr,
+    M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_split, sc_m, KB_PER_SPLIT,
+    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr, GROUP_M: tl.constexpr,
+    FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_m = tl.cdiv(M, BM)
+    n_n = tl.cdiv(N, BN)
+    width = GROUP_M * n_n  # grouped ordering: GROUP_M row tiles share each weight tile in L2
+    first_m = (pid // width) * GROUP_M
+    gm = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gm
+    pid_n = (pid % width) // gm
+    offs_m = pid_m * BM + tl.arange(0, BM)  # [BM]
+    offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_m64 = offs_m.to(tl.int64)
+    srow = tl.load(rb_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)  # [BN] scale row of each column
+    kr = tl.arange(0, BKC)
+    a_rows = a_ptr + offs_m64[:, None] * sa_m  # [BM, 1]
+    b_cols = b_ptr + offs_n.to(tl.int64)[None, :] * sb_n  # [1, BN]
+    kb0 = pid_k * KB_PER_SPLIT
+    kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for kb in range(kb0, kb1):
+        k = kb * BKC + kr  # [BK]
+        k_ok = k < K
+        a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        b = tl.load(b_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
+        sblk = (kb * BKC) // BLOCK_K
+        bs = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)  # [BN]
+        if A_MODE == 0:
+            part = _dot(a, b.to(a.dtype), F32)
+            acc += part * bs[None, :]
+        elif A_MODE == 1:
+            a_s = tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)  # [BM]
+            part = _dot(a, b, F32)
+            acc += part * (a_s[:, None] * bs[None, :])
+        else:
+            aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+            part = _dot(aq, b, F32)
+            acc += part * (a_s[:, None] * bs[None, :])
+    c_off = offs_m64[:, None] * sc_m + offs_n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if SPLIT == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(c_ptr + pid_k.to(tl.int64) * sc_split + c_off, acc, mask=mask)
+
+
+@triton.jit
+def _split_reduce_kernel(
+    p_ptr, bias_ptr, c_ptr, N, MN, sc_m,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        acc += tl.load(p_ptr + s * MN + i, mask=ok, other=0.0)
+    n = i % N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=ok, other=0.0).to(tl.float32)
+    tl.store(c_ptr + (i // N) * sc_m + n, acc.to(c_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dequant_kernel(
+    w_ptr, s_ptr, rb_ptr, out_ptr, N, K, sw_n, ss_r, so_n,
+    BLOCK_K: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0) * BR + tl.arange(0, BR)  # [BR]
+    c = tl.program_id(1) * BC + tl.arange(0, BC)  # [BC]
+    r_ok = r < N
+    m = r_ok[:, None] & (c < K)[None, :]
+    srow = tl.load(rb_ptr + r, mask=r_ok, other=0).to(tl.int64)
+    sc = tl.load(s_ptr + srow[:, None] * ss_r + (c // BLOCK_K)[None, :], mask=m, other=0.0)
+    w = tl.load(w_ptr + r.to(tl.int64)[:, None] * sw_n + c[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(
+        out_ptr + r.to(tl.int64)[:, None] * so_n + c[None, :], (w * sc).to(out_ptr.dtype.element_ty), mask=m
+    )
+
+
+def dequant_to(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int, dtype):
+    """``w_q [N, K]`` e4m3 -> ``[N, K]`` in ``dtype`` (``w_q * scale_inv[row_block[n], k // block_k]``)."""
+    n, k = w_q.shape
+    out = torch.empty(n, k, dtype=dtype, device=w_q.device)
+    br, bc = 32, 256
+    _dequant_kernel[(triton.cdiv(n, br), triton.cdiv(k, bc))](
+        w_q, scale_inv, row_block, out, n, k, w_q.stride(0), scale_inv.stride(0), out.stride(0),
+        BLOCK_K=block_k, BR=br, BC=bc, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``reference.per_token_group_quant_fp8``: ``x [M, K]`` -> ``(x_q, scales)``."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        raise ValueError(f"x must have unit stride on K, got strides {tuple(x.stride())}")
+    if group <= 0 or group & (group - 1):
+        raise ValueError(f"group must be a power of two, got {group}")
+    m, k = x.shape
+    kb = triton.cdiv(k, group)
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty(m, kb, dtype=torch.float32, device=x.device)
+    if m == 0 or k == 0:
+        return q, s
+    gpp = min(triton.next_power_of_2(kb), max(1, 2048 // group))
+    _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
+        x, q, s, k, kb, x.stride(0), q.stride(0), s.stride(0),
+        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, num_warps=4,
+    )  # fmt: skip
+    return q, s
+
+
+def check_block_fp8_weight(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int):
+    """Validates a block-FP8 weight for the GPU GEMM (once per call; cheap, no host sync)."""
+    if w_q.dim() != 2 or w_q.dtype != FP8_DTYPE:
+        raise ValueError(f"w_q must be a 2-D {FP8_DTYPE} tensor, got {tuple(w_q.shape)} {w_q.dtype}")
+    n, k = w_q.shape
+    if w_q.stride(1) != 1:
+        raise ValueError(f"w_q must have unit stride on K, got strides {tuple(w_q.stride())}")
+    if block_k % BK:
+        raise ValueError(f"block_k must be a multiple of {BK}, got {block_k}")
+    if scale_inv.dim() != 2 or scale_inv.shape[1] != triton.cdiv(k, block_k) or scale_inv.stride(1) != 1:
+        raise ValueError(
+            f"scale_inv must be [NB, ceil(K={k}/{block_k})] with unit last stride, got {tuple(scale_inv.shape)}"
+        )
+    if scale_inv.dtype != torch.float32:
+        raise ValueError(f"scale_inv must be float32, got {scale_inv.dtype}")
+    if row_block.shape != (n,) or row_block.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"row_block must be an int tensor of shape [{n}], got {tuple(row_block.shape)}")
+    for name, t in (("scale_inv", scale_inv), ("row_block", row_block)):
+        if t.device != w_q.device:
+            raise ValueError(f"{name} must be on {w_q.device}, got {t.device}")
+
+
+def block_fp8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    scale_inv: torch.Tensor,
+    row_block: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_k: int = 128,
+    quantize_activation: bool = False,
+) -> torch.Tensor:
+    """Triton version of ``reference.block_fp8_linear``: ``x [M, K]`` -> ``[M, N]`` in ``x.dtype``."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be [M, K] with unit stride on K, got {tuple(x.shape)} {tuple(x.stride())}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be bfloat16 or float16 on the GPU, got {x.dtype}")
+    check_block_fp8_weight(w_q, scale_inv, row_block, block_k)
+    m, k = x.shape
+    n = w_q.shape[0]
+    if w_q.shape[1] != k:
+        raise ValueError(f"w_q must be [N, K={k}], got {tuple(w_q.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
+    if not quantize_activation and m >= CONFIG["dequant_m_min"]:
+        # large-M W8A16: a bf16 copy of the weight (N·K·3 bytes moved, ~5 % of the GEMM here) and
+        # cuBLAS beat the in-register widening, which halves the MMA rate of a Triton bf16 GEMM
+        return torch.nn.functional.linear(x, dequant_to(w_q, scale_inv, row_block, block_k, x.dtype), bias)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    n_kb = triton.cdiv(k, BK)
+    a, a_s, mode = x, x, 0
+    if m <= CONFIG["small_m_max"]:
+        bm, bn, warps, stages = CONFIG["small"]
+        mode = 2 if quantize_activation else 0
+    elif m <= CONFIG["medium_m_max"]:
+        bm, bn, warps, stages = CONFIG["medium"]
+    else:
+        bm, bn, warps, stages = CONFIG["large" if quantize_activation else "large_w8a16"]
+    if quantize_activation and mode == 0:
+        a, a_s = per_token_group_quant_fp8(x, block_k)
+        mode = 1
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    split = 1
+    if m <= CONFIG["small_m_max"] and tiles < CONFIG["target_programs"]:
+        split = min(triton.cdiv(CONFIG["target_programs"], tiles), max(1, n_kb // 2), 16)
+    kps = triton.cdiv(n_kb, split)
+    split = triton.cdiv(n_kb, kps)  # no empty splits
+    c = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else out
+    _fp8_gemm_kernel[(tiles, split)](
+        a, a_s, w_q, scale_inv, row_block, bias_arg, c,
+        m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0),
+        m * n, n, kps,
+        A_MODE=mode, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_K=block_k,
+        BM=bm, BN=bn, BKC=BK, GROUP_M=8, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    if split > 1:
+        block = 1024
+        _split_reduce_kernel[(triton.cdiv(m * n, block),)](
+            c, bias_arg, out, n, m * n, out.stride(0),
+            SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        )  # fmt: skip
+    return out

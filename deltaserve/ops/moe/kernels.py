@@ -1,0 +1,473 @@
+"""Triton fused MoE: routing, token-to-expert alignment, expert GEMMs with fused SiLU·mul and combine.
+
+Pipeline (``fused_moe``), five launches plus a memset, none of them syncing with the host:
+
+1. ``_route_kernel`` (one program per token): fp32 softmax over E logits, top-k by repeated
+   arg-max (ties -> lowest id), optional renormalisation; with a shared expert, slot ``k`` gets id
+   ``E`` and weight ``sigmoid(x · gate_weight)`` (the gate dot product is done here too).
+2. ``_align_kernel`` (one program): histogram of the ``P = T·KT`` (token, slot) pairs per expert,
+   each expert's rows padded to ``BM``, pair indices scattered into their expert's rows
+   (``sorted_ids``, sentinel ``P``), and the expert of every ``BM`` block (``block_expert``, -1 for
+   unused blocks). Buffers are sized from the upper bound ``(P + min(E1, P)·(BM-1)) / BM`` blocks.
+3. ``_moe_up_kernel``: per (block, N tile) ``silu(x Wgᵀ) * (x Wuᵀ)`` into ``inter [P, I]``.
+4. ``_moe_down_kernel``: ``inter Wdᵀ`` times the routing weight, atomically added (fp32) into
+   ``out32 [T, H]``: the combine over a token's experts is the add.
+5. ``out32`` cast to the activation dtype.
+
+The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
+pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
+``row_block``) are widened to the activation dtype in registers (W8A16; exact) and the per-block
+scale multiplies each K step's fp32 partial, so the weight bytes read are halved.
+Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from deltaserve.ops.moe.reference import ExpertWeights, SharedExpertWeights
+
+FP8_DTYPE = torch.float8_e4m3fn
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # see ops/fp8/kernels.py: fp32 dots there
+
+# Launch configs keyed by the mean rows per used expert (benchmarks may override for sweeps; picked
+# from the H100 sweep of 2026-11-27: T=1 49 us vs 51-53, T=4096 BM128 2.5 ms vs BM64 3.4 ms):
+# (max_avg_rows, BM, (up BN, BK, warps, stages), (down BN, BK, warps, stages))
+CONFIGS = [
+    (16, 16, (32, 64, 4, 6), (64, 64, 4, 6)),
+    (48, 32, (64, 128, 4, 4), (64, 128, 4, 4)),
+    (1 << 62, 128, (64, 64, 8, 3), (128, 64, 8, 3)),
+]
+ALIGN_CHUNK = 1024
+# Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
+# intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
+PRECISE_INTER = True
+_TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _dot(a, b, acc, F32: tl.constexpr):
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _route_kernel(
+    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+    TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0).to(tl.int64)
+    e = tl.arange(0, BE)
+    e_ok = e < E
+    logit = tl.load(logit_ptr + t * sl + e, mask=e_ok, other=float("-inf")).to(tl.float32)
+    p = tl.exp(logit - tl.max(logit, axis=0))
+    p = p / tl.sum(p, axis=0)  # [BE]
+    p = tl.where(e_ok, p, -1.0)
+    j = tl.arange(0, KP)
+    wv = tl.zeros((KP,), dtype=tl.float32)
+    iv = tl.zeros((KP,), dtype=tl.int64)
+    for s in tl.static_range(TOPK):
+        best = tl.max(p, axis=0)
+        idx = tl.min(tl.where(p == best, e, BE), axis=0)
+        wv = tl.where(j == s, best, wv)
+        iv = tl.where(j == s, idx, iv)
+        p = tl.where(e == idx, -2.0, p)
+    if RENORM:
+        wv = wv / tl.sum(wv, axis=0)  # slots >= TOPK are still 0
+    if HAS_SHARED:
+        acc = tl.zeros((BH,), dtype=tl.float32)
+        for h0 in range(0, H, BH):
+            h = h0 + tl.arange(0, BH)
+            xv = tl.load(x_ptr + t * sx + h, mask=h < H, other=0.0).to(tl.float32)
+            gv = tl.load(g_ptr + h, mask=h < H, other=0.0).to(tl.float32)
+            acc += xv * gv
+        gate = tl.sigmoid(tl.sum(acc, axis=0))
+        wv = tl.where(j == TOPK, gate, wv)
+        iv = tl.where(j == TOPK, E, iv)
+    tl.store(w_ptr + t * KT + j, wv, mask=j < KT)
+    tl.store(id_ptr + t * KT + j, iv, mask=j < KT)
+
+
+@triton.jit
+def _align_kernel(
+    id_ptr, sorted_ptr, bexp_ptr, cursor_ptr, P, E1, L, NB,
+    BM: tl.constexpr, EP: tl.constexpr, CH: tl.constexpr,
+):  # fmt: skip
+    ar = tl.arange(0, CH)
+    for i in range(0, L, CH):
+        tl.store(sorted_ptr + i + ar, P, mask=i + ar < L)
+    for i in range(0, NB, CH):
+        tl.store(bexp_ptr + i + ar, -1, mask=i + ar < NB)
+    counts = tl.zeros((EP,), dtype=tl.int32)
+    for i in range(0, P, CH):
+        ids = tl.load(id_ptr + i + ar, mask=i + ar < P, other=-1)
+        ok = (ids >= 0) & (ids < E1)
+        counts += tl.histogram(tl.where(ok, ids, EP - 1).to(tl.int32), EP)
+    ev = tl.arange(0, EP)
+    counts = tl.where(ev < E1, counts, 0)
+    nblk = (counts + BM - 1) // BM  # [EP]
+    bstart = tl.cumsum(nblk, axis=0) - nblk
+    tl.store(cursor_ptr + ev, bstart * BM)
+    tl.debug_barrier()  # the fills above land before the scatters below (one CTA)
+    for jb in range(0, tl.max(nblk, axis=0)):
+        tl.store(bexp_ptr + bstart + jb, ev, mask=jb < nblk)
+    for i in range(0, P, CH):
+        ids = tl.load(id_ptr + i + ar, mask=i + ar < P, other=-1)
+        ok = (ids >= 0) & (ids < E1) & (i + ar < P)
+        pos = tl.atomic_add(cursor_ptr + tl.where(ok, ids, 0), 1, mask=ok, sem="relaxed")
+        tl.store(sorted_ptr + pos, i + ar, mask=ok)
+
+
+@triton.jit
+def _expert_base(
+    e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
+):
+    """Weight / scale / row-map bases and strides of expert ``e`` (``E_SH`` = the shared expert)."""
+    if e == E_SH:
+        wb = shw_ptr
+        sn = shw_n
+        sb = shs_ptr
+        sr = shs_r
+        rb = shrb_ptr
+    else:
+        wb = w_ptr + e.to(tl.int64) * sw_e
+        sn = sw_n
+        sb = s_ptr + e.to(tl.int64) * ss_e
+        sr = ss_r
+        rb = rb_ptr
+    return wb, sn, sb, sr, rb
+
+
+@triton.jit
+def _moe_up_kernel(
+    x_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, bexp_ptr, inter_ptr,
+    P, H, I, E_SH, sx, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+    KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    e = tl.load(bexp_ptr + pid_m)
+    if e < 0:
+        return
+    pairs = tl.load(sorted_ptr + pid_m * BM + tl.arange(0, BM))  # [BM]
+    p_ok = pairs < P
+    tok = (pairs // KT).to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)  # [BN]
+    n_ok = n < I
+    wb, sn, sb, sr, rb = _expert_base(
+        e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
+    )
+    g_cols = wb + n.to(tl.int64)[None, :] * sn  # [1, BN] gate rows
+    u_cols = g_cols + I * sn  # up rows follow the gate rows
+    if W_FP8:
+        srow_g = tl.load(rb + n, mask=n_ok, other=0).to(tl.int64) * sr  # [BN]
+        srow_u = tl.load(rb + I + n, mask=n_ok, other=0).to(tl.int64) * sr
+    a_rows = x_ptr + tok[:, None] * sx  # [BM, 1]
+    kr = tl.arange(0, BK)
+    acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        k = k0 + kr
+        k_ok = k < H
+        a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        bmask = k_ok[:, None] & n_ok[None, :]
+        bg = tl.load(g_cols + k[:, None], mask=bmask, other=0.0)  # [BK, BN]
+        bu = tl.load(u_cols + k[:, None], mask=bmask, other=0.0)
+        if W_FP8:
+            sblk = k0 // BLOCK_K
+            sg = tl.load(sb + srow_g + sblk, mask=n_ok, other=0.0)  # [BN]
+            su = tl.load(sb + srow_u + sblk, mask=n_ok, other=0.0)
+            zero = tl.zeros((BM, BN), dtype=tl.float32)
+            acc_g += _dot(a, bg.to(a.dtype), zero, F32) * sg[None, :]
+            acc_u += _dot(a, bu.to(a.dtype), zero, F32) * su[None, :]
+        else:
+            acc_g = _dot(a, bg, acc_g, F32)
+            acc_u = _dot(a, bu, acc_u, F32)
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    dst = inter_ptr + pairs.to(tl.int64)[:, None] * I + n[None, :]
+    tl.store(dst, h.to(inter_ptr.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _moe_down_kernel(
+    inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, bexp_ptr, tw_ptr, out_ptr,
+    P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+    KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
+    ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    e = tl.load(bexp_ptr + pid_m)
+    if e < 0:
+        return
+    pairs = tl.load(sorted_ptr + pid_m * BM + tl.arange(0, BM))  # [BM]
+    p_ok = pairs < P
+    pairs64 = pairs.to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)  # [BN] output columns (hidden)
+    n_ok = n < H
+    wb, sn, sb, sr, rb = _expert_base(
+        e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
+    )
+    cols = wb + n.to(tl.int64)[None, :] * sn  # [1, BN]
+    if W_FP8:
+        srow = tl.load(rb + n, mask=n_ok, other=0).to(tl.int64) * sr
+    a_rows = inter_ptr + pairs64[:, None] * I
+    kr = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, I, BK):
+        k = k0 + kr
+        k_ok = k < I
+        a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        b = tl.load(cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
+        if W_FP8:
+            b = b.to(ACT)
+        if PRECISE:  # fp32 intermediate as hi + lo halves in the activation dtype: two MMAs
+            a_hi = a.to(ACT)
+            a_lo = (a - a_hi.to(tl.float32)).to(ACT)
+            part = _dot(a_hi, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
+            part = _dot(a_lo, b, part, F32)
+        else:
+            part = _dot(a, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
+        if W_FP8:
+            part = part * tl.load(sb + srow + k0 // BLOCK_K, mask=n_ok, other=0.0)[None, :]
+        acc += part
+    tw = tl.load(tw_ptr + pairs64, mask=p_ok, other=0.0)  # [BM] routing weight of each pair
+    acc = acc * tw[:, None]
+    dst = out_ptr + (pairs64 // KT)[:, None] * H + n[None, :]
+    tl.atomic_add(dst, acc, mask=p_ok[:, None] & n_ok[None, :], sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------------
+# host side
+
+
+def _pick(avg_rows: float):
+    for max_avg, bm, up, down in CONFIGS:
+        if avg_rows <= max_avg:
+            return bm, up, down
+    return CONFIGS[-1][1:]
+
+
+def _route(logits: torch.Tensor, top_k: int, renormalize: bool, x=None, gate_weight=None):
+    t, e = logits.shape
+    kt = top_k + (1 if gate_weight is not None else 0)
+    w = torch.empty(t, kt, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(t, kt, dtype=torch.int64, device=logits.device)
+    if t == 0:
+        return w, ids
+    has_sh = gate_weight is not None
+    _route_kernel[(t,)](
+        logits, x if has_sh else logits, gate_weight if has_sh else logits, w, ids,
+        e, x.shape[1] if has_sh else 1, logits.stride(0), x.stride(0) if has_sh else 0,
+        TOPK=top_k, KT=kt, KP=triton.next_power_of_2(kt), RENORM=renormalize, HAS_SHARED=has_sh,
+        BE=triton.next_power_of_2(e), BH=1024, num_warps=4,
+    )  # fmt: skip
+    return w, ids
+
+
+def route_topk(
+    router_logits: torch.Tensor, top_k: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``reference.route_topk``: ``[T, E]`` -> ``(weights [T, k] fp32, ids [T, k] int64)``."""
+    if router_logits.dim() != 2 or router_logits.stride(1) != 1:
+        raise ValueError(
+            f"router_logits must be [T, E] with unit last stride, got {tuple(router_logits.shape)}"
+        )
+    if not 1 <= top_k <= router_logits.shape[1]:
+        raise ValueError(f"top_k must be in 1..E={router_logits.shape[1]}, got {top_k}")
+    return _route(router_logits, top_k, renormalize)
+
+
+def _align(ids: torch.Tensor, e1: int, bm: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``ids [T, KT]`` -> ``(sorted_ids [NB*BM] int32, block_expert [NB] int32, NB)`` (upper bound NB)."""
+    p = ids.numel()
+    nb = (p + min(e1, p) * (bm - 1)) // bm
+    dev = ids.device
+    sorted_ids = torch.empty(nb * bm, dtype=torch.int32, device=dev)
+    bexp = torch.empty(nb, dtype=torch.int32, device=dev)
+    ep = triton.next_power_of_2(e1 + 1)
+    cursor = torch.empty(ep, dtype=torch.int32, device=dev)
+    if p:
+        _align_kernel[(1,)](
+            ids, sorted_ids, bexp, cursor, p, e1, nb * bm, nb,
+            BM=bm, EP=ep, CH=ALIGN_CHUNK, num_warps=8,
+        )  # fmt: skip
+    return sorted_ids, bexp, nb
+
+
+def _fp8_parts(w: ExpertWeights):
+    if w.w13.dtype != FP8_DTYPE:
+        return False, None
+    for name in ("w13_scale_inv", "w2_scale_inv", "w13_row_block", "w2_row_block"):
+        if getattr(w, name) is None:
+            raise ValueError(f"{name} is required for FP8 expert weights")
+    if w.block_k % 16:
+        raise ValueError(f"block_k must be a multiple of 16, got {w.block_k}")
+    return True, w.block_k
+
+
+def _check_experts(x: torch.Tensor, w: ExpertWeights) -> tuple[int, int, int]:
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be [T, H] with unit last stride, got {tuple(x.shape)}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be bfloat16 or float16 on the GPU, got {x.dtype}")
+    h = x.shape[1]
+    if w.w13.dim() != 3 or w.w13.shape[2] != h or w.w13.shape[1] % 2:
+        raise ValueError(f"w13 must be [E, 2I, H={h}], got {tuple(w.w13.shape)}")
+    e, two_i, _ = w.w13.shape
+    i = two_i // 2
+    if w.w2.shape != (e, h, i):
+        raise ValueError(f"w2 must be [E={e}, H={h}, I={i}], got {tuple(w.w2.shape)}")
+    for name in ("w13", "w2"):
+        t = getattr(w, name)
+        if t.stride(2) != 1 or t.device != x.device:
+            raise ValueError(f"{name} must have unit last stride and live on {x.device}")
+        if t.dtype not in (x.dtype, FP8_DTYPE):
+            raise ValueError(f"{name} dtype {t.dtype} must be x's ({x.dtype}) or {FP8_DTYPE}")
+    if w.w2.dtype != w.w13.dtype:
+        raise ValueError(f"w13 ({w.w13.dtype}) and w2 ({w.w2.dtype}) must share a dtype")
+    return e, h, i
+
+
+def _run_experts(x, w: ExpertWeights, shared: SharedExpertWeights | None, topk_w, topk_ids, out32=None):
+    """Align + both GEMMs + cast. ``topk_w [T, KT]`` fp32, ``topk_ids [T, KT]`` (``E`` = shared).
+
+    With ``out32`` given, adds into it and returns it (fp32, no cast).
+    """
+    e, h, i = _check_experts(x, w)
+    t, kt = topk_ids.shape
+    cast = out32 is None
+    if out32 is None:
+        out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
+    if t == 0:
+        return out32.to(x.dtype) if cast else out32
+    fp8, block_k = _fp8_parts(w)
+    e1 = e + (1 if shared is not None else 0)
+    p = t * kt
+    bm, (bn1, bk1, wa1, st1), (bn2, bk2, wa2, st2) = _pick(p / min(e1, p))
+    if fp8:
+        bk1, bk2 = min(bk1, block_k), min(bk2, block_k)
+    sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
+    inter_dtype = torch.float32 if PRECISE_INTER else x.dtype
+    inter = torch.empty(p, i, dtype=inter_dtype, device=x.device)  # [P, I] silu(gate) * up per pair
+    if fp8:
+        s13, s2, rb13, rb2 = w.w13_scale_inv, w.w2_scale_inv, w.w13_row_block, w.w2_row_block
+    else:
+        s13, s2, rb13, rb2 = w.w13, w.w2, sorted_ids, sorted_ids  # unused placeholders
+    sh = shared if shared is not None else None
+    sh13 = sh.w13 if sh is not None else w.w13
+    sh2 = sh.w2 if sh is not None else w.w2
+    shs13 = sh.w13_scale_inv if (sh is not None and fp8) else s13
+    shs2 = sh.w2_scale_inv if (sh is not None and fp8) else s2
+    shrb13 = sh.w13_row_block if (sh is not None and fp8) else rb13
+    shrb2 = sh.w2_row_block if (sh is not None and fp8) else rb2
+
+    def ss(t3, d):  # stride of a scale tensor, 0 for placeholders
+        return t3.stride(d) if fp8 else 0
+
+    _moe_up_kernel[(nb, triton.cdiv(i, bn1))](
+        x, w.w13, s13, rb13, sh13, shs13, shrb13, sorted_ids, bexp, inter,
+        p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
+        sh13.stride(-2), ss(shs13, -2),
+        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET,
+        num_warps=wa1, num_stages=st1,
+    )  # fmt: skip
+    _moe_down_kernel[(nb, triton.cdiv(h, bn2))](
+        inter, w.w2, s2, rb2, sh2, shs2, shrb2, sorted_ids, bexp, topk_w, out32,
+        p, h, i, e, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
+        sh2.stride(-2), ss(shs2, -2),
+        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, PRECISE=PRECISE_INTER, ACT=_TL_DTYPE[x.dtype],
+        BM=bm, BN=bn2, BK=bk2, F32=INTERPRET,
+        num_warps=wa2, num_stages=st2,
+    )  # fmt: skip
+    return out32.to(x.dtype) if cast else out32
+
+
+def fused_experts(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Triton version of ``reference.fused_experts`` (bf16/fp16 weights): ``x [T, H]`` -> ``[T, H]``.
+
+    Ids outside ``0..E-1`` are skipped (the reference raises instead; checking would sync).
+    """
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"topk_ids must be [T={x.shape[0]}, k], got {tuple(topk_ids.shape)}")
+    if topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"topk_weights shape {tuple(topk_weights.shape)} != topk_ids {tuple(topk_ids.shape)}"
+        )
+    tw = topk_weights.float().contiguous()  # [T, k]
+    return _run_experts(x, ExpertWeights(w13, w2), None, tw, topk_ids.contiguous())
+
+
+def _shared_foldable(w: ExpertWeights, sh: SharedExpertWeights) -> bool:
+    i = w.w13.shape[1] // 2
+    same_dtype = sh.w13.dtype == w.w13.dtype and sh.w2.dtype == w.w2.dtype
+    fp8_ok = w.w13.dtype != FP8_DTYPE or (
+        sh.w13_scale_inv is not None
+        and sh.w2_scale_inv is not None
+        and sh.w13_row_block is not None
+        and sh.w2_row_block is not None
+        and sh.block_k == w.block_k
+        and sh.w13_scale_inv.stride(-1) == 1
+        and sh.w2_scale_inv.stride(-1) == 1
+    )
+    return (
+        same_dtype
+        and fp8_ok
+        and sh.w13.shape == (2 * i, w.w13.shape[2])
+        and sh.w2.shape == (w.w2.shape[1], i)
+        and sh.w13.stride(-1) == 1
+        and sh.w2.stride(-1) == 1
+    )
+
+
+def fused_moe(
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    experts: ExpertWeights,
+    shared: SharedExpertWeights | None = None,
+) -> torch.Tensor:
+    """Triton version of ``reference.fused_moe``: the whole sparse MoE block after the router GEMM."""
+    if router_logits.dim() != 2 or router_logits.shape[0] != x.shape[0] or router_logits.stride(1) != 1:
+        raise ValueError(f"router_logits must be [T={x.shape[0]}, E] with unit last stride")
+    if router_logits.shape[1] != experts.w13.shape[0]:
+        raise ValueError(f"router_logits has {router_logits.shape[1]} experts, w13 {experts.w13.shape[0]}")
+    if not 1 <= top_k <= router_logits.shape[1]:
+        raise ValueError(f"top_k must be in 1..E={router_logits.shape[1]}, got {top_k}")
+    if shared is None:
+        w, ids = _route(router_logits, top_k, renormalize)
+        return _run_experts(x, experts, None, w, ids)
+    if shared.gate_weight.shape != (1, x.shape[1]) or shared.gate_weight.stride(-1) != 1:
+        raise ValueError(
+            f"shared gate_weight must be [1, H={x.shape[1]}], got {tuple(shared.gate_weight.shape)}"
+        )
+    if _shared_foldable(experts, shared):
+        w, ids = _route(router_logits, top_k, renormalize, x, shared.gate_weight)
+        return _run_experts(x, experts, shared, w, ids)
+    # shared expert of another width or dtype: a second one-expert pass with the gate as its weight
+    w, ids = _route(router_logits, top_k, renormalize)
+    out32 = _run_experts(x, experts, None, w, ids, torch.zeros(x.shape, dtype=torch.float32, device=x.device))
+    g, _ = _route(torch.zeros(x.shape[0], 1, device=x.device), 1, False, x, shared.gate_weight)
+    one = ExpertWeights(
+        shared.w13[None],
+        shared.w2[None],
+        None if shared.w13_scale_inv is None else shared.w13_scale_inv[None],
+        None if shared.w2_scale_inv is None else shared.w2_scale_inv[None],
+        shared.w13_row_block,
+        shared.w2_row_block,
+        shared.block_k,
+    )
+    sh_ids = torch.zeros(x.shape[0], 1, dtype=torch.int64, device=x.device)
+    return _run_experts(x, one, None, g[:, 1:].contiguous(), sh_ids, out32).to(x.dtype)

@@ -1,0 +1,176 @@
+"""Triton block-FP8 GEMM and activation quant vs the reference: GPU tests and a TRITON_INTERPRET=1 CPU run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def make_weight(n: int, k: int, layout: str, device, seed: int = 0):
+    """Random block-FP8 weight ``[n, k]`` whose row_block is plain, shard-offset or permuted."""
+    from deltaserve.ops.fp8.reference import quantize_block_fp8
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(device)
+    if layout == "plain":
+        q, s = quantize_block_fp8(w)
+        return q, s, (torch.arange(n) // 128).to(device)
+    if layout == "shards":  # merged [a | b] parameter, each shard with its own scale rows
+        a = n // 3
+        qa, sa = quantize_block_fp8(w[:a])
+        qb, sb = quantize_block_fp8(w[a:])
+        rb = torch.cat([torch.arange(a) // 128, sa.shape[0] + torch.arange(n - a) // 128])
+        return torch.cat([qa, qb]), torch.cat([sa, sb]), rb.to(device)
+    q, s = quantize_block_fp8(w)  # permuted rows (de-interleaved projections)
+    perm = torch.randperm(n, generator=g).to(device)
+    return q[perm].contiguous(), s, (perm // 128).to(device)
+
+
+def _w8a8_from_kernel_quant(x, q, s, rb, b):
+    """W8A8 reference built on the quant kernel's own output (isolates the GEMM from quant rounding)."""
+    from deltaserve.ops.fp8 import kernels, reference
+
+    xq, xs = kernels.per_token_group_quant_fp8(x, 128)
+    xf = xq.float() * xs.repeat_interleave(128, dim=-1)[:, : x.shape[1]]
+    y = xf @ reference.dequant_block_fp8(q, s, rb, 128).T
+    return (y + b.float() if b is not None else y).to(x.dtype)
+
+
+def check_gemm(
+    device, m, n, k, layout, dtype=torch.bfloat16, bias=False, tol_w8a16=1e-2, tol_w8a8=2e-2, own_quant=False
+):
+    from deltaserve.ops.fp8 import kernels, reference
+
+    q, s, rb = make_weight(n, k, layout, device, seed=m + n + k)
+    x = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype) if bias else None
+    errs = {}
+    for qa, tol in ((False, tol_w8a16), (True, tol_w8a8)):
+        out = kernels.block_fp8_linear(x, q, s, rb, b, quantize_activation=qa)
+        if qa and own_quant:
+            ref = _w8a8_from_kernel_quant(x, q, s, rb, b)
+        else:
+            ref = reference.block_fp8_linear(x, q, s, rb, b, quantize_activation=qa)
+        assert out.shape == (m, n) and out.dtype == dtype
+        assert not out.isnan().any()
+        errs[qa] = rel_err(out, ref)
+        assert errs[qa] < tol, (m, n, k, layout, qa, errs[qa])
+    return errs
+
+
+def check_quant(device, m, k, group=128, max_mismatch=0.0):
+    from deltaserve.ops.fp8 import kernels, reference
+
+    x = (torch.randn(m, k, device=device) * torch.rand(m, 1, device=device) * 10).to(torch.bfloat16)
+    q, s = kernels.per_token_group_quant_fp8(x, group)
+    rq, rs = reference.per_token_group_quant_fp8(x, group)
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    mismatch = (q.float() != rq.float()).float().mean().item()
+    assert mismatch <= max_mismatch, mismatch
+
+
+def run_small(device: str) -> None:
+    # the interpreter truncates fp32->bf16 and mis-rounds some fp32->e4m3 near powers of two,
+    # hence the looser bounds here than on the GPU (an indexing bug gives errors near 1)
+    for m, n, k, layout in [(1, 200, 300, "plain"), (3, 256, 384, "shards"), (20, 130, 256, "perm")]:
+        check_gemm(device, m, n, k, layout, bias=m == 3, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
+    check_quant(device, 3, 300, max_mismatch=0.05)
+    from deltaserve.ops.fp8 import kernels
+
+    saved = kernels.CONFIG["dequant_m_min"]
+    kernels.CONFIG["dequant_m_min"] = 8  # the large-M W8A16 path (bf16 weight copy + matmul)
+    try:
+        check_gemm(device, 9, 200, 300, "perm", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
+    finally:
+        kernels.CONFIG["dequant_m_min"] = saved
+
+
+def test_triton_interpret_cpu():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 257, 2048])
+@pytest.mark.parametrize(
+    "n,k,layout",
+    [
+        (2048, 2048, "plain"),
+        (12288, 2048, "shards"),
+        (200, 300, "plain"),
+        (640, 4096, "perm"),
+        (1024, 512, "shards"),
+    ],
+)
+def test_block_fp8_linear_gpu(m, n, k, layout):
+    check_gemm("cuda", m, n, k, layout, bias=(m % 2 == 1), tol_w8a16=5e-3, tol_w8a8=1e-2)
+
+
+@pytest.mark.gpu
+def test_block_fp8_linear_fp16_gpu():
+    check_gemm("cuda", 5, 384, 256, "plain", dtype=torch.float16, tol_w8a16=5e-3, tol_w8a8=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(1, 2048), (257, 4096), (3, 300), (64, 128)])
+def test_group_quant_gpu(m, k):
+    check_quant("cuda", m, k)
+
+
+@pytest.mark.gpu
+def test_w8a8_vs_dequantised_bf16_gpu():
+    """W8A8 against the dequantised-weight bf16-activation product: the activation-quant error alone."""
+    from deltaserve.ops.fp8 import block_fp8_linear, reference
+
+    q, s, rb = make_weight(2048, 2048, "plain", "cuda")
+    x = torch.randn(64, 2048, device="cuda", dtype=torch.bfloat16)
+    out = block_fp8_linear(x, q, s, rb, quantize_activation=True)
+    ref = reference.block_fp8_linear(x, q, s, rb)  # W8A16, fp32
+    assert rel_err(out, ref) < 4e-2  # e4m3 activations: about 2.5 % on Gaussian data
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16])
+def test_block_fp8_linear_cuda_graph(m):
+    from deltaserve.ops.fp8 import block_fp8_linear, reference
+
+    q, s, rb = make_weight(1024, 2048, "plain", "cuda")
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    for qa in (False, True):
+        block_fp8_linear(x, q, s, rb, quantize_activation=qa)  # compile outside the capture
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = block_fp8_linear(x, q, s, rb, quantize_activation=qa)
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = reference.block_fp8_linear(x, q, s, rb, quantize_activation=qa)
+        assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.gpu
+def test_block_fp8_linear_rejects_bad_args_gpu():
+    from deltaserve.ops.fp8 import block_fp8_linear
+
+    q, s, rb = make_weight(256, 256, "plain", "cuda")
+    x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="row_block"):
+        block_fp8_linear(x, q, s, rb[:10])
+    with pytest.raises(ValueError, match="scale_inv"):
+        block_fp8_linear(x, q, s[:, :1], rb)
+    with pytest.raises(ValueError, match="w_q"):
+        block_fp8_linear(torch.randn(2, 128, device="cuda", dtype=torch.bfloat16), q, s, rb)
+
+
+if __name__ == "__main__":
+    run_small("cpu")
+    print("ok")
