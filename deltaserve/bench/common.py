@@ -1,0 +1,141 @@
+"""Shared helpers for the op benchmarks: timing, device record, floors, table printing.
+
+Timing is always with CUDA events on the current stream after warm-up, median over repeats. The
+floors use the H100 ceilings measured on this project's card (DESIGN.md section 6): 3.0 TB/s device
+copy and 750 TFLOP/s bf16 matrix rate (override with DELTASERVE_BENCH_BW / DELTASERVE_BENCH_FLOPS).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+COPY_BW = float(os.environ.get("DELTASERVE_BENCH_BW", 3.0e12))  # bytes/s, read + write counted
+MATMUL_RATE = float(os.environ.get("DELTASERVE_BENCH_FLOPS", 750e12))  # FLOP/s, bf16 dense
+
+
+def bytes_floor_ms(n_bytes: float) -> float:
+    """Time to move n_bytes through device memory at the copy ceiling, in ms."""
+    return n_bytes / COPY_BW * 1e3
+
+
+def flops_floor_ms(flops: float) -> float:
+    """Time for flops at the bf16 matrix ceiling, in ms."""
+    return flops / MATMUL_RATE * 1e3
+
+
+def time_cuda(fn: Callable[[], Any], *, warmup: int = 5, rep: int = 30, min_ms: float = 50.0) -> float:
+    """Median ms of fn() (CUDA events around each call). Repeats grow until about min_ms total."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < rep or (total < min_ms and len(times) < 20 * rep):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        total += times[-1]
+    return statistics.median(times)
+
+
+def time_cuda_graph(fns: Sequence[Callable[[], Any]], *, replays: int = 30) -> float:
+    """Per-call ms when all of fns run back to back inside one captured CUDA graph (median over replays).
+
+    Pass several calls (e.g. one per layer, each on its own buffers) so launch gaps inside the graph
+    are counted the way a captured decode step sees them.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for fn in fns:
+                fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(fns))
+    del graph
+    return statistics.median(times)
+
+
+def measure_copy_bw(n_bytes: int = 1 << 30) -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus written."""
+    src = torch.empty(n_bytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_cuda(lambda: dst.copy_(src), warmup=3, rep=10)
+    return 2 * src.numel() / (ms * 1e-3)  # read + write
+
+
+def device_record() -> dict[str, Any]:
+    """Card, software versions and date for a results file."""
+    rec: dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        import triton
+
+        rec["triton"] = triton.__version__
+    except ImportError:
+        rec["triton"] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        rec.update(
+            device=p.name,
+            sm_count=p.multi_processor_count,
+            cuda=torch.version.cuda,
+            driver_capability=f"{p.major}.{p.minor}",
+        )
+    else:
+        rec["device"] = "cpu"
+    return rec
+
+
+def fmt_row(row: dict[str, Any]) -> str:
+    def f(x: Any, spec: str) -> str:
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+    return (
+        f"{row.get('op', ''):<14} {row.get('shape', ''):<34} {f(row.get('ours_ms'), '9.4f')} "
+        f"{f(row.get('base_ms'), '9.4f')} {f(row.get('speedup'), '7.2f')} "
+        f"{row.get('achieved', ''):>16} {f(row.get('floor_ms'), '9.4f')}  {row.get('note', '')}"
+    )
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> None:
+    """ours/base times in ms; speedup = base / ours (> 1 means we are faster)."""
+    if title:
+        print(title)
+    head = (
+        f"{'op':<14} {'shape':<34} {'ours_ms':>9} {'base_ms':>9} {'speedup':>7} {'achieved':>16} "
+        f"{'floor_ms':>9}  note"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(fmt_row(r))

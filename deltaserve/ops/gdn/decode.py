@@ -1,0 +1,212 @@
+"""Triton GDN decode: one (gdn_decode) or T (gdn_decode_multi) tokens per sequence, state in a pool.
+
+One program owns a [Dk, BV] tile of one (sequence, value head) state: it reads the tile once, runs
+the T recurrence steps in registers (gating, l2norm of q/k and GVA fused) and writes the tile back
+in place. Memory-bound: the state read + write is all the traffic that matters. No host syncs, so
+both functions are CUDA-graph safe.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from deltaserve.ops.gdn import checks
+from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    b_ptr,
+    alog_ptr,
+    dtb_ptr,
+    state_ptr,
+    slot_ptr,
+    o_ptr,
+    inter_ptr,
+    T,
+    scale,
+    sq_b,
+    sq_t,
+    sq_h,
+    sk_b,
+    sk_t,
+    sk_h,
+    sv_b,
+    sv_t,
+    sv_h,
+    sa_b,
+    sa_t,
+    sb_b,
+    sb_t,
+    ss_s,
+    ss_h,
+    ss_k,
+    ss_v,
+    si_b,
+    si_t,
+    si_h,
+    si_k,
+    si_v,
+    so_b,
+    so_t,
+    so_h,
+    HV: tl.constexpr,
+    GROUP: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_INTER: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    i_b = pid_bh // HV
+    i_h = pid_bh % HV
+    i_kh = i_h // GROUP
+    offs_k = tl.arange(0, DK)  # [DK]
+    offs_v = pid_v * BV + tl.arange(0, BV)  # [BV]
+    slot = tl.load(slot_ptr + i_b).to(tl.int64)
+    o_base = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
+    if slot < 0:
+        # padding row: zero output, no state traffic
+        for t in range(T):
+            tl.store(o_base + t * so_t, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
+        return
+    s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
+    s = tl.load(s_ptrs).to(tl.float32)  # [DK, BV]
+    a_log = tl.load(alog_ptr + i_h).to(tl.float32)
+    dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
+    for t in range(T):
+        q = tl.load(q_ptr + i_b.to(tl.int64) * sq_b + t * sq_t + i_kh * sq_h + offs_k).to(tl.float32)
+        k = tl.load(k_ptr + i_b.to(tl.int64) * sk_b + t * sk_t + i_kh * sk_h + offs_k).to(tl.float32)
+        v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + t * sv_t + i_h * sv_h + offs_v).to(tl.float32)
+        a = tl.load(a_ptr + i_b.to(tl.int64) * sa_b + t * sa_t + i_h).to(tl.float32)
+        b = tl.load(b_ptr + i_b.to(tl.int64) * sb_b + t * sb_t + i_h).to(tl.float32)
+        g, beta = gate_scalar(a, b, a_log, dt_b)
+        q = q * (tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale)  # [DK]
+        k = k * tl.rsqrt(tl.sum(k * k, 0) + 1e-6)  # [DK]
+        # Both reductions read the incoming state, so they are independent (one pass over s):
+        #   o = q^T (e^g s + k d^T) = e^g (q^T s) + (q.k) d,  d = beta (v - e^g (k^T s))
+        eg = tl.exp(g)
+        ks = tl.sum(s * k[:, None], 0)  # [BV]
+        qs = tl.sum(s * q[:, None], 0)  # [BV]
+        qk = tl.sum(q * k, 0)
+        delta = (v - eg * ks) * beta  # [BV]
+        o = eg * qs + qk * delta
+        s = s * eg + k[:, None] * delta[None, :]
+        tl.store(o_base + t * so_t, o.to(o_ptr.dtype.element_ty))
+        if HAS_INTER:
+            i_ptrs = (
+                inter_ptr
+                + i_b.to(tl.int64) * si_b
+                + t * si_t
+                + i_h * si_h
+                + offs_k[:, None] * si_k
+                + offs_v[None, :] * si_v
+            )
+            tl.store(i_ptrs, s.to(inter_ptr.dtype.element_ty))
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
+
+
+def _decode_config(n_seq: int, hv: int) -> tuple[int, int]:
+    """(BV, num_warps) from CUDA-graph sweeps on an H100 (scripts/gdn_tune.py ... graph): one-warp
+    programs over 16 state columns for latency at tiny batch; 64-column, 4-warp tiles when
+    bandwidth-bound (94-102 % of copy bandwidth at B=256 except bf16 "kv", 85 %)."""
+    if n_seq * hv < 256:
+        return 16, 1
+    return 64, 4
+
+
+def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
+    """q, k [B, T, Hk, Dk]; v [B, T, Hv, Dv]; a, b [B, T, Hv] (views allowed)."""
+    nb, t, hk, dk = q.shape
+    hv, dv = v.shape[-2:]
+    for name, x in (("q", q), ("k", k), ("v", v), ("a", a), ("b", b), ("A_log", A_log), ("dt_bias", dt_bias)):
+        checks.check_inner_contiguous(name, x)
+    if dk & (dk - 1) or dv & (dv - 1) or dv < 16:
+        raise ValueError(f"v: Dk={dk} and Dv={dv} must be powers of two (Dv >= 16) for the Triton kernel")
+    if scale is None:
+        scale = dk**-0.5
+    o = torch.empty(nb, t, hv, dv, dtype=q.dtype, device=q.device)
+    bv, warps = config if config is not None else _decode_config(nb, hv)
+    bv = min(bv, dv)
+    ss = logical_state_strides(state, state_layout, 1)
+    if inter is not None:
+        si = logical_state_strides(inter, state_layout, 2)
+    else:
+        si = (0, 0, 0, 0, 0)
+    grid = (nb * hv, dv // bv)
+    _decode_kernel[grid](
+        q, k, v, a, b, A_log, dt_bias, state, state_slots, o, inter if inter is not None else o, t, scale,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        a.stride(0), a.stride(1),
+        b.stride(0), b.stride(1),
+        *ss,
+        *si,
+        o.stride(0), o.stride(1), o.stride(2),
+        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, HAS_INTER=inter is not None,
+        num_warps=warps,
+    )  # fmt: skip
+    return o
+
+
+def gdn_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    *,
+    state: torch.Tensor,
+    state_slots: torch.Tensor,
+    state_layout: str = "kv",
+    scale: float | None = None,
+    _config: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One decode token per sequence (Triton); see deltaserve.ops.gdn.gdn_decode for the contract.
+
+    q, k [B, Hk, Dk]; v [B, Hv, Dv]; a, b [B, Hv]; returns o [B, Hv, Dv] in q.dtype.
+    """
+    checks.check_decode(q, k, v, a, b, A_log, dt_bias, state, state_slots, state_layout, 1)
+    o = _launch(
+        q[:, None], k[:, None], v[:, None], a[:, None], b[:, None], A_log, dt_bias, state, state_slots,
+        None, state_layout, scale, _config,
+    )  # fmt: skip
+    return o[:, 0]
+
+
+def gdn_decode_multi(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    *,
+    state: torch.Tensor,
+    state_slots: torch.Tensor,
+    intermediate_states: torch.Tensor | None = None,
+    state_layout: str = "kv",
+    scale: float | None = None,
+    _config: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """T tokens per sequence (Triton); see deltaserve.ops.gdn.gdn_decode_multi for the contract.
+
+    q, k [B, T, Hk, Dk]; v [B, T, Hv, Dv]; a, b [B, T, Hv]; returns o [B, T, Hv, Dv] in q.dtype.
+    """
+    checks.check_decode(
+        q, k, v, a, b, A_log, dt_bias, state, state_slots, state_layout, 2, intermediate_states
+    )
+    return _launch(
+        q, k, v, a, b, A_log, dt_bias, state, state_slots, intermediate_states, state_layout, scale, _config
+    )

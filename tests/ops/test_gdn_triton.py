@@ -1,0 +1,324 @@
+"""GDN Triton kernels vs the fp32 reference (GPU, `pytest -m gpu`) plus a tiny TRITON_INTERPRET run on CPU.
+
+Acceptance (issue 3): bf16 inputs, rel. error < 2e-3 on outputs and < 1e-3 on fp32 final states, for
+lengths 1, 63, 64, 65, 1000 and varlen batches with 1-token and 8k-token sequences, both state
+layouts, fp32 and bf16 states, Hv/Hk = 1, 2, 3, 4; outputs NaN-poisoned; padding slots untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from deltaserve.ops.gdn import reference as ref
+
+D = 128
+OUT_TOL = 2e-3
+STATE_TOL = {torch.float32: 1e-3, torch.bfloat16: 6e-3}  # bf16 pool: storage rounding alone is ~2e-3
+
+
+def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return ((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item()
+
+
+def _poison_allocator(*shapes_dtypes) -> None:
+    """Fill soon-to-be-reused caching-allocator blocks with NaN so unwritten outputs show up."""
+    for shape, dtype in shapes_dtypes:
+        torch.full(shape, float("nan"), dtype=dtype, device="cuda")  # freed at once, block is reused
+
+
+def _inputs(t: int, hk: int, hv: int, gen: torch.Generator, lead: tuple[int, ...] = ()):
+    """bf16 q, k, v as column views of one [*, conv_dim] tensor (as in the model), a, b views of [*, 2 Hv]."""
+    shape = (*lead, t)
+    mixed = torch.randn(*shape, 2 * hk * D + hv * D, generator=gen, device="cuda").bfloat16()
+    ba = (torch.randn(*shape, 2 * hv, generator=gen, device="cuda") * 2).bfloat16()
+    q = mixed[..., : hk * D].unflatten(-1, (hk, D))
+    k = mixed[..., hk * D : 2 * hk * D].unflatten(-1, (hk, D))
+    v = mixed[..., 2 * hk * D :].unflatten(-1, (hv, D))
+    A_log = torch.empty(hv, device="cuda").uniform_(-2.0, 1.5, generator=gen)
+    dt_bias = torch.randn(hv, generator=gen, device="cuda")
+    return q, k, v, ba[..., :hv], ba[..., hv:], A_log, dt_bias
+
+
+def _pool(n_slots: int, hv: int, layout: str, dtype: torch.dtype, gen: torch.Generator, transposed: bool):
+    """Layer 1 of a [3, S, Hv, ...] pool: native per-head layout, or a transposed view of the other one."""
+    full = (torch.randn(3, n_slots, hv, D, D, generator=gen, device="cuda") * 0.3).to(dtype)
+    view = full[1].transpose(-1, -2) if transposed else full[1]
+    return full, view
+
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize(
+    "lens",
+    [[1], [63], [64], [65], [1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1]],
+    ids=lambda x: "x".join(map(str, x)),
+)
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4])
+def test_prefill_matches_reference(lens, layout, sdtype, ratio):
+    from deltaserve.ops.gdn.prefill import gdn_prefill
+
+    if ratio in (1, 3) and len(lens) == 1 and lens[0] in (63, 65):
+        pytest.skip("ratio sweep on the remaining shapes keeps the run short")
+    gen = torch.Generator(device="cuda").manual_seed(sum(lens) * 7 + ratio)
+    hk = 2 if ratio != 3 else 1
+    hv = hk * ratio
+    t = sum(lens)
+    nb = len(lens)
+    q, k, v, a, b, A_log, dt_bias = _inputs(t, hk, hv, gen)
+    full, pool = _pool(nb + 3, hv, layout, sdtype, gen, transposed=(layout == "vk" and ratio == 2))
+    before = full.clone()
+    slots = torch.randperm(nb + 3, generator=torch.Generator().manual_seed(t))[:nb].to("cuda", torch.int32)
+    has_init = torch.arange(nb, device="cuda") % 2 == 0
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    _poison_allocator(((t, hv, D), torch.bfloat16))
+    o = gdn_prefill(
+        q, k, v, a, b, A_log, dt_bias, cu_seqlens=cu, state=pool, state_slots=slots,
+        has_initial_state=has_init, state_layout=layout,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    assert o.shape == (t, hv, D) and o.dtype == torch.bfloat16
+    assert torch.isfinite(o).all()
+    g, beta = ref.gdn_gating(a, b, A_log, dt_bias)
+    h0 = torch.zeros(nb, hv, D, D, device="cuda")
+    before_view = before[1].transpose(-1, -2) if (layout == "vk" and ratio == 2) else before[1]
+    for i in range(nb):
+        if has_init[i]:
+            h0[i] = ref.read_state(before_view, int(slots[i]), layout)
+    o_ref, s_ref = ref.chunk_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu.cpu(), initial_state=h0)
+    assert _rel(o, o_ref) < OUT_TOL
+    finals = torch.stack([ref.read_state(pool, int(s), layout) for s in slots])
+    assert _rel(finals, s_ref) < STATE_TOL[sdtype]
+    others = [s for s in range(nb + 3) if s not in slots.tolist()]
+    assert torch.equal(full[1, others], before[1, others])
+    assert torch.equal(full[0], before[0]) and torch.equal(full[2], before[2])
+
+
+@gpu
+def test_prefill_deterministic_and_zero_length_sequence():
+    from deltaserve.ops.gdn.prefill import gdn_prefill
+
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    lens = [100, 0, 30]
+    q, k, v, a, b, A_log, dt_bias = _inputs(130, 2, 4, gen)
+    cu = torch.tensor([0, 100, 100, 130], device="cuda")
+    pool = torch.randn(4, 4, D, D, generator=gen, device="cuda")
+    slots = torch.tensor([2, 0, 3], device="cuda")
+    has_init = torch.tensor([True, True, False], device="cuda")
+    outs = []
+    for _ in range(2):
+        p = pool.clone()
+        o = gdn_prefill(
+            q,
+            k,
+            v,
+            a,
+            b,
+            A_log,
+            dt_bias,
+            cu_seqlens=cu,
+            state=p,
+            state_slots=slots,
+            has_initial_state=has_init,
+        )
+        outs.append((o, p))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(outs[0][1][0], pool[0])  # empty sequence with an initial state keeps it
+    assert torch.equal(outs[0][1][1], pool[1])  # unused slot
+    assert len(lens) == cu.numel() - 1
+
+
+def _decode_ref(q, k, v, a, b, A_log, dt_bias, pool, slots, layout):
+    """fp32 reference outputs [B, T, Hv, Dv] and final states per valid sequence (kv orientation)."""
+    g, beta = ref.gdn_gating(a, b, A_log, dt_bias)  # [B, T, Hv]
+    nb, t = q.shape[:2]
+    outs = torch.zeros(nb, t, v.shape[-2], D, device="cuda")
+    finals, inters = {}, {}
+    for i in range(nb):
+        s = int(slots[i])
+        if s < 0:
+            continue
+        h0 = ref.read_state(pool, s, layout)[None]
+        cu = torch.tensor([0, t])
+        o_i, s_i = ref.recurrent_gated_delta_rule_ref(
+            q[i], k[i], v[i], g[i], beta[i], cu_seqlens=cu, initial_state=h0
+        )
+        outs[i] = o_i
+        finals[i] = s_i[0]
+        steps = []
+        for j in range(t):
+            _, s_j = ref.recurrent_gated_delta_rule_ref(
+                q[i, : j + 1], k[i, : j + 1], v[i, : j + 1], g[i, : j + 1], beta[i, : j + 1],
+                cu_seqlens=torch.tensor([0, j + 1]), initial_state=h0,
+            )  # fmt: skip
+            steps.append(s_j[0])
+        inters[i] = torch.stack(steps)
+    return outs, finals, inters
+
+
+@gpu
+@pytest.mark.parametrize("nb", [1, 7, 64])
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", [1, 2, 3, 4])
+def test_decode_matches_reference(nb, layout, sdtype, ratio):
+    from deltaserve.ops.gdn.decode import gdn_decode
+
+    gen = torch.Generator(device="cuda").manual_seed(nb * 13 + ratio)
+    hk = 2 if ratio != 3 else 1
+    hv = hk * ratio
+    q, k, v, a, b, A_log, dt_bias = _inputs(1, hk, hv, gen, lead=(nb,))
+    q, k, v, a, b = (x[:, 0] for x in (q, k, v, a, b))
+    n_slots = nb + 4
+    full, pool = _pool(n_slots, hv, layout, sdtype, gen, transposed=(ratio == 4))
+    before = full.clone()
+    before_view = before[1].transpose(-1, -2) if ratio == 4 else before[1]
+    slots = torch.randperm(n_slots, generator=torch.Generator().manual_seed(nb))[:nb].to("cuda")
+    if nb > 1:
+        slots[1] = -1  # padding row
+    _poison_allocator(((nb, 1, hv, D), torch.bfloat16))
+    o = gdn_decode(q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=slots, state_layout=layout)
+    torch.cuda.synchronize()
+    assert o.shape == (nb, hv, D) and torch.isfinite(o).all()
+    o_ref, finals, _ = _decode_ref(
+        q[:, None], k[:, None], v[:, None], a[:, None], b[:, None], A_log, dt_bias, before_view, slots, layout
+    )
+    valid = [i for i in range(nb) if int(slots[i]) >= 0]
+    assert _rel(o[valid], o_ref[valid, 0]) < OUT_TOL
+    if nb > 1:
+        assert torch.equal(o[1], torch.zeros_like(o[1]))
+    got = torch.stack([ref.read_state(pool, int(slots[i]), layout) for i in valid])
+    want = torch.stack([finals[i] for i in valid])
+    assert _rel(got, want) < STATE_TOL[sdtype]
+    untouched = [s for s in range(n_slots) if s not in slots.tolist()]
+    assert torch.equal(full[1, untouched], before[1, untouched])
+    assert torch.equal(full[0], before[0]) and torch.equal(full[2], before[2])
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_decode_multi_with_intermediate_states(layout, sdtype):
+    from deltaserve.ops.gdn.decode import gdn_decode_multi
+
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    nb, t, hk, hv = 5, 4, 2, 4
+    q, k, v, a, b, A_log, dt_bias = _inputs(t, hk, hv, gen, lead=(nb,))
+    full, pool = _pool(8, hv, layout, sdtype, gen, transposed=False)
+    before = full.clone()
+    slots = torch.tensor([6, 0, -1, 3, 5], device="cuda")
+    inter = torch.full((nb, t, *pool.shape[1:]), float("nan"), device="cuda", dtype=sdtype)
+    _poison_allocator(((nb, t, hv, D), torch.bfloat16))
+    o = gdn_decode_multi(
+        q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=slots, intermediate_states=inter,
+        state_layout=layout,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    o_ref, finals, inters = _decode_ref(q, k, v, a, b, A_log, dt_bias, before[1], slots, layout)
+    valid = [0, 1, 3, 4]
+    assert torch.isfinite(o).all() and torch.equal(o[2], torch.zeros_like(o[2]))
+    assert _rel(o[valid], o_ref[valid]) < OUT_TOL
+    got = torch.stack([ref.read_state(pool, int(slots[i]), layout) for i in valid])
+    assert _rel(got, torch.stack([finals[i] for i in valid])) < STATE_TOL[sdtype]
+    inter_kv = inter if layout == "kv" else inter.transpose(-1, -2)
+    assert _rel(inter_kv[valid].float(), torch.stack([inters[i] for i in valid])) < STATE_TOL[sdtype]
+    assert torch.isnan(inter[2]).all()
+    untouched = [1, 2, 4, 7]
+    assert torch.equal(full[1, untouched], before[1, untouched])
+
+
+@gpu
+def test_decode_in_cuda_graph():
+    from deltaserve.ops.gdn.decode import gdn_decode
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    nb, hk, hv = 3, 2, 4
+    q, k, v, a, b, A_log, dt_bias = _inputs(1, hk, hv, gen, lead=(nb,))
+    q, k, v, a, b = (x[:, 0] for x in (q, k, v, a, b))
+    pool = torch.randn(4, hv, D, D, generator=gen, device="cuda")
+    slots = torch.tensor([2, -1, 0], device="cuda")
+    eager_pool = pool.clone()
+    o_eager = gdn_decode(q, k, v, a, b, A_log, dt_bias, state=eager_pool, state_slots=slots)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    warm = pool.clone()
+    with torch.cuda.stream(s):
+        gdn_decode(q, k, v, a, b, A_log, dt_bias, state=warm, state_slots=slots)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph = gdn_decode(q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=slots)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_graph, o_eager) and torch.equal(pool, eager_pool)
+
+
+_INTERPRET_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from deltaserve.ops.gdn import decode, prefill, reference as ref
+
+    def rel(x, y):
+        return ((x.double() - y.double()).norm() / y.double().norm()).item()
+
+    torch.manual_seed(0)
+    # prefill: fp16 inputs (the interpreter's numpy dot has no bf16), 3 sequences, GVA 2, both layouts
+    lens, hk, hv, dk, dv = [1, 70, 5], 1, 2, 64, 16
+    cu = torch.tensor([0, 1, 71, 76]); t = 76
+    q, k = torch.randn(t, hk, dk).half(), torch.randn(t, hk, dk).half()
+    v, a, b = torch.randn(t, hv, dv).half(), torch.randn(t, hv).half(), torch.randn(t, hv).half()
+    A_log, dt = torch.rand(hv), torch.randn(hv)
+    g, beta = ref.gdn_gating(a, b, A_log, dt)
+    for layout in ("vk",):
+        full = torch.randn(2, 5, hv, dk, dv)
+        pool = full[1] if layout == "kv" else full[1].transpose(-1, -2)
+        before = full.clone()
+        slots, init = torch.tensor([4, 0, 2]), torch.tensor([True, False, True])
+        o = prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
+                                has_initial_state=init, state_layout=layout)
+        h0 = torch.stack([before[1, int(s)] * bool(i) for s, i in zip(slots, init)])
+        o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu, initial_state=h0)
+        assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
+        assert rel(full[1, slots], s_r) < 1e-5, rel(full[1, slots], s_r)
+        assert torch.equal(full[1, [1, 3]], before[1, [1, 3]]) and torch.equal(full[0], before[0])
+    # decode_multi: fp16 in/out (the interpreter truncates when storing bf16), padding row,
+    # intermediate states, vk layout
+    nb, t = 3, 2
+    q, k = torch.randn(nb, t, hk, dk).half(), torch.randn(nb, t, hk, dk).half()
+    v, a, b = torch.randn(nb, t, hv, dv).half(), torch.randn(nb, t, hv).bfloat16(), torch.randn(nb, t, hv)
+    full = torch.randn(4, hv, dk, dv)
+    pool, before = full.transpose(-1, -2), full.clone()
+    inter = torch.full((nb, t, hv, dv, dk), float("nan"))
+    slots = torch.tensor([2, -1, 0])
+    o = decode.gdn_decode_multi(q, k, v, a, b, A_log, dt, state=pool, state_slots=slots,
+                                intermediate_states=inter, state_layout="vk")
+    pool2 = before.clone()
+    o2 = ref.gdn_decode_multi(q.float(), k.float(), v.float(), a, b, A_log, dt, state=pool2,
+                              state_slots=slots, state_layout="kv")
+    assert rel(o[[0, 2]].float(), o2[[0, 2]]) < 2e-3 and bool((o[1] == 0).all())
+    assert rel(full, pool2) < 1e-5 and torch.isnan(inter[1]).all()
+    assert rel(inter[[0, 2], -1].transpose(-1, -2), full[[2, 0]]) < 1e-6
+    print("OK")
+    """
+)
+
+
+def test_kernels_under_triton_interpreter():
+    """Runs the prefill and decode kernels on CPU with TRITON_INTERPRET=1 (in a subprocess)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
