@@ -28,6 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deltaserve import env
+
 logger = logging.getLogger(__name__)
 
 DEMO_VERSION = "1"
@@ -156,9 +158,9 @@ def demo_spec():
 
 def cache_root() -> Path:
     """`$DELTASERVE_CACHE_DIR`, else `$XDG_CACHE_HOME/deltaserve`, else `~/.cache/deltaserve`."""
-    env = os.environ.get("DELTASERVE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
+    configured = env.get("DELTASERVE_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "deltaserve"
 

@@ -53,6 +53,18 @@ _VARS: dict[str, EnvVar] = {
         ),
         EnvVar("DELTASERVE_DISABLE_PROGRESS_BAR", _bool, False, "hide the offline LLM.generate progress bar"),
         EnvVar(
+            "DELTASERVE_DISABLE_VLLM_PLUGIN",
+            _bool,
+            False,
+            "turn off the vllm.general_plugins entry point (vLLM then runs its own model classes)",
+        ),
+        EnvVar(
+            "DELTASERVE_CACHE_DIR",
+            str,
+            "",
+            "where the embedded demo model is built (default $XDG_CACHE_HOME/deltaserve or ~/.cache/deltaserve)",
+        ),
+        EnvVar(
             "DELTASERVE_ENGINE_IDLE_TIMEOUT_S",
             float,
             1.0,
