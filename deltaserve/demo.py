@@ -244,8 +244,7 @@ def _merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 def build_qwen_tokenizer():
     """The real Qwen3 tokenizer as a `tokenizers.Tokenizer` (byte-level BPE + Qwen3's added tokens)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE
+    from deltaserve.testing.tokenizer import byte_level_bpe
 
     ranks = qwen_ranks()
     sym = _byte_to_unicode()
@@ -255,28 +254,7 @@ def build_qwen_tokenizer():
 
     vocab = {enc(tok): rank for tok, rank in ranks.items()}
     merges = [(enc(a), enc(b)) for a, b in _merges_from_ranks(ranks)]
-    tok = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=merges,
-            dropout=None,
-            unk_token=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-        )
-    )
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.add_tokens([AddedToken(c, special=s, normalized=False) for c, s in QWEN3_ADDED_TOKENS])
+    tok = byte_level_bpe(vocab, merges, QWEN_PRETOKENIZE_REGEX, list(QWEN3_ADDED_TOKENS))
     if tok.token_to_id("</think>") != NUM_BASE_TOKENS + len(QWEN3_ADDED_TOKENS) - 1:
         raise RuntimeError("added-token ids do not follow the base vocabulary")
     return tok

@@ -167,17 +167,17 @@ def special_token_ids(model_vocab_size: int) -> dict[str, int]:
     return {content: first + i for i, (content, _) in enumerate(SPECIAL_TOKENS)}
 
 
-def build_tokenizer(model_vocab_size: int):
-    """The `tokenizers.Tokenizer` for a model vocab size (deterministic)."""
+def byte_level_bpe(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    pretokenize_regex: str,
+    added_tokens: list[tuple[str, bool]],
+):
+    """A Qwen-style byte-level BPE `tokenizers.Tokenizer`: NFC, regex split, byte-level mapping, and
+    `added_tokens` as (content, special) appended after the base vocabulary."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    merges = train_merges(DEFAULT_NUM_MERGES)[: _num_merges(model_vocab_size)]
-    vocab = {s: i for i, s in enumerate(_byte_symbols())}
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    if len(vocab) != 256 + len(merges):
-        raise AssertionError("BPE merges produced a duplicate token")  # cannot happen for greedy BPE
     tok = Tokenizer(
         BPE(
             vocab=vocab,
@@ -193,14 +193,25 @@ def build_tokenizer(model_vocab_size: int):
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pretokenize_regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.add_tokens([AddedToken(c, special=s, normalized=False) for c, s in SPECIAL_TOKENS])
+    tok.add_tokens([AddedToken(c, special=sp, normalized=False) for c, sp in added_tokens])
     return tok
+
+
+def build_tokenizer(model_vocab_size: int):
+    """The `tokenizers.Tokenizer` for a model vocab size (deterministic)."""
+    merges = train_merges(DEFAULT_NUM_MERGES)[: _num_merges(model_vocab_size)]
+    vocab = {s: i for i, s in enumerate(_byte_symbols())}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    if len(vocab) != 256 + len(merges):
+        raise AssertionError("BPE merges produced a duplicate token")  # cannot happen for greedy BPE
+    return byte_level_bpe(vocab, merges, PRETOKENIZE_REGEX, list(SPECIAL_TOKENS))
 
 
 def write_tokenizer(out_dir: Path, model_vocab_size: int) -> dict[str, int]:
