@@ -19,7 +19,7 @@ from deltaserve.engine import detokenizer as detok
 from deltaserve.engine.cache import HybridCache
 from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from deltaserve.engine.request import Request, SeqStatus, Sequence
-from deltaserve.engine.runner import ModelRunner, StepResult, seed_for
+from deltaserve.engine.runner import ModelRunner, PromptChunk, StepResult, seed_for
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.engine.scheduler import Scheduler, SchedulerOutput
 
@@ -117,6 +117,8 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request_id: {request_id!r} is already running")
         req = Request(request_id=request_id, prompt=text, prompt_ids=ids, params=params)
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None]
         for i in range(params.n):
             seq = Sequence(seq_id=next(self._seq_ids), request=req, index=i, prompt_ids=ids)
             if params.seed is not None:
@@ -174,6 +176,8 @@ class LLMEngine:
         self, sched: SchedulerOutput, result: StepResult, only_finished: bool
     ) -> list[RequestOutput]:
         now = time.time()
+        for chunk in result.prompt:
+            self._add_prompt_logprobs(chunk)
         changed: dict[str, Request] = {}
         row = 0
         for entry in sched.scheduled:
@@ -216,6 +220,20 @@ class LLMEngine:
             lp.decoded_token = self.tokenizer.decode([tid])
         seq.logprobs.append(entry)
         seq.cumulative_logprob += result.sampled_logprob[i]
+
+    def _add_prompt_logprobs(self, chunk: PromptChunk) -> None:
+        req = chunk.request
+        if req.prompt_logprobs is None or len(req.prompt_logprobs) != chunk.start:
+            return  # aborted meanwhile, or (never expected) out of order: keep the list consistent
+        for j, lp in enumerate(chunk.token_logprob):
+            token = req.prompt_ids[chunk.start + j]
+            entry = {token: Logprob(lp, chunk.rank[j])}
+            for rank, (tid, tlp) in enumerate(zip(chunk.top_ids[j], chunk.top_logprobs[j]), start=1):
+                if tid not in entry:
+                    entry[tid] = Logprob(tlp, rank)
+            for tid, e in entry.items():  # the private decoder: this runs on the engine thread
+                e.decoded_token = self._decode([tid], False)
+            req.prompt_logprobs.append(entry)
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         p = seq.params
@@ -269,6 +287,7 @@ class LLMEngine:
             outputs=outs,
             finished=finished,
             metrics=RequestMetrics(req.arrival_time, req.first_token_time, req.finished_time),
+            prompt_logprobs=list(req.prompt_logprobs) if req.prompt_logprobs is not None else None,
         )
 
     # ---- introspection ---------------------------------------------------------------------------

@@ -46,4 +46,6 @@ class RequestOutput:
     finished: bool = False
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
+    # per prompt token: {token_id: Logprob} (the actual token and the top-N); the first entry is None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     extra: dict = field(default_factory=dict)

@@ -84,6 +84,16 @@ class Request:
     first_token_time: float | None = None
     finished_time: float | None = None
     aborted: bool = False
+    # filled during prefill by continuation 0 when params.prompt_logprobs is set; entry k belongs to
+    # prompt token k (entry 0 is None); recomputation after preemption never appends twice
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+
+    def prompt_logprob_targets(self, start: int, end: int) -> tuple[int, int]:
+        """Prompt tokens `[lo, hi)` whose logprob is still missing and can be computed from the hidden
+        rows of positions `[start, end)` (token k needs position k - 1); empty when `lo >= hi`."""
+        if self.prompt_logprobs is None:
+            return 0, 0
+        return max(start + 1, len(self.prompt_logprobs)), min(end + 1, len(self.prompt_ids))
 
     @property
     def is_finished(self) -> bool:

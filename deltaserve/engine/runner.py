@@ -1,8 +1,10 @@
 """`ModelRunner`: model + cache tensors; turns one `SchedulerOutput` into one forward and one sample.
 
 Rows of a step are laid out decodes first (the scheduler's order). Only the rows that sample (the
-last token of a sequence that is caught up) get logits. A decode-only step whose size fits a
-captured CUDA graph replays it (padded to the captured size); everything else runs eagerly.
+last token of a sequence that is caught up) get logits, plus, for requests that ask for prompt
+logprobs, the prefill rows whose next prompt token still lacks its logprob. A decode-only step
+without prompt-logprob rows whose size fits a captured CUDA graph replays it (padded to the
+captured size); everything else runs eagerly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,7 +22,7 @@ from deltaserve.config import EngineConfig
 from deltaserve.context import AttentionMetadata, ForwardBatch, GDNMetadata
 from deltaserve.engine.cache import CachePlan, CacheSpec, plan_cache
 from deltaserve.engine.graph import DecodeGraphs
-from deltaserve.engine.sampler import SamplingBatch, sample
+from deltaserve.engine.sampler import SamplingBatch, prompt_logprobs, sample
 from deltaserve.engine.scheduler import SchedulerOutput
 from deltaserve.models.registry import load_model
 
@@ -35,6 +38,28 @@ class StepResult:
     sampled_rank: list[int] | None = None
     top_logprobs: list[list[float]] | None = None
     top_ids: list[list[int]] | None = None
+    prompt: list[PromptChunk] = field(default_factory=list)  # prompt logprobs computed this step
+
+
+@dataclass
+class PromptChunk:
+    """Prompt logprobs of one request's prompt tokens `[start, start + len(token_logprob))`."""
+
+    request: Any
+    start: int
+    token_logprob: list[float]
+    rank: list[int]
+    top_ids: list[list[int]]  # [M][K] (K = the request's prompt_logprobs; empty lists when 0)
+    top_logprobs: list[list[float]]
+
+
+@dataclass
+class _PromptPlan:
+    """Which rows of a step's hidden states feed prompt logprobs, and for whom."""
+
+    rows: list[int] = field(default_factory=list)  # flat token rows, request after request
+    targets: list[int] = field(default_factory=list)  # the prompt token each row predicts
+    spans: list[tuple[Any, int, int]] = field(default_factory=list)  # (request, first token, count)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -242,10 +267,13 @@ class ModelRunner:
     # ---- one step ----------------------------------------------------------------------------
     @torch.no_grad()
     def execute(self, out: SchedulerOutput) -> StepResult:
-        """Run the scheduled tokens; sample the rows that are caught up."""
-        logits, sample_seqs = self.forward_logits(out)
-        if logits is None:
-            return StepResult(token_ids=[])
+        """Run the scheduled tokens; sample the rows that are caught up; compute wanted prompt logprobs."""
+        logits, sample_seqs, prompt = self._forward(out, allow_graph=True)
+        result = self._sample(logits, sample_seqs) if logits is not None else StepResult(token_ids=[])
+        result.prompt = prompt
+        return result
+
+    def _sample(self, logits: torch.Tensor, sample_seqs: list) -> StepResult:
         sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids)
         so = sample(logits, sb)
         if so.sampled_logprob is None:
@@ -266,12 +294,51 @@ class ModelRunner:
             result.top_logprobs = [r[3 + k :] for r in rows]
         return result
 
+    def _prompt_logprobs(self, hidden: torch.Tensor, plan: _PromptPlan) -> list[PromptChunk]:
+        """Prompt logprobs from `hidden [T, H]`, computing logits `max_num_seqs` rows at a time so the
+        activation peak stays that of sampling (which the memory plan measured)."""
+        k = max(s[0].params.prompt_logprobs for s in plan.spans)
+        step = max(1, self.config.max_num_seqs)
+        packed: list[list[float]] = []
+        for lo in range(0, len(plan.rows), step):
+            rows = torch.tensor(plan.rows[lo : lo + step], dtype=torch.int64).to(self.device)
+            targets = torch.tensor(plan.targets[lo : lo + step], dtype=torch.int64).to(self.device)
+            logits = self.model.compute_logits(hidden.index_select(0, rows))  # [M, V]
+            pl = prompt_logprobs(logits, targets, k)
+            cols = [pl.token_logprob[:, None], pl.rank[:, None]]
+            if pl.top_ids is not None:
+                cols += [pl.top_ids, pl.top_logprobs]
+            packed += torch.cat([c.to(torch.float64) for c in cols], dim=1).tolist()  # [M, 2 (+ 2K)]
+        chunks, at = [], 0
+        for req, start, count in plan.spans:
+            rows = packed[at : at + count]
+            at += count
+            n = req.params.prompt_logprobs
+            chunks.append(
+                PromptChunk(
+                    request=req,
+                    start=start,
+                    token_logprob=[r[0] for r in rows],
+                    rank=[int(r[1]) for r in rows],
+                    top_ids=[[int(x) for x in r[2 : 2 + n]] for r in rows],
+                    top_logprobs=[r[2 + k : 2 + k + n] for r in rows],
+                )
+            )
+        return chunks
+
     @torch.no_grad()
     def forward_logits(
         self, out: SchedulerOutput, *, allow_graph: bool = True
     ) -> tuple[torch.Tensor | None, list]:
         """One forward over the scheduled tokens: fp32 logits `[N, V]` of the N sampling rows (in
-        schedule order) and their sequences; `(None, [])` when no row samples. Updates the cache."""
+        schedule order) and their sequences; `(None, [])` when no row samples. Updates the cache
+        (and drops any prompt logprobs; `execute` returns those)."""
+        logits, seqs, _ = self._forward(out, allow_graph=allow_graph)
+        return logits, seqs
+
+    def _forward(
+        self, out: SchedulerOutput, *, allow_graph: bool
+    ) -> tuple[torch.Tensor | None, list, list[PromptChunk]]:
         bs = self.config.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -283,6 +350,7 @@ class ModelRunner:
         has_init: list[bool] = []
         logit_rows: list[int] = []
         sample_seqs = []
+        plan = _PromptPlan()
         max_q = 0
         for entry in out.scheduled:
             seq, n = entry.seq, entry.num_new
@@ -300,10 +368,18 @@ class ModelRunner:
             if entry.sample:
                 logit_rows.append(cu[-1] - 1)
                 sample_seqs.append(seq)
+            if seq.request.prompt_logprobs is not None and seq.index == 0:
+                lo, hi = seq.request.prompt_logprob_targets(start, end)
+                if lo < hi:  # token k is predicted by the row of position k - 1
+                    plan.rows.extend(range(cu[-2] + lo - 1 - start, cu[-2] + hi - 1 - start))
+                    plan.targets.extend(seq.prompt_ids[lo:hi])
+                    plan.spans.append((seq.request, lo, hi - lo))
         decode_only = max_q == 1 and all(has_init)
         num_seqs = len(seq_lens)
-        if allow_graph and decode_only and self.graphs is not None and self.graphs.fits(num_seqs):
-            return self.graphs.run(ids, positions, slot_mapping, seq_lens, tables, slots), sample_seqs
+        graph_ok = allow_graph and not plan.rows and self.graphs is not None
+        if graph_ok and decode_only and self.graphs.fits(num_seqs):
+            logits = self.graphs.run(ids, positions, slot_mapping, seq_lens, tables, slots)
+            return logits, sample_seqs, []
         batch = self._eager_batch(
             positions=positions,
             cu=cu,
@@ -318,9 +394,10 @@ class ModelRunner:
         )
         input_ids = torch.tensor(ids, dtype=torch.int64).to(self.device, non_blocking=True)
         hidden = self.model(input_ids, batch)  # [T, H]
+        prompt = self._prompt_logprobs(hidden, plan) if plan.rows else []
         if not sample_seqs:
-            return None, []
+            return None, [], prompt
         if len(logit_rows) != hidden.shape[0]:
             rows = torch.tensor(logit_rows, dtype=torch.int64).to(self.device, non_blocking=True)
             hidden = hidden.index_select(0, rows)  # [N, H]
-        return self.model.compute_logits(hidden), sample_seqs  # [N, V]
+        return self.model.compute_logits(hidden), sample_seqs, prompt  # [N, V]

@@ -173,3 +173,25 @@ def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
         if b.max_logprobs > 0:
             out.top_logprobs, out.top_ids = lp.topk(b.max_logprobs, dim=-1)
     return out
+
+
+@dataclass
+class PromptLogprobs:
+    """Logprobs of `M` prompt tokens under the model's distribution at the position before each."""
+
+    token_logprob: torch.Tensor  # [M] fp32
+    rank: torch.Tensor  # [M] int64, 1 = most likely
+    top_logprobs: torch.Tensor | None  # [M, K] fp32 (None when K = 0)
+    top_ids: torch.Tensor | None  # [M, K] int64
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: torch.Tensor, k: int) -> PromptLogprobs:
+    """Log-softmax of `logits [M, V]` (fp32) gathered at `targets [M]` (the actual next prompt
+    tokens), their ranks and the top-`k` (k >= 0) of each row."""
+    lp = logits.float().log_softmax(dim=-1)  # [M, V]
+    token_lp = lp.gather(1, targets[:, None])[:, 0]  # [M]
+    rank = (lp > token_lp[:, None]).sum(dim=-1) + 1  # [M]
+    top_lp = top_ids = None
+    if k > 0:
+        top_lp, top_ids = lp.topk(k, dim=-1)  # [M, K]
+    return PromptLogprobs(token_lp, rank, top_lp, top_ids)

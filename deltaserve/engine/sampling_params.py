@@ -10,7 +10,8 @@ class SamplingParams:
     """How to sample one request's continuation(s). `validate()` raises `ValueError` naming the field.
 
     Conventions follow vLLM: `top_k` <= 0 disables top-k; `temperature == 0` means greedy;
-    `logprobs=N` returns the N most likely tokens (plus the sampled one) per generated token.
+    `logprobs=N` returns the N most likely tokens (plus the sampled one) per generated token;
+    `prompt_logprobs=N` likewise for every prompt token after the first (the actual token plus top-N).
     """
 
     n: int = 1
@@ -28,6 +29,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
 
@@ -69,6 +71,12 @@ class SamplingParams:
             raise bad("frequency_penalty", "must be in [-2, 2]")
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20):
             raise bad("logprobs", "must be an integer in [0, 20]")
+        if self.prompt_logprobs is not None and (
+            isinstance(self.prompt_logprobs, bool)
+            or not isinstance(self.prompt_logprobs, int)
+            or not 0 <= self.prompt_logprobs <= 20
+        ):
+            raise bad("prompt_logprobs", "must be an integer in [0, 20]")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**64
         ):

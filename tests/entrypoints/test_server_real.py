@@ -127,6 +127,39 @@ def test_openai_client(oai):
     assert "".join(ch.choices[0].text for ch in streamed) == c.choices[0].text
 
 
+def test_real_engine_echo_prompt_logprobs(server):
+    """Prompt logprobs (prefill rows) agree with the sampled-token logprob of the same distribution,
+    in OpenAI's legacy format, streamed or not, and with max_tokens=0 (echo only)."""
+    url = server[0] + "/v1/completions"
+    head = [9707, 11, 847, 829, 374, 264, 1273]
+    first = httpx.post(
+        url, json={"prompt": head, "max_tokens": 1, "temperature": 0, "logprobs": 2}, timeout=120
+    ).json()["choices"][0]["logprobs"]
+    prompt = head + [head[1]]
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2, "echo": True}
+    c = httpx.post(url, json=body, timeout=120).json()["choices"][0]
+    lp = c["logprobs"]
+    n = len(prompt)
+    assert len(lp["tokens"]) == n + 1 and c["text"].startswith("".join(lp["tokens"][:n]))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(isinstance(x, float) and x <= 0 for x in lp["token_logprobs"][1:])
+    for top, tok, val in zip(lp["top_logprobs"][1:], lp["tokens"][1:], lp["token_logprobs"][1:]):
+        assert 1 <= len(top) <= 3 and top[tok] == val and max(top.values()) >= val
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and all(o2 - o1 == len(t) for o1, o2, t in zip(offsets, offsets[1:], lp["tokens"]))
+    # the last prompt token's top-1 is `head`'s greedy continuation: one distribution, two code paths
+    assert max(lp["top_logprobs"][n - 1].values()) == pytest.approx(first["token_logprobs"][0], abs=1e-4)
+    echo_only = httpx.post(url, json={**body, "max_tokens": 0}, timeout=120).json()
+    e = echo_only["choices"][0]
+    assert len(e["logprobs"]["tokens"]) == n and e["logprobs"]["token_logprobs"] == lp["token_logprobs"][:n]
+    assert e["text"] == "".join(e["logprobs"]["tokens"]) and e["logprobs"]["tokens"] == lp["tokens"][:n]
+    assert echo_only["usage"]["completion_tokens"] == 0
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=120) as r:
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    streamed = [t for ev in events for t in ev["choices"][0]["logprobs"]["token_logprobs"]]
+    assert streamed == lp["token_logprobs"]
+
+
 def test_real_engine_stream_equality_n_and_stop(server):
     url = server[0]
     with httpx.Client(base_url=url, timeout=120) as client:
@@ -249,3 +282,20 @@ def test_lm_eval_local_completions(server, server_env, tmp_path):
     score = data["results"]["deltaserve_tiny"]["exact_match,none"]
     assert 0.0 <= score <= 1.0
     assert data["n-samples"]["deltaserve_tiny"]["effective"] == 6
+
+
+def test_lm_eval_loglikelihood_multiple_choice(server, server_env, tmp_path):
+    """lm_eval's loglikelihood requests (echo, logprobs=1, max_tokens=1, token-id prompts)."""
+    pytest.importorskip("lm_eval", reason="lm_eval not installed (pip install 'lm-eval[api]')")
+    base = server[0]
+    model_args = f"model={DEMO_SERVED_NAME},base_url={base}/v1/completions,num_concurrent=2,max_retries=1"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args]
+    cmd += ["--tasks", "deltaserve_tiny_mc", "--include_path", str(TASK_DIR), "--output_path", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=server_env, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = list(tmp_path.rglob("results_*.json"))
+    assert results, out.stdout[-2000:]
+    data = json.loads(results[0].read_text())
+    for metric in ("acc,none", "acc_norm,none"):
+        assert 0.0 <= data["results"]["deltaserve_tiny_mc"][metric] <= 1.0
+    assert data["n-samples"]["deltaserve_tiny_mc"]["effective"] == 4

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from deltaserve.engine.outputs import CompletionOutput, Logprob
+from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from deltaserve.entrypoints.openai.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -58,34 +59,41 @@ def completion_logprobs(
     entries: list[dict[int, Logprob]] | None,
     start_offset: int,
     prompt_ids: list[int] | None = None,
+    prompt_entries: list[dict[int, Logprob] | None] | None = None,
 ) -> CompletionLogprobs:
-    """OpenAI's completions logprobs block for `token_ids` (with `prompt_ids` first when echoing:
-    prompt tokens carry no logprob — prompt logprobs are not computed)."""
+    """OpenAI's completions logprobs block for `token_ids` (with `prompt_ids` first when echoing; a
+    prompt token's logprob comes from `prompt_entries`, null for the first token or when missing)."""
     out = CompletionLogprobs()
     offset = start_offset
 
-    def add(token: str, lp: float | None, top: dict[str, float] | None) -> None:
+    def add(t: int, entry: dict[int, Logprob] | None) -> None:
         nonlocal offset
+        tok = entry.get(t) if entry is not None else None
+        token = (
+            tok.decoded_token if tok is not None and tok.decoded_token is not None else state.decode_token(t)
+        )
+        top: dict[str, float] | None = None
+        if entry is not None:
+            top = {}
+            for tid, lp in sorted(entry.items(), key=lambda kv: -kv[1].logprob):
+                name = lp.decoded_token if lp.decoded_token is not None else state.decode_token(tid)
+                top.setdefault(name, lp.logprob)
         out.tokens.append(token)
-        out.token_logprobs.append(lp)
+        out.token_logprobs.append(tok.logprob if tok is not None else None)
         out.top_logprobs.append(top)
         out.text_offset.append(offset)
         offset += len(token)
 
-    for t in prompt_ids or []:
-        add(state.decode_token(t), None, None)
+    for j, t in enumerate(prompt_ids or []):
+        add(t, prompt_entries[j] if prompt_entries is not None and j < len(prompt_entries) else None)
     for j, t in enumerate(token_ids):
-        entry = entries[j] if entries is not None and j < len(entries) else {}
-        tok = entry.get(t)
-        token = (
-            tok.decoded_token if tok is not None and tok.decoded_token is not None else state.decode_token(t)
-        )
-        top = {}
-        for tid, lp in sorted(entry.items(), key=lambda kv: -kv[1].logprob):
-            name = lp.decoded_token if lp.decoded_token is not None else state.decode_token(tid)
-            top.setdefault(name, lp.logprob)
-        add(token, tok.logprob if tok is not None else None, top)
+        add(t, entries[j] if entries is not None and j < len(entries) else {})
     return out
+
+
+def _echo_only(req: CompletionRequest) -> bool:
+    """`echo` with `max_tokens=0` (lm_eval style scoring): one token is generated and not returned."""
+    return req.echo and req.max_tokens == 0 and "max_tokens" in req.model_fields_set
 
 
 class ServingCompletions:
@@ -104,11 +112,14 @@ class ServingCompletions:
                 ids = prompt
                 texts.append(None)
             max_tokens = req.max_tokens if "max_tokens" in req.model_fields_set else DEFAULT_MAX_TOKENS
-            max_tokens = st.resolve_max_tokens(len(ids), max_tokens)
+            max_tokens = st.resolve_max_tokens(len(ids), 1 if _echo_only(req) else max_tokens)
             try:
                 params = req.sampling_params(
                     max_tokens=max_tokens, logprobs=req.logprobs, defaults=st.defaults
                 )
+                if req.echo and req.logprobs is not None:
+                    params.prompt_logprobs = req.logprobs
+                    params.validate()
             except ValueError as e:
                 raise sampling_error(e) from e
             st.check_token_ids(params.stop_token_ids, "stop_token_ids")
@@ -134,22 +145,26 @@ class ServingCompletions:
             prompt_ids = out.prompt_token_ids
             usage.prompt_tokens += len(prompt_ids)
             for c in out.outputs:
+                if _echo_only(req):
+                    c = dataclasses.replace(c, text="", token_ids=[], logprobs=[])
                 usage.completion_tokens += len(c.token_ids)
-                choices.append(self._choice(req, i * req.n + c.index, c, texts[i], prompt_ids))
+                choices.append(self._choice(req, i * req.n + c.index, c, texts[i], out))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         resp = CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
         return JSONResponse(resp.model_dump())
 
     def _choice(
-        self, req: CompletionRequest, index: int, c: CompletionOutput, text: str | None, prompt_ids: list[int]
+        self, req: CompletionRequest, index: int, c: CompletionOutput, text: str | None, out: RequestOutput
     ) -> CompletionChoice:
+        prompt_ids = out.prompt_token_ids
         prefix = ""
         if req.echo:
             prefix = text if text is not None else self.state.tokenizer.decode(prompt_ids)
         logprobs = None
         if req.logprobs is not None:
+            echo_ids = prompt_ids if req.echo else None
             logprobs = completion_logprobs(
-                self.state, c.token_ids, c.logprobs, 0, prompt_ids if req.echo else None
+                self.state, c.token_ids, c.logprobs, 0, echo_ids, out.prompt_logprobs
             )
         return CompletionChoice(
             index=index,
@@ -186,6 +201,8 @@ class ServingCompletions:
             async for i, out in group.outputs():
                 prompt_lens[i] = len(out.prompt_token_ids)
                 for c in out.outputs:
+                    if _echo_only(req):
+                        c = dataclasses.replace(c, text="", token_ids=[], logprobs=[])
                     index = i * n + c.index
                     first = index not in sent_text
                     prefix = ""
@@ -207,7 +224,7 @@ class ServingCompletions:
                         entries = (c.logprobs or [])[sent_tokens[index] :]
                         echo_ids = out.prompt_token_ids if (first and req.echo) else None
                         logprobs = completion_logprobs(
-                            self.state, new_ids, entries, offsets[index], echo_ids
+                            self.state, new_ids, entries, offsets[index], echo_ids, out.prompt_logprobs
                         ).model_dump()
                         offsets[index] += len(delta)
                     sent_text[index] = max(sent_text[index], len(c.text))  # sent text is never re-sent
