@@ -88,6 +88,8 @@ def _make_engine(args: argparse.Namespace, model: str):
 def cmd_serve(args: argparse.Namespace) -> None:
     from deltaserve.entrypoints.openai.api_server import build_app, run_server
 
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise SystemExit("error: --enable-auto-tool-choice requires --tool-call-parser (hermes)")
     model, is_demo = _resolve_model(args)
     engine = _make_engine(args, model)
     if args.served_model_name:
@@ -102,6 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             served_model_names=names,
             model_dir=model,
             reasoning_parser=args.reasoning_parser,
+            tool_call_parser=args.tool_call_parser,
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
             api_key=args.api_key,
         )
     except ValueError as e:
@@ -162,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", nargs="+", default=None, help="model name(s) clients use")
     serve.add_argument(
         "--reasoning-parser", default=None, choices=["qwen3"], help="split <think> into reasoning"
+    )
+    serve.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='let the model choose tool calls (tool_choice "auto"); needs --tool-call-parser',
+    )
+    serve.add_argument(
+        "--tool-call-parser", default=None, choices=["hermes"], help="tool-call format (Qwen3/3.5: hermes)"
     )
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     serve.add_argument("--uvicorn-log-level", default="info")

@@ -23,7 +23,13 @@ def fake(qwen_tokenizer, qwen_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def server(fake):
-    app = build_app(fake, served_model_names=[MODEL, "alias"], reasoning_parser="qwen3")
+    app = build_app(
+        fake,
+        served_model_names=[MODEL, "alias"],
+        reasoning_parser="qwen3",
+        tool_call_parser="hermes",
+        enable_auto_tool_choice=True,
+    )
     srv = ThreadServer(app)
     yield srv
     srv.stop()

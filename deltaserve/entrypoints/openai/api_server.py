@@ -34,6 +34,7 @@ from deltaserve.entrypoints.openai.reasoning import REASONING_PARSERS
 from deltaserve.entrypoints.openai.serving_base import APIError, ServerState, generation_defaults
 from deltaserve.entrypoints.openai.serving_chat import ServingChat, render_chat
 from deltaserve.entrypoints.openai.serving_completions import ServingCompletions
+from deltaserve.entrypoints.openai.tool_parsers import TOOL_CALL_PARSERS
 
 logger = logging.getLogger("deltaserve.server")
 
@@ -62,13 +63,20 @@ def build_app(
     served_model_names: list[str] | None = None,
     model_dir: str | None = None,
     reasoning_parser: str | None = None,
+    tool_call_parser: str | None = None,
+    enable_auto_tool_choice: bool = False,
     api_key: str | None = None,
     manage_engine: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving `engine`.
 
     `manage_engine`: start the engine on app startup and shut it down on app shutdown.
+    `enable_auto_tool_choice` (needs `tool_call_parser`): tool_choice "auto" parses tool calls.
     """
+    if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
+        raise ValueError(f"tool_call_parser: {tool_call_parser!r} is not one of {TOOL_CALL_PARSERS}")
+    if enable_auto_tool_choice and tool_call_parser is None:
+        raise ValueError("enable_auto_tool_choice: requires tool_call_parser to be set")
     if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
         raise ValueError(f"reasoning_parser: {reasoning_parser!r} is not one of {REASONING_PARSERS}")
     model_dir = model_dir or getattr(engine.engine_config, "model", None)
@@ -82,7 +90,8 @@ def build_app(
         reasoning_parser=reasoning_parser,
         defaults=generation_defaults(model_dir),
     )
-    completions, chat = ServingCompletions(state), ServingChat(state)
+    completions = ServingCompletions(state)
+    chat = ServingChat(state, tool_parser=tool_call_parser, enable_auto_tool_choice=enable_auto_tool_choice)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

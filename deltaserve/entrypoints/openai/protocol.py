@@ -203,7 +203,42 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError(f"response_format: type {self.response_format.type!r} is not supported")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message: cannot be combined with add_generation_prompt")
+        self._check_tool_choice()
         return self
+
+    def _check_tool_choice(self) -> None:
+        """vLLM's rules: tools without tool_choice means "auto"; tool_choice (but "none") needs tools."""
+        choice = self.tool_choice
+        if choice is None:
+            self.tool_choice = choice = "auto" if self.tools else "none"
+        if choice == "none":
+            return
+        if not self.tools:
+            raise ValueError("tool_choice: requires tools to be set")
+        if choice == "required":
+            raise ValueError(
+                "tool_choice: 'required' is not supported (it needs guided decoding); "
+                "use 'auto' or a named function"
+            )
+        if choice == "auto":
+            return
+        name = None
+        if isinstance(choice, dict) and choice.get("type") == "function":
+            fn = choice.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str):
+            raise ValueError(
+                "tool_choice: must be 'none', 'auto' or {'type': 'function', 'function': {'name': ...}}"
+            )
+        names = [t.get("function", {}).get("name") for t in self.tools if isinstance(t, dict)]
+        if name not in names:
+            raise ValueError(f"tool_choice: function {name!r} is not in tools")
+
+    def named_tool(self) -> str | None:
+        """The function name of a named tool_choice, else None."""
+        if isinstance(self.tool_choice, dict):
+            return self.tool_choice["function"]["name"]
+        return None
 
 
 class TokenizeRequest(OpenAIModel):
@@ -301,6 +336,7 @@ class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatStreamChoice(BaseModel):

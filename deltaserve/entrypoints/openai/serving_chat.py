@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +39,7 @@ from deltaserve.entrypoints.openai.serving_base import (
     sse,
     stream_error_event,
 )
+from deltaserve.entrypoints.openai.tool_parsers import TOOL_CALL_START, HermesStreamState, HermesToolParser
 
 
 def render_chat(
@@ -110,9 +112,33 @@ def chat_logprobs(
     return ChatLogprobs(content=content)
 
 
+def named_tool_prefix(name: str) -> str:
+    """The hermes markup a named tool_choice prefills, so the model writes only the arguments."""
+    return f'{TOOL_CALL_START}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+
+
 class ServingChat:
-    def __init__(self, state: ServerState) -> None:
+    """Chat completions; `tool_parser` ("hermes" or None) with `enable_auto_tool_choice` allows
+    tool_choice "auto". A named tool_choice prefills the hermes call markup (no guided decoding)."""
+
+    def __init__(
+        self, state: ServerState, *, tool_parser: str | None = None, enable_auto_tool_choice: bool = False
+    ) -> None:
         self.state = state
+        self.tool_parser = tool_parser
+        self.enable_auto_tool_choice = enable_auto_tool_choice
+
+    def _tool_prefix(self, req: ChatCompletionRequest) -> str | None:
+        """None: no tool parsing; else the text the parser sees before the output ("" for auto)."""
+        if req.tool_choice == "auto":
+            if not (self.enable_auto_tool_choice and self.tool_parser):
+                raise APIError(
+                    '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                    param="tool_choice",
+                )
+            return ""
+        name = req.named_tool()
+        return named_tool_prefix(name) if name is not None else None
 
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Response:
         st = self.state
@@ -126,6 +152,11 @@ class ServingChat:
             continue_final_message=req.continue_final_message,
             chat_template_kwargs=req.chat_template_kwargs,
         )
+        tool_prefix = self._tool_prefix(req)
+        if tool_prefix:  # named function: close an open think block, then open the call
+            if prompt_opens_think(prompt_text):
+                prompt_text += "</think>\n\n"
+            prompt_text += tool_prefix
         prompt_ids = st.tokenizer.encode(prompt_text, add_special_tokens=False)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -142,7 +173,7 @@ class ServingChat:
         created = int(time.time())
         if req.stream:
             return GroupStreamingResponse(
-                self._stream(req, group, request_id, model, created, reason, opened), group
+                self._stream(req, group, request_id, model, created, reason, opened, tool_prefix), group
             )
         try:
             finals = await run_unless_disconnected(raw, group)
@@ -151,7 +182,7 @@ class ServingChat:
         if finals is None:
             return Response(status_code=499)
         out = finals[0]
-        choices = [self._choice(req, c, reason, opened) for c in out.outputs]
+        choices = [self._choice(req, c, reason, opened, tool_prefix) for c in out.outputs]
         completion = sum(len(c.token_ids) for c in out.outputs)
         usage = UsageInfo(
             prompt_tokens=len(out.prompt_token_ids),
@@ -164,22 +195,37 @@ class ServingChat:
         return JSONResponse(resp.model_dump())
 
     def _choice(
-        self, req: ChatCompletionRequest, c: CompletionOutput, reason: bool, opened: bool
+        self,
+        req: ChatCompletionRequest,
+        c: CompletionOutput,
+        reason: bool,
+        opened: bool,
+        tool_prefix: str | None,
     ) -> ChatChoice:
         if reason:
             reasoning, content, _ = split_reasoning(c.text, opened=opened)
         else:
             reasoning, content = None, c.text
+        tool_calls: list[dict[str, Any]] = []
+        finish_reason = c.finish_reason
+        if tool_prefix is not None:
+            parsed, tool_calls = HermesToolParser.extract(tool_prefix + (content or ""))
+            if tool_calls or not tool_prefix:  # a named call that did not parse: the raw text
+                content = parsed
+            if tool_calls and not tool_prefix:  # auto (vLLM: a named call keeps the engine's reason)
+                finish_reason = "tool_calls"
         logprobs = None
         if req.logprobs:
             logprobs = chat_logprobs(self.state, c.token_ids, c.logprobs, req.top_logprobs or 0)
         return ChatChoice(
             index=c.index,
             message=ChatResponseMessage(
-                content=content if content is not None else "", reasoning_content=reasoning
+                content=content if content is not None or tool_calls else "",
+                reasoning_content=reasoning,
+                tool_calls=tool_calls,
             ),
             logprobs=logprobs,
-            finish_reason=c.finish_reason,
+            finish_reason=finish_reason,
             stop_reason=c.stop_reason,
         )
 
@@ -192,11 +238,14 @@ class ServingChat:
         created: int,
         reason: bool,
         opened: bool,
+        tool_prefix: str | None,
     ) -> AsyncIterator[str]:
         base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
         sent_text: dict[int, int] = {}
         sent_tokens: dict[int, int] = {}
         parsers: dict[int, StreamingReasoningState] = {}
+        tool_states: dict[int, HermesStreamState] = {}
+        content_so_far: dict[int, str] = {}
         prompt_len = 0
         completion_tokens: dict[int, int] = {}
         opts = req.stream_options
@@ -234,18 +283,30 @@ class ServingChat:
                     if i not in sent_text:
                         sent_text[i], sent_tokens[i] = 0, 0
                         parsers[i] = StreamingReasoningState(opened=opened)
+                        tool_states[i], content_so_far[i] = HermesStreamState(), ""
                         yield chunk(i, {"role": "assistant", "content": ""})
-                    delta: dict[str, str] = {}
+                    delta: dict[str, Any] = {}
                     if reason:
                         dr, dc = parsers[i].delta(c.text, final=c.finished)
                         if dr:
                             delta["reasoning_content"] = dr
-                        if dc:
-                            delta["content"] = dc
-                    elif len(c.text) > sent_text[i]:
-                        delta["content"] = c.text[sent_text[i] :]
+                    else:
+                        dc = c.text[sent_text[i] :] or None
+                    if tool_prefix is not None:  # tools from the content part, after reasoning
+                        content_so_far[i] = content_so_far[i] + (dc or "") if reason else c.text
+                        ts = tool_states[i]
+                        dc, calls = ts.delta(tool_prefix + content_so_far[i], final=c.finished)
+                        if tool_prefix and c.finished and not ts.called and ts.sent_content == 0:
+                            dc = content_so_far[i] or None  # the named call did not parse: raw text
+                        if calls:
+                            delta["tool_calls"] = calls
+                    if dc:
+                        delta["content"] = dc
                     if not delta and not c.finished:
                         continue
+                    finish = c.finish_reason
+                    if finish is not None and not tool_prefix and tool_states[i].called:
+                        finish = "tool_calls"
                     logprobs = None
                     if req.logprobs:
                         new_ids = c.token_ids[sent_tokens[i] :]
@@ -255,7 +316,7 @@ class ServingChat:
                         ).model_dump()
                     sent_text[i] = max(sent_text[i], len(c.text))
                     sent_tokens[i] = len(c.token_ids)
-                    yield chunk(i, delta, logprobs, c.finish_reason, c.stop_reason)
+                    yield chunk(i, delta, logprobs, finish, c.stop_reason)
             if opts and opts.include_usage:
                 yield sse({**base, "choices": [], "usage": usage()})
         except Exception as e:
