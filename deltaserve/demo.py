@@ -262,37 +262,16 @@ def build_qwen_tokenizer():
 
 def write_qwen_tokenizer(out_dir: Path) -> None:
     """Write tokenizer.json and tokenizer_config.json (Qwen3 chat template) into `out_dir`."""
+    from deltaserve.testing.tokenizer import write_tokenizer_config
+
     out_dir = Path(out_dir)
     tok = build_qwen_tokenizer()
     tok.save(str(out_dir / "tokenizer.json"))
-    added = {
-        str(NUM_BASE_TOKENS + i): {
-            "content": c,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": s,
-        }
-        for i, (c, s) in enumerate(QWEN3_ADDED_TOKENS)
-    }
-    config = {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": added,
-        "additional_special_tokens": [c for c, s in QWEN3_ADDED_TOKENS if s and c != "<|endoftext|>"],
-        "bos_token": None,
-        "chat_template": QWEN3_CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",
-        "errors": "replace",
-        "model_max_length": 262144,
-        "pad_token": "<|endoftext|>",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_tokenizer_config(
+        out_dir,
+        [(NUM_BASE_TOKENS + i, c, sp) for i, (c, sp) in enumerate(QWEN3_ADDED_TOKENS)],
+        QWEN3_CHAT_TEMPLATE,
+    )
 
 
 def _patch_json(path: Path, **changes: object) -> None:

@@ -214,31 +214,28 @@ def build_tokenizer(model_vocab_size: int):
     return byte_level_bpe(vocab, merges, PRETOKENIZE_REGEX, list(SPECIAL_TOKENS))
 
 
-def write_tokenizer(out_dir: Path, model_vocab_size: int) -> dict[str, int]:
-    """Write tokenizer.json, tokenizer_config.json, vocab.json and merges.txt; return special ids."""
-    out_dir = Path(out_dir)
-    tok = build_tokenizer(model_vocab_size)
-    tok.save(str(out_dir / "tokenizer.json"))
-    tok.model.save(str(out_dir))  # vocab.json + merges.txt, as the releases also ship them
-    ids = special_token_ids(model_vocab_size)
+def write_tokenizer_config(
+    out_dir: Path, added_tokens: list[tuple[int, str, bool]], chat_template: str
+) -> None:
+    """Write a Qwen2Tokenizer-style `tokenizer_config.json`; `added_tokens` are (id, content, special)."""
     added = {
-        str(ids[c]): {
+        str(i): {
             "content": c,
             "lstrip": False,
             "normalized": False,
             "rstrip": False,
             "single_word": False,
-            "special": s,
+            "special": sp,
         }
-        for c, s in SPECIAL_TOKENS
+        for i, c, sp in added_tokens
     }
     config = {
         "add_bos_token": False,
         "add_prefix_space": False,
         "added_tokens_decoder": added,
-        "additional_special_tokens": [c for c, s in SPECIAL_TOKENS if s and c != "<|endoftext|>"],
+        "additional_special_tokens": [c for _, c, sp in added_tokens if sp and c != "<|endoftext|>"],
         "bos_token": None,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
@@ -248,5 +245,15 @@ def write_tokenizer(out_dir: Path, model_vocab_size: int) -> dict[str, int]:
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (Path(out_dir) / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_tokenizer(out_dir: Path, model_vocab_size: int) -> dict[str, int]:
+    """Write tokenizer.json, tokenizer_config.json, vocab.json and merges.txt; return special ids."""
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(model_vocab_size)
+    tok.save(str(out_dir / "tokenizer.json"))
+    tok.model.save(str(out_dir))  # vocab.json + merges.txt, as the releases also ship them
+    ids = special_token_ids(model_vocab_size)
+    write_tokenizer_config(out_dir, [(ids[c], c, sp) for c, sp in SPECIAL_TOKENS], CHAT_TEMPLATE)
     return ids
