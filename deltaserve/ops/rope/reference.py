@@ -14,6 +14,8 @@ Text-only positions ``[T]`` mean all three axes equal, which reduces to plain Ro
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from deltaserve.ops.norm.reference import rms_norm
@@ -43,6 +45,15 @@ def mrope_axis_map(rotary_dim: int, mrope_section: list[int], mrope_interleaved:
         axis[s0 : s0 + s1] = 1
         axis[s0 + s1 :] = 2
     return axis
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_map_on(
+    rotary_dim: int, mrope_section: tuple[int, ...], mrope_interleaved: bool, device: torch.device
+) -> torch.Tensor:
+    """`mrope_axis_map` built once per device: no host-to-device copy in every forward (which
+    would also break CUDA-graph capture of a Qwen3.5 decode step)."""
+    return mrope_axis_map(rotary_dim, list(mrope_section), mrope_interleaved).to(device)
 
 
 def rope_cos_sin(
@@ -84,7 +95,7 @@ def rope_cos_sin(
             raise ValueError(
                 f"positions must be [T] or [3, T] with mrope_section, got {tuple(positions.shape)}"
             )
-        axis = mrope_axis_map(rotary_dim, mrope_section, mrope_interleaved).to(device)  # [rd/2]
+        axis = _axis_map_on(rotary_dim, tuple(mrope_section), mrope_interleaved, device)  # [rd/2]
         all_freqs = positions.float()[:, :, None] * inv_freq  # [3, T, rd/2]
         freqs = all_freqs.gather(0, axis.view(1, 1, -1).expand(1, all_freqs.shape[1], -1))[0]  # [T, rd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [T, rd]
