@@ -17,10 +17,16 @@ from deltaserve.bench.common import device_record, measure_copy_bw
 PREFILL_CONFIGS = [
     {"BV": 16, "num_warps": 4, "num_stages": 2},
     {"BV": 32, "num_warps": 4, "num_stages": 2},
+    {"BV": 32, "num_warps": 8, "num_stages": 2},
+    {"BV": 64, "num_warps": 8, "num_stages": 2},
+    {"BV": 16, "num_warps": 4, "num_stages": 3},
+    {"BV": 32, "num_warps": 4, "num_stages": 3},
+    {"BV": 16, "num_warps": 2, "num_stages": 2},
     {"BV": 16, "num_warps": 4, "num_stages": 1},
+    {"BV": 16, "num_warps": 4, "num_stages": 2, "prep_warps": 2},
     {"BV": 16, "num_warps": 4, "num_stages": 2, "prep_warps": 8},
 ]
-PREFILL_SHAPES = [s for s in op_gdn.PREFILL_SHAPES if s[0] in ("hk16/hv32 1x32768", "hk2/hv8 1x32768")]
+PREFILL_SHAPES = list(op_gdn.PREFILL_SHAPES)
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]
 DECODE_CONFIGS = [
     (8, 1),

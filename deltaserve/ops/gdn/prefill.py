@@ -3,23 +3,29 @@
 Two launches (C = 64 tokens per chunk, d = Dk = Dv):
 
 1. ``_chunk_prep_kernel`` — one program per (chunk, value head), fully parallel. Gating (g, beta from
-   a, b, A_log, dt_bias), in-chunk cumulative log-decay G, l2norm factors of k, the strictly lower
-   A = beta_i (k_i . k_j) exp(G_i - G_j) and its UT inverse T = (I + A)^-1: the four 16x16 diagonal
-   blocks by batched forward substitution (Td), then T = (I - N + N^2 - N^3) Td with N = Td O (O the
-   strictly block-lower part of A, N^4 = 0; tf32x3 products). Writes G [C] per chunk and value
-   head, Tb = T diag(beta) [C, C] as 16-bit hi + lo planes, and per key head scale/|q| and 1/|k| [C].
+   a, b, A_log, dt_bias), in-chunk cumulative log-decay G, l2 normalisation, and per (chunk, value
+   head) two [C, C] fp16 matrices for the scan:
+       Tb  = (I + A)^-1 diag(beta),  A = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)  (unit k)
+       Aqk = causal (q_i . k_j) exp(G_i - G_j)                                            (unit q, k; scale)
+   The Gram matrices are full [C, C] tensor-core products; the inverse works on 16x16 blocks read back
+   from an fp32 scratch: diagonal blocks by the exact nilpotent product
+   (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the six others by block forward substitution
+   T_ij = -T_ii sum_k A_ik T_kj, all as exact fp32 FMA products. Once per key head it also writes the
+   normalised q (times scale) and k as fp16 [T, Hk, Dk] for the scan.
 2. ``_chunk_scan_kernel`` — one program per (sequence, value head, BV columns of the state). The
-   state tile S [Dk, BV] stays in registers across the sequence's chunks; per chunk
-       X     = V - diag(exp(G) rk) (K S)               (K raw bf16, rk = its l2norm factors)
-       Vn    = Tb X                                    ("u - w S" of the WY form)
-       O     = diag(scale rq exp(G)) (Q S) + (causal(Q K^T) * decay) Vn
-       S     = exp(G_C) S + K^T (diag(rk exp(G_C - G)) Vn)
-   Q and K enter the matrix products as the raw bf16 inputs (their l2norm factors are applied as
-   row scales), and the fp32 operands S, X, Tb and the update are split into 16-bit hi + lo, so the
-   state path keeps about 16 mantissa bits while using bf16 tensor cores.
+   state tile S [Dk, BV] stays in fp32 registers across the sequence's chunks; per chunk
+       X  = V - diag(exp(G)) (Kn S)
+       Vn = Tb X                               ("u - w S" of the WY form)
+       O  = diag(exp(G)) (Qn S) + Aqk Vn
+       S  = exp(G_C) S + Kn^T diag(exp(G_C - G)) Vn
+   Five tensor-core products per chunk with fp16 operands (11-bit mantissa, fp32 accumulation),
+   about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
+   sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
+   X and Vn scale with |v|, so values must stay below ~1e4.
 
-Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), nothing of size
-O(T d) is written besides the output: per chunk and value head G (256 B) and Tb (16 KB) go through HBM.
+Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
+intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B)
+and Tb, Aqk (8 KB each) go through HBM.
 """
 
 from __future__ import annotations
@@ -48,11 +54,29 @@ def _locate_chunk(pid_c, chunk_cu_ptr, cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.
 
 
 @triton.jit
-def _store_split(p, x, C: tl.constexpr):
-    """fp32 tile -> 16-bit hi at p and 16-bit lo (x - hi) at p + C*C (dtype of p)."""
-    hi = x.to(p.dtype.element_ty)
-    tl.store(p, hi)
-    tl.store(p + C * C, (x - hi.to(tl.float32)).to(p.dtype.element_ty))
+def _unit_lower_inverse(D):
+    """(I + D)^-1 for strictly lower D [16, 16] (D^16 = 0): (I - D)(I + D^2)(I + D^4)(I + D^8)."""
+    r = tl.arange(0, 16)
+    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
+    d2 = _mm(D, D)
+    d4 = _mm(d2, d2)
+    d8 = _mm(d4, d4)
+    t = _mm(eye - D, eye + d2)
+    t = _mm(t, eye + d4)
+    return _mm(t, eye + d8)
+
+
+@triton.jit
+def _mm(a, b):
+    """Exact fp32 product of 16x16 tiles (FMA; tf32x3 tensor-core and chunk-level variants measured
+    2-3x slower on H100 for this size)."""
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _block(base, bi: tl.constexpr, bj: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, 16)
+    return base + (bi * 16 + r)[:, None] * C + bj * 16 + r[None, :]
 
 
 @triton.jit
@@ -66,8 +90,9 @@ def _chunk_prep_kernel(
     cu_ptr,
     chunk_cu_ptr,
     g_out_ptr,
-    r_out_ptr,
-    t_out_ptr,
+    kn_out_ptr,
+    qn_out_ptr,
+    tq_out_ptr,
     scr_ptr,
     NB,
     scale,
@@ -84,10 +109,9 @@ def _chunk_prep_kernel(
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """Gating, G, l2norm factors and Tb for one (chunk, value head). The UT inverse is
-    T = (I - N + N^2 - N^3) Td with Td = blockdiag((I + A_ii)^-1) (16x16 forward substitution, batched
-    over the 4 diagonal blocks) and N = Td O, O the strictly block-lower part of A (N^4 = 0).
-    The fp32 scratch (16 KB per chunk and head) aliases t_out's own storage."""
+    """G, 1/|q|, 1/|k|, Tb and Aqk for one (chunk, value head). Gram matrices as full [C, C] products
+    (one warpgroup MMA each on Hopper); A goes through an fp32 scratch (aliasing this chunk's own
+    [2, C, C] fp16 output) to be read back as 16x16 blocks for the blockwise inverse."""
     pid_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, chunk_cu_ptr, cu_ptr, NB, BLOCK_B, C)
@@ -95,13 +119,12 @@ def _chunk_prep_kernel(
         return
     i_kh = i_h // GROUP
     offs_c = tl.arange(0, C)
+    offs_d = tl.arange(0, DK)
     rows = bos + offs_c
     m = rows < eos
-    kc = tl.load(
-        k_ptr + rows[:, None] * sk_t + i_kh * sk_h + tl.arange(0, DK)[None, :], mask=m[:, None], other=0.0
-    )
-    kf = kc.to(tl.float32)
-    rk = tl.rsqrt(tl.sum(kf * kf, 1) + 1e-6)  # [C]
+    k_ptrs = k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :]
+    kc = tl.load(k_ptrs, mask=m[:, None], other=0.0)  # [C, DK]
+    rk = tl.rsqrt(tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1) + 1e-6)  # [C]
     a = tl.load(a_ptr + rows * sa_t + i_h, mask=m, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
     g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
@@ -109,77 +132,89 @@ def _chunk_prep_kernel(
     beta = tl.where(m, beta, 0.0)
     G = tl.cumsum(g, 0)  # [C]
     tl.store(g_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * C + offs_c, G)
-    if i_h % GROUP == 0:
-        rbase = r_out_ptr + (pid_c.to(tl.int64) * HK + i_kh) * 2 * C
-        qq = tl.load(
-            q_ptr + rows[:, None] * sq_t + i_kh * sq_h + tl.arange(0, DK)[None, :], mask=m[:, None], other=0.0
-        ).to(tl.float32)
-        tl.store(rbase + offs_c, tl.rsqrt(tl.sum(qq * qq, 1) + 1e-6) * scale)
-        tl.store(rbase + C + offs_c, rk)
-    # A = beta_i rk_i rk_j (k_i . k_j) exp(G_i - G_j), strictly lower
+    # A = beta_i (k_i . k_j) exp(G_i - G_j) / (|k_i| |k_j|), strictly lower
     lower = offs_c[:, None] > offs_c[None, :]
     A = tl.dot(kc, tl.trans(kc)) * ((beta * rk)[:, None] * rk[None, :])
     A = A * tl.exp(tl.where(lower, G[:, None] - G[None, :], float("-inf")))  # [C, C]
-    blk_r = offs_c[:, None] // 16
-    blk_c = offs_c[None, :] // 16
-    O = tl.where(blk_r > blk_c, A, 0.0)
-    # diagonal blocks through the scratch, as [4, 16, 16]
-    scr = scr_ptr + (pid_c.to(tl.int64) * HV + i_h) * C * C
+    tb = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
     tile = offs_c[:, None] * C + offs_c[None, :]
+    # T by 16x16 blocks read back from an fp32 scratch: diagonal blocks by the nilpotent product,
+    # the rest by block forward substitution T_ij = -T_ii sum_k A_ik T_kj
+    scr = scr_ptr + (pid_c.to(tl.int64) * HV + i_h) * C * C
     tl.store(scr + tile, A)
     tl.debug_barrier()
-    o4 = tl.arange(0, 4)[:, None, None]
-    r16 = tl.arange(0, 16)[None, :, None]
-    c16 = tl.arange(0, 16)[None, None, :]
-    diag_offs = (o4 * 16 + r16) * C + o4 * 16 + c16  # [4, 16, 16]
-    D = tl.load(scr + diag_offs)
-    Td = tl.where(r16 == c16, 1.0, 0.0) + tl.zeros([4, 16, 16], dtype=tl.float32)
-    for i in tl.static_range(1, 16):
-        a_i = tl.sum(tl.where(r16 == i, D, 0.0), 1)  # [4, 16] row i of each block
-        upd = tl.sum(a_i[:, :, None] * Td, 1)  # [4, 16] = a_i @ Td
-        Td = tl.where(r16 == i, Td - upd[:, None, :], Td)
+    t00 = _unit_lower_inverse(tl.load(_block(scr, 0, 0, C)))
+    t11 = _unit_lower_inverse(tl.load(_block(scr, 1, 1, C)))
+    t22 = _unit_lower_inverse(tl.load(_block(scr, 2, 2, C)))
+    t33 = _unit_lower_inverse(tl.load(_block(scr, 3, 3, C)))
+    a10 = tl.load(_block(scr, 1, 0, C))
+    a21 = tl.load(_block(scr, 2, 1, C))
+    a32 = tl.load(_block(scr, 3, 2, C))
+    t10 = -_mm(t11, _mm(a10, t00))
+    t21 = -_mm(t22, _mm(a21, t11))
+    t32 = -_mm(t33, _mm(a32, t22))
+    a20 = tl.load(_block(scr, 2, 0, C))
+    t20 = -_mm(t22, _mm(a20, t00) + _mm(a21, t10))
+    a31 = tl.load(_block(scr, 3, 1, C))
+    t31 = -_mm(t33, _mm(a31, t11) + _mm(a32, t21))
+    a30 = tl.load(_block(scr, 3, 0, C))
+    t30 = -_mm(t33, _mm(a30, t00) + _mm(a31, t10) + _mm(a32, t20))
+    tl.debug_barrier()  # the outputs alias the scratch: every thread is done reading it
+    tl.store(tb + tile, tl.zeros([C, C], dtype=tl.float16))  # zero above the diagonal blocks
     tl.debug_barrier()
-    tl.store(scr + tile, tl.zeros([C, C], dtype=tl.float32))
-    tl.debug_barrier()
-    tl.store(scr + diag_offs, Td)
-    tl.debug_barrier()
-    Tdf = tl.load(scr + tile)  # [C, C] block-diagonal
-    N = tl.dot(Tdf, O, input_precision="tf32x3")
-    N2 = tl.dot(N, N, input_precision="tf32x3")
-    eye = tl.where(offs_c[:, None] == offs_c[None, :], 1.0, 0.0)
-    P = eye - N + N2 - tl.dot(N2, N, input_precision="tf32x3")
-    T = tl.dot(P, Tdf, input_precision="tf32x3") * beta[None, :]  # Tb = T diag(beta)
-    tl.debug_barrier()  # scratch aliases t_out: every thread is done reading it
-    tbase = t_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
-    _store_split(tbase + tile, T, C)
+    be0 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 0)
+    be1 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 1)
+    be2 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 2)
+    be3 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 3)
+    tl.store(_block(tb, 0, 0, C), (t00 * be0[None, :]).to(tl.float16))
+    tl.store(_block(tb, 1, 0, C), (t10 * be0[None, :]).to(tl.float16))
+    tl.store(_block(tb, 1, 1, C), (t11 * be1[None, :]).to(tl.float16))
+    tl.store(_block(tb, 2, 0, C), (t20 * be0[None, :]).to(tl.float16))
+    tl.store(_block(tb, 2, 1, C), (t21 * be1[None, :]).to(tl.float16))
+    tl.store(_block(tb, 2, 2, C), (t22 * be2[None, :]).to(tl.float16))
+    tl.store(_block(tb, 3, 0, C), (t30 * be0[None, :]).to(tl.float16))
+    tl.store(_block(tb, 3, 1, C), (t31 * be1[None, :]).to(tl.float16))
+    tl.store(_block(tb, 3, 2, C), (t32 * be2[None, :]).to(tl.float16))
+    tl.store(_block(tb, 3, 3, C), (t33 * be3[None, :]).to(tl.float16))
+    # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale / (|q_i| |k_j|) -> plane 1; k reloaded (L2) rather
+    # than kept live through the inverse
+    q_ptrs = q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :]
+    qc = tl.load(q_ptrs, mask=m[:, None], other=0.0)  # [C, DK]
+    qf = qc.to(tl.float32)
+    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale  # [C]
+    kc = tl.load(k_ptrs, mask=m[:, None], other=0.0)
+    aqk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])
+    aqk = aqk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
+    tl.store(tb + C * C + offs_c[:, None] * C + offs_c[None, :], aqk.to(tl.float16))
+    if i_h % GROUP == 0:
+        # unit-norm k and scale-norm q rows in fp16 for the scan's tensor-core operands
+        n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
+        tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m[:, None])
+        tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m[:, None])
 
 
 @triton.jit
-def _dot_split(a, x_f32):
-    """a @ x with a in bf16/fp16 and x fp32 split into hi + lo of a's dtype (~16 mantissa bits of x)."""
-    hi = x_f32.to(a.dtype)
-    lo = (x_f32 - hi.to(tl.float32)).to(a.dtype)
-    return tl.dot(a, lo, acc=tl.dot(a, hi))
+def _beta_block(b_ptr, bos, eos, sb_t, i_h, bi: tl.constexpr):
+    """beta = sigmoid(b) of rows [bos + 16 bi, bos + 16 bi + 16), 0 past eos."""
+    rows = bos + bi * 16 + tl.arange(0, 16)
+    m = rows < eos
+    b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
+    return tl.where(m, 1.0 / (1.0 + tl.exp(-b)), 0.0)
 
 
 @triton.jit
 def _chunk_scan_kernel(
-    q_ptr,
-    k_ptr,
+    qn_ptr,
+    kn_ptr,
     v_ptr,
     o_ptr,
     cu_ptr,
     chunk_cu_ptr,
     g_ptr,
-    r_ptr,
-    t_ptr,
+    tq_ptr,
     state_ptr,
     slot_ptr,
     init_ptr,
-    sq_t,
-    sq_h,
-    sk_t,
-    sk_h,
     sv_t,
     sv_h,
     so_t,
@@ -216,42 +251,32 @@ def _chunk_scan_kernel(
     for j in range(n_chunks):
         r = row + offs_c  # [C]
         m = r < eos
-        qc = tl.load(q_ptr + r[:, None] * sq_t + i_kh * sq_h + offs_k[None, :], mask=m[:, None], other=0.0)
-        kc = tl.load(k_ptr + r[:, None] * sk_t + i_kh * sk_h + offs_k[None, :], mask=m[:, None], other=0.0)
+        n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
+        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
+        kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, unit rows
         vc = tl.load(v_ptr + r[:, None] * sv_t + i_h * sv_h + offs_v[None, :], mask=m[:, None], other=0.0)
         cidx = c0 + j
         cbase = cidx * HV + i_h
         G = tl.load(g_ptr + cbase * C + offs_c)  # [C] cumulative log-decay
         g_last = tl.load(g_ptr + cbase * C + C - 1)
-        rbase = r_ptr + (cidx * HK + i_kh) * 2 * C
-        rq = tl.load(rbase + offs_c)  # [C] scale / |q|
-        rk = tl.load(rbase + C + offs_c)  # [C] 1 / |k|
         # row offsets from the loop-carried `row`, so the [C, C] offset tensor is not hoisted (and kept live)
         t_rows = (r - row) * C
-        t_ptrs = t_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
-        t_hi = tl.load(t_ptrs)  # [C, C] 16-bit
-        t_lo = tl.load(t_ptrs + C * C)
+        tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
+        tb = tl.load(tile)  # [C, C] fp16
+        aqk = tl.load(tile + C * C)  # [C, C] fp16
         eg = tl.exp(G)
-        # state reads: split hi/lo products with the raw 16-bit q/k
-        s_hi = S.to(qc.dtype)
-        s_lo = (S - s_hi.to(tl.float32)).to(qc.dtype)
-        ks = tl.dot(kc, s_lo, acc=tl.dot(kc, s_hi))  # [C, BV]
-        qs = tl.dot(qc, s_lo, acc=tl.dot(qc, s_hi))  # [C, BV]
-        x = vc.to(tl.float32) - (eg * rk)[:, None] * ks
-        x_hi = x.to(t_hi.dtype)
-        x_lo = (x - x_hi.to(tl.float32)).to(t_hi.dtype)
-        vn = tl.dot(t_lo, x_hi, acc=tl.dot(t_hi, x_lo, acc=tl.dot(t_hi, x_hi)))  # [C, BV]
-        qk = tl.dot(qc, tl.trans(kc))  # [C, C]
-        decay = tl.exp(tl.where(r[:, None] >= r[None, :], G[:, None] - G[None, :], float("-inf")))
-        aqk = qk * (rq[:, None] * rk[None, :]) * decay
-        o = (rq * eg)[:, None] * qs + tl.dot(aqk, vn)
+        s16 = S.to(tl.float16)
+        x = vc.to(tl.float32) - eg[:, None] * tl.dot(kn, s16)  # [C, BV]
+        vn = tl.dot(tb, x.to(tl.float16))  # [C, BV]
+        vn16 = vn.to(tl.float16)
+        o = eg[:, None] * tl.dot(qn, s16) + tl.dot(aqk, vn16)
         tl.store(
             o_ptr + r[:, None] * so_t + i_h * so_h + offs_v[None, :],
             o.to(o_ptr.dtype.element_ty),
             mask=m[:, None],
         )
-        y = (rk * tl.exp(g_last - G))[:, None] * vn  # [C, BV]
-        S = S * tl.exp(g_last) + _dot_split(tl.trans(kc), y)
+        y = (tl.exp(g_last - G)[:, None] * vn).to(tl.float16)  # [C, BV]
+        S = S * tl.exp(g_last) + tl.dot(tl.trans(kn), y)
         row += C
     # (row - bos - n_chunks * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
     # computed before the loop and held in registers through it
@@ -296,7 +321,10 @@ def gdn_prefill(
         raise ValueError(f"q: the Triton prefill takes bf16/fp16 q and k, got {q.dtype}/{k.dtype}")
     if dk not in (64, 128) or dv & (dv - 1) or dv < 16:
         raise ValueError(f"v: unsupported head dims Dk={dk}, Dv={dv} for the Triton prefill")
-    cfg = {"BV": 16, "num_warps": 4, "num_stages": 2, "prep_warps": 4}
+    # BV 32 halves the programs' shared q/k traffic but leaves too few programs to fill the card
+    # for one sequence with few heads (e.g. Hv 8)
+    wide = hv * nb * max(1, dv // 32) >= 96
+    cfg = {"BV": 32 if wide else 16, "num_warps": 4, "num_stages": 3, "prep_warps": 4}
     if _config:
         cfg.update(_config)
     bv = min(cfg["BV"], dv)
@@ -310,19 +338,20 @@ def gdn_prefill(
     torch.cumsum((lens + c - 1) // c, 0, out=chunk_cu[1:])
     n_chunk_max = triton.cdiv(t, c) + nb
     g_buf = torch.empty(n_chunk_max, hv, c, dtype=torch.float32, device=q.device)
-    r_buf = torch.empty(n_chunk_max, hk, 2, c, dtype=torch.float32, device=q.device)
-    t_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=q.dtype, device=q.device)
+    kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
+    qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
+    tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
     _chunk_prep_kernel[(n_chunk_max, hv)](
-        q, k, a, b, A_log, dt_bias, cu_seqlens, chunk_cu, g_buf, r_buf, t_buf, t_buf.view(torch.float32),
+        q, k, a, b, A_log, dt_bias, cu_seqlens, chunk_cu, g_buf, kn_buf, qn_buf, tq_buf, tq_buf.view(torch.float32),
         nb, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
         HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=_next_pow2(nb + 1),
-        num_warps=cfg.get("prep_warps", 4),
+        num_warps=cfg["prep_warps"],
     )  # fmt: skip
     ss = logical_state_strides(state, state_layout, 1)
     _chunk_scan_kernel[(dv // bv, hv, nb)](
-        q, k, v, o, cu_seqlens, chunk_cu, g_buf, r_buf, t_buf, state, state_slots, has_initial_state,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        qn_buf, kn_buf, v, o, cu_seqlens, chunk_cu, g_buf, tq_buf, state, state_slots, has_initial_state,
+        v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), *ss,
         HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],

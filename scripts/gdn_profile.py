@@ -1,0 +1,92 @@
+"""GDN prefill kernel profile (device machine): per-kernel device time, registers and spills per config.
+
+python scripts/gdn_profile.py OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import torch
+
+from deltaserve.bench import op_gdn
+from deltaserve.ops.gdn import prefill
+
+CONFIGS = [
+    {"inv": 0},
+    {"inv": 3},
+    {"inv": 3, "prep_warps": 2},
+    {"inv": 3, "prep_warps": 8},
+    {"inv": 1},
+]
+SHAPES = [("hk16/hv32 1x32768", 16, 32, 32768), ("hk2/hv8 1x32768", 2, 8, 32768)]
+
+
+def _kernel_stats() -> list[dict]:
+    out = []
+    for fn in (prefill._chunk_prep_kernel, prefill._chunk_scan_kernel):
+        for dev_cache in getattr(fn, "device_caches", {}).values():
+            for key, k in dev_cache[0].items():
+                out.append(
+                    {
+                        "kernel": fn.__name__,
+                        "n_regs": getattr(k, "n_regs", None),
+                        "n_spills": getattr(k, "n_spills", None),
+                        "num_warps": getattr(k.metadata, "num_warps", None),
+                        "num_stages": getattr(k.metadata, "num_stages", None),
+                        "shared": getattr(k.metadata, "shared", None),
+                        "key": str(key)[-120:],
+                    }
+                )
+    return out
+
+
+def _call(x: dict, cu, pool, sl, hi, cfg: dict) -> torch.Tensor:
+    return prefill.gdn_prefill(
+        x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], cu_seqlens=cu, state=pool,
+        state_slots=sl, has_initial_state=hi, _config=cfg,
+    )  # fmt: skip
+
+
+def main() -> None:
+    res: dict = {"rows": []}
+    for label, hk, hv, t in SHAPES:
+        x = op_gdn.make_inputs(t, hk, hv)
+        cu = torch.tensor([0, t], device="cuda", dtype=torch.int32)
+        pool = torch.zeros(2, hv, 128, 128, device="cuda")
+        sl = torch.tensor([1], device="cuda", dtype=torch.int32)
+        hi = torch.tensor([False], device="cuda")
+        for cfg in CONFIGS:
+            try:
+
+                def run(x=x, cu=cu, pool=pool, sl=sl, hi=hi, cfg=cfg):
+                    return _call(x, cu, pool, sl, hi, cfg)
+
+                run()
+                torch.cuda.synchronize()
+                times: dict[str, list[float]] = {}
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        run()
+                    torch.cuda.synchronize()
+                for ev in prof.events():
+                    t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
+                    if "chunk" in ev.name and t_us:
+                        times.setdefault(ev.name, []).append(t_us / 1e3)
+                med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+                row = {"shape": label, "config": cfg, "kernel_ms": med}
+                print(label, cfg, {k: round(v, 4) for k, v in med.items()}, flush=True)
+                res["rows"].append(row)
+            except Exception:
+                traceback.print_exc()
+    res["kernels"] = _kernel_stats()
+    for k in res["kernels"]:
+        print(k, flush=True)
+    with open(sys.argv[1], "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
