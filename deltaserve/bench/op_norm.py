@@ -6,6 +6,10 @@
   decode batch 256 and 8192-token prefill; bytes = x + residual read, out + new residual written.
 - ``gated_rms_norm``: GDN output norm per value head, [T, 32, 128] with a strided z (a slice of the
   projection output); bytes = x + z read, out written.
+- ``add_rms_norm_fp8``: fused add + RMSNorm emitting the FP8 GEMM's activations (e4m3 + per-token
+  128-group scales), H 2048; bytes = x + residual read, new residual + e4m3 out + scales written.
+  Two baselines: the torch reference (norm then quant) and our two launches (norm kernel, then the
+  fp8 quant kernel), which also move the bf16 output through memory.
 Baseline = the fp32 torch reference (``ops/norm/reference.py``) on the GPU: the unfused torch ops.
 Floor = bytes / 3.0 TB/s. Timing: CUDA-graph replay of several calls, ours and baseline alike (host
 launch cost excluded; eager calls of these wrappers cost about 0.1 ms of host time each).
@@ -20,7 +24,7 @@ import torch
 from deltaserve.bench.common import time_cuda_graph
 from deltaserve.bench.op_conv1d import bandwidth_row, copy_rows, gpu_ms
 
-DESCRIPTION = "fused add + zero-centred RMSNorm and gated RMSNorm"
+DESCRIPTION = "fused add + zero-centred RMSNorm (bf16 or fp8 out) and gated RMSNorm"
 DT = torch.bfloat16
 
 
@@ -62,6 +66,33 @@ def _gated_rows(t: int, hv: int = 32, dv: int = 128) -> list[dict[str, Any]]:
     shape = f"T={t} [{hv},{dv}] z strided"
     rows = [bandwidth_row("gated_rms_norm", shape, t_ours, t_base, "torch reference", n_bytes, "cuda graph")]
     return rows + (copy_rows(n_bytes) if t <= 256 else [])
+
+
+def _fp8_rows(t: int, h: int) -> list[dict[str, Any]]:
+    from deltaserve.ops.fp8 import per_token_group_quant_fp8
+    from deltaserve.ops.norm import add_rms_norm, add_rms_norm_fp8, reference
+
+    w = torch.randn(h, device="cuda", dtype=DT) * 0.1
+    n = 8 if t <= 256 else 2
+    bufs = [
+        (torch.randn(t, h, device="cuda", dtype=DT), torch.randn(t, h, device="cuda", dtype=DT))
+        for _ in range(n)
+    ]
+
+    def two_launches(a: torch.Tensor, c: torch.Tensor) -> None:
+        per_token_group_quant_fp8(add_rms_norm(a, c, w, 1e-6)[0], 128)
+
+    t_ours = time_cuda_graph([(lambda a=a, c=c: add_rms_norm_fp8(a, c, w, 1e-6)) for a, c in bufs])
+    t_ref = time_cuda_graph([(lambda a=a, c=c: reference.add_rms_norm_fp8(a, c, w, 1e-6)) for a, c in bufs])
+    t_two = time_cuda_graph([(lambda a=a, c=c: two_launches(a, c)) for a, c in bufs])
+    n_bytes = 3 * t * h * 2 + t * h + t * (h // 128) * 4 + h * 2
+    shape = f"T={t} H={h}"
+    return [
+        bandwidth_row("add_rms_norm_fp8", shape, t_ours, t_ref, "torch reference", n_bytes, "cuda graph"),
+        bandwidth_row(
+            "add_rms_norm_fp8", shape, t_ours, t_two, "norm + quant kernels", n_bytes, "cuda graph"
+        ),
+    ]
 
 
 def sweep() -> list[dict[str, Any]]:
@@ -118,6 +149,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         if not quick:
             rows += _add_rows(t, 5120)
         rows += _gated_rows(t)
+        rows += _fp8_rows(t, 2048)
     return rows
 
 

@@ -77,6 +77,24 @@ def check_quant(device, m, k, group=128, max_mismatch=0.0):
     assert mismatch <= max_mismatch, mismatch
 
 
+def check_prequantized(device, m, n, k, layout, out_dtype=None, tol=1e-3):
+    """GEMM on activations quantised beforehand (``x_scale``) == the GEMM quantising them itself."""
+    from deltaserve.ops.fp8 import kernels, reference
+
+    q, s, rb = make_weight(n, k, layout, device, seed=m + n + k + 1)
+    x = (torch.randn(m, k, device=device) * torch.rand(m, 1, device=device) * 4).to(torch.bfloat16)
+    b = torch.randn(n, device=device).to(torch.bfloat16) if m % 2 else None
+    xq, xs = kernels.per_token_group_quant_fp8(x, 128)
+    out = kernels.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=out_dtype)
+    assert out.shape == (m, n) and out.dtype == (out_dtype or torch.bfloat16)
+    assert not out.isnan().any()
+    ref = reference.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=out_dtype)
+    assert rel_err(out, ref) < 1e-2, (m, n, k, rel_err(out, ref))
+    if out_dtype is None:  # same quantised activations as the bf16 W8A8 path: only accumulation order
+        err = rel_err(out, kernels.block_fp8_linear(x, q, s, rb, b, quantize_activation=True))
+        assert err < tol, (m, n, k, err)
+
+
 def run_small(device: str) -> None:
     # the interpreter truncates fp32->bf16 and mis-rounds some fp32->e4m3 near powers of two,
     # hence the looser bounds here than on the GPU (an indexing bug gives errors near 1)
@@ -91,6 +109,40 @@ def run_small(device: str) -> None:
         check_gemm(device, 9, 200, 300, "perm", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
     finally:
         kernels.CONFIG["dequant_m_min"] = saved
+    check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
+    check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
+
+
+def test_prequantized_reference_equals_w8a8():
+    from deltaserve.ops.fp8 import block_fp8_linear, per_token_group_quant_fp8
+
+    q, s, rb = make_weight(200, 384, "perm", "cpu")
+    x = torch.randn(5, 384).to(torch.bfloat16)
+    b = torch.randn(200).to(torch.bfloat16)
+    xq, xs = per_token_group_quant_fp8(x, 128)
+    out = block_fp8_linear(xq, q, s, rb, b, x_scale=xs)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, block_fp8_linear(x, q, s, rb, b, quantize_activation=True))
+    out32 = block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=torch.float32)
+    assert out32.dtype == torch.float32 and torch.equal(out32.to(torch.bfloat16), out)
+
+
+def test_prequantized_rejects_bad_args():
+    from deltaserve.ops.fp8 import block_fp8_linear, per_token_group_quant_fp8
+
+    q, s, rb = make_weight(64, 256, "plain", "cpu")
+    x = torch.randn(2, 256)
+    xq, xs = per_token_group_quant_fp8(x)
+    with pytest.raises(ValueError, match="quantize_activation"):
+        block_fp8_linear(xq, q, s, rb, x_scale=xs, quantize_activation=True)
+    with pytest.raises(ValueError, match="x_scale"):
+        block_fp8_linear(xq, q, s, rb, x_scale=xs[:, :1])
+    with pytest.raises(ValueError, match="x_scale"):
+        block_fp8_linear(xq, q, s, rb, x_scale=xs.double())
+    with pytest.raises(ValueError, match="x must be"):
+        block_fp8_linear(x, q, s, rb, x_scale=xs)
+    with pytest.raises(ValueError, match="out_dtype"):
+        block_fp8_linear(x, q, s, rb, out_dtype=torch.float32)
 
 
 def test_triton_interpret_cpu():
@@ -124,6 +176,29 @@ def test_block_fp8_linear_fp16_gpu():
 @pytest.mark.parametrize("m,k", [(1, 2048), (257, 4096), (3, 300), (64, 128)])
 def test_group_quant_gpu(m, k):
     check_quant("cuda", m, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 257, 2048])
+@pytest.mark.parametrize("n,k,layout", [(2048, 2048, "plain"), (12288, 2048, "shards"), (640, 4096, "perm")])
+def test_block_fp8_linear_prequantized_gpu(m, n, k, layout):
+    check_prequantized("cuda", m, n, k, layout)
+
+
+@pytest.mark.gpu
+def test_block_fp8_linear_prequantized_fp32_out_gpu():
+    check_prequantized("cuda", 33, 1024, 2048, "plain", out_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+def test_block_fp8_linear_prequantized_rejects_strided_scale_gpu():
+    from deltaserve.ops.fp8 import block_fp8_linear, per_token_group_quant_fp8
+
+    q, s, rb = make_weight(256, 256, "plain", "cuda")
+    xq, xs = per_token_group_quant_fp8(torch.randn(4, 256, device="cuda", dtype=torch.bfloat16))
+    xs_t = xs.t().contiguous().t()  # same values, column-major
+    with pytest.raises(ValueError, match="x_scale"):
+        block_fp8_linear(xq, q, s, rb, x_scale=xs_t)
 
 
 @pytest.mark.gpu

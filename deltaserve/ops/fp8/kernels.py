@@ -7,7 +7,8 @@ applies to each K step's fp32 partial product. Activation modes (constexpr ``A_M
 
 - 0 ``W8A16``: bf16/fp16 activations, the e4m3 tile is widened in registers (exact) and the product
   is scaled per column: the dequantised computation with fp32 accumulation.
-- 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (large M).
+- 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (large M), or handed in
+  already quantised (``x_scale``: e.g. a norm with fp8 output), at any M.
 - 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
   arithmetic as the quant kernel, one launch fewer).
 
@@ -22,6 +23,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from deltaserve.ops.fp8.reference import check_prequantized
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -229,11 +232,27 @@ def block_fp8_linear(
     *,
     block_k: int = 128,
     quantize_activation: bool = False,
+    x_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Triton version of ``reference.block_fp8_linear``: ``x [M, K]`` -> ``[M, N]`` in ``x.dtype``."""
+    """Triton version of ``reference.block_fp8_linear``: ``x [M, K]`` -> ``[M, N]``.
+
+    Output in ``x.dtype``, or with pre-quantised ``x`` (e4m3 plus ``x_scale``) in ``out_dtype`` (bf16).
+    """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be [M, K] with unit stride on K, got {tuple(x.shape)} {tuple(x.stride())}")
-    if x.dtype not in (torch.bfloat16, torch.float16):
+    if x_scale is not None:
+        if quantize_activation:
+            raise ValueError("quantize_activation must be False with x_scale (x is already quantised)")
+        check_prequantized(x, x_scale, block_k)
+        if x_scale.stride(1) != 1:
+            raise ValueError(f"x_scale must have unit stride on its last dim, got {tuple(x_scale.stride())}")
+        out_dtype = out_dtype or torch.bfloat16
+        if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    elif out_dtype is not None:
+        raise ValueError("out_dtype is only for pre-quantised x (with x_scale); the output is x.dtype")
+    elif x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x must be bfloat16 or float16 on the GPU, got {x.dtype}")
     check_block_fp8_weight(w_q, scale_inv, row_block, block_k)
     m, k = x.shape
@@ -242,14 +261,15 @@ def block_fp8_linear(
         raise ValueError(f"w_q must be [N, K={k}], got {tuple(w_q.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
-    if not quantize_activation and m >= CONFIG["dequant_m_min"]:
+    if x_scale is None and not quantize_activation and m >= CONFIG["dequant_m_min"]:
         # large-M W8A16: a bf16 copy of the weight (N·K·3 bytes moved, ~5 % of the GEMM here) and
         # cuBLAS beat the in-register widening, which halves the MMA rate of a Triton bf16 GEMM
         return torch.nn.functional.linear(x, dequant_to(w_q, scale_inv, row_block, block_k, x.dtype), bias)
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    out = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
     n_kb = triton.cdiv(k, BK)
+    w8a8 = quantize_activation or x_scale is not None
     a, a_s, mode = x, x, 0
     if m <= CONFIG["small_m_max"]:
         bm, bn, warps, stages = CONFIG["small"]
@@ -257,8 +277,10 @@ def block_fp8_linear(
     elif m <= CONFIG["medium_m_max"]:
         bm, bn, warps, stages = CONFIG["medium"]
     else:
-        bm, bn, warps, stages = CONFIG["large" if quantize_activation else "large_w8a16"]
-    if quantize_activation and mode == 0:
+        bm, bn, warps, stages = CONFIG["large" if w8a8 else "large_w8a16"]
+    if x_scale is not None:
+        a_s, mode = x_scale, 1
+    elif quantize_activation and mode == 0:
         a, a_s = per_token_group_quant_fp8(x, block_k)
         mode = 1
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)

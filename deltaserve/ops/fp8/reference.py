@@ -14,7 +14,13 @@ import torch.nn.functional as F
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 
-__all__ = ["dequant_block_fp8", "block_fp8_linear", "per_token_group_quant_fp8", "quantize_block_fp8"]
+__all__ = [
+    "check_prequantized",
+    "dequant_block_fp8",
+    "block_fp8_linear",
+    "per_token_group_quant_fp8",
+    "quantize_block_fp8",
+]
 
 
 def dequant_block_fp8(
@@ -43,6 +49,19 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     return q, scales
 
 
+def check_prequantized(x: torch.Tensor, x_scale: torch.Tensor, block_k: int) -> None:
+    """Pre-quantised activations: ``x [M, K]`` e4m3 with fp32 ``x_scale [M, ceil(K/block_k)]``."""
+    if x.dim() != 2 or x.dtype != FP8_DTYPE:
+        raise ValueError(f"x must be a 2-D {FP8_DTYPE} tensor with x_scale, got {tuple(x.shape)} {x.dtype}")
+    m, k = x.shape
+    if x_scale.shape != (m, -(-k // block_k)) or x_scale.dtype != torch.float32:
+        raise ValueError(
+            f"x_scale must be float32 [{m}, ceil(K={k}/{block_k})], got {tuple(x_scale.shape)} {x_scale.dtype}"
+        )
+    if x_scale.device != x.device:
+        raise ValueError(f"x_scale must be on x's device {x.device}, got {x_scale.device}")
+
+
 def block_fp8_linear(
     x: torch.Tensor,
     w_q: torch.Tensor,
@@ -52,20 +71,34 @@ def block_fp8_linear(
     *,
     block_k: int = 128,
     quantize_activation: bool = False,
+    x_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`y = x Wᵀ (+ b)` with a block-FP8 weight. `x [M, K]` -> `[M, N]` in `x.dtype`.
 
     With `quantize_activation`, `x` is first quantised per token and 128-wide group (the W8A8 math
     the GPU kernel computes); otherwise the weight is dequantised and the product is fp32 (W8A16).
+    With `x_scale [M, ceil(K/block_k)]`, `x` is already quantised (e4m3, as `per_token_group_quant_fp8`
+    with `group=block_k` returns it): W8A8 on those activations, output in `out_dtype` (bf16 default).
     """
-    xf = x.float()
-    if quantize_activation:
-        xq, xs = per_token_group_quant_fp8(xf, block_k)
-        xf = xq.float() * xs.repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]
+    if x_scale is not None:
+        if quantize_activation:
+            raise ValueError("quantize_activation must be False with x_scale (x is already quantised)")
+        check_prequantized(x, x_scale, block_k)
+        xf = x.float() * x_scale.float().repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]  # [M, K]
+        y_dtype = out_dtype or torch.bfloat16
+    else:
+        if out_dtype is not None:
+            raise ValueError("out_dtype is only for pre-quantised x (with x_scale); the output is x.dtype")
+        xf = x.float()
+        y_dtype = x.dtype
+        if quantize_activation:
+            xq, xs = per_token_group_quant_fp8(xf, block_k)
+            xf = xq.float() * xs.repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]
     y = F.linear(xf, dequant_block_fp8(w_q, scale_inv, row_block, block_k))  # [M, N]
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    return y.to(y_dtype)
 
 
 def quantize_block_fp8(

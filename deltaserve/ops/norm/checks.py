@@ -54,3 +54,12 @@ def rows_view(t: torch.Tensor, name: str) -> tuple[torch.Tensor, int, int]:
     except RuntimeError as e:
         raise ValueError(f"{name} leading dims cannot be merged without a copy: strides {t.stride()}") from e
     return v, n0, t.shape[-2]
+
+
+def check_fp8_group(x: torch.Tensor, group: int, name_x: str = "x") -> None:
+    """The fp8-output norms quantise ``group``-wide slices of the last dim: it must divide ``H``."""
+    if x.dim() < 1 or x.shape[-1] == 0 or x.shape[-1] % group:
+        raise ValueError(
+            f"{name_x} last dim (H) must be a positive multiple of {group} for fp8 output, "
+            f"got shape {tuple(x.shape)}"
+        )

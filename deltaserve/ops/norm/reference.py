@@ -3,15 +3,20 @@
 - ``rms_norm``: ``x * rsqrt(mean(x^2) + eps) * (1 + w)`` (zero-centred, ``Qwen3NextRMSNorm``) or ``* w``.
 - ``add_rms_norm``: residual add then ``rms_norm``; returns both.
 - ``gated_rms_norm``: ``Qwen3NextRMSNormGated``: ``rmsnorm(x) * w * silu(z)`` (no zero-centring).
+- ``rms_norm_fp8`` / ``add_rms_norm_fp8``: the same norms with the output (rounded to ``x.dtype``
+  first) quantised as the block-FP8 GEMM's activations: e4m3 with per-token 128-wide group scales.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deltaserve.ops.norm.checks import check_eps, check_same, check_weight
+from deltaserve.ops.fp8.reference import per_token_group_quant_fp8
+from deltaserve.ops.norm.checks import check_eps, check_fp8_group, check_same, check_weight
 
-__all__ = ["rms_norm", "add_rms_norm", "gated_rms_norm"]
+__all__ = ["rms_norm", "add_rms_norm", "gated_rms_norm", "rms_norm_fp8", "add_rms_norm_fp8", "FP8_GROUP"]
+
+FP8_GROUP = 128  # activation quant group along H: the block-FP8 GEMM's ``block_k``
 
 
 def rms_norm(
@@ -77,3 +82,54 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
     out = weight * normed  # [..., D] in the promoted dtype of weight and x, as HF
     out = out.float() * torch.nn.functional.silu(z.float())  # [..., D] fp32
     return out.to(x.dtype)
+
+
+def _quant_rows(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out [..., H]`` -> ``(q [..., H] e4m3, scales [..., H/128] fp32)`` by the fp8 op's reference."""
+    h = out.shape[-1]
+    q, s = per_token_group_quant_fp8(out.reshape(-1, h), FP8_GROUP)  # [N, H], [N, H/128]
+    return q.view(out.shape), s.view(*out.shape[:-1], h // FP8_GROUP)
+
+
+def rms_norm_fp8(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, *, zero_centered: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rms_norm`` with fp8 output for the block-FP8 GEMM.
+
+    Args:
+        x: ``[..., H]`` with ``H`` a multiple of 128.
+        weight: ``[H]``.
+    Returns:
+        ``(x_q [..., H] float8_e4m3fn, x_scale [..., H/128] fp32)``: ``per_token_group_quant_fp8``
+        (group 128) of ``rms_norm(x)`` (which is rounded to ``x.dtype``); ``x_q * x_scale`` per group
+        approximates the normalised output. 2-D ``x`` gives the GEMM's ``(x, x_scale)`` directly.
+    """
+    check_weight(x, weight)
+    check_fp8_group(x, FP8_GROUP)
+    return _quant_rows(rms_norm(x, weight, eps, zero_centered=zero_centered))
+
+
+def add_rms_norm_fp8(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    zero_centered: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``add_rms_norm`` with fp8 output for the block-FP8 GEMM.
+
+    Args:
+        x: ``[..., H]`` with ``H`` a multiple of 128.
+        residual: ``[..., H]``, same shape and dtype as ``x``.
+        weight: ``[H]``.
+    Returns:
+        ``(x_q [..., H] float8_e4m3fn, x_scale [..., H/128] fp32, new_residual [..., H])``: as
+        ``add_rms_norm``, then the output quantised as in ``rms_norm_fp8``.
+    """
+    check_same(x, residual, "residual", dtype=True)
+    check_weight(x, weight)
+    check_fp8_group(x, FP8_GROUP)
+    out, new_residual = add_rms_norm(x, residual, weight, eps, zero_centered=zero_centered)
+    q, s = _quant_rows(out)
+    return q, s, new_residual
