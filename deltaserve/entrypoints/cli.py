@@ -89,7 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from deltaserve.entrypoints.openai.api_server import build_app, run_server
 
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
-        raise SystemExit("error: --enable-auto-tool-choice requires --tool-call-parser (hermes)")
+        raise SystemExit(
+            "error: --enable-auto-tool-choice requires --tool-call-parser (hermes or qwen3_coder)"
+        )
     model, is_demo = _resolve_model(args)
     engine = _make_engine(args, model)
     if args.served_model_name:
@@ -173,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='let the model choose tool calls (tool_choice "auto"); needs --tool-call-parser',
     )
     serve.add_argument(
-        "--tool-call-parser", default=None, choices=["hermes"], help="tool-call format (Qwen3/3.5: hermes)"
+        "--tool-call-parser",
+        default=None,
+        choices=["hermes", "qwen3_coder"],  # = tool_parsers.TOOL_CALL_PARSERS (kept literal: lazy imports)
+        help="tool-call format: hermes (JSON calls: Qwen3, Qwen3-Next) or qwen3_coder "
+        "(XML <function=..> calls: Qwen3-Coder, Qwen3.5)",
     )
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     serve.add_argument("--uvicorn-log-level", default="info")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,7 +38,7 @@ from deltaserve.entrypoints.openai.serving_base import (
     sse,
     stream_error_event,
 )
-from deltaserve.entrypoints.openai.tool_parsers import TOOL_CALL_START, HermesStreamState, HermesToolParser
+from deltaserve.entrypoints.openai.tool_parsers import ToolParser, ToolStreamState, make_tool_parser
 
 
 def render_chat(
@@ -112,14 +111,10 @@ def chat_logprobs(
     return ChatLogprobs(content=content)
 
 
-def named_tool_prefix(name: str) -> str:
-    """The hermes markup a named tool_choice prefills, so the model writes only the arguments."""
-    return f'{TOOL_CALL_START}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
-
-
 class ServingChat:
-    """Chat completions; `tool_parser` ("hermes" or None) with `enable_auto_tool_choice` allows
-    tool_choice "auto". A named tool_choice prefills the hermes call markup (no guided decoding)."""
+    """Chat completions; `tool_parser` (one of TOOL_CALL_PARSERS, or None) with `enable_auto_tool_choice`
+    allows tool_choice "auto". A named tool_choice prefills the parser's call markup (hermes when no
+    parser is set; no guided decoding)."""
 
     def __init__(
         self, state: ServerState, *, tool_parser: str | None = None, enable_auto_tool_choice: bool = False
@@ -138,7 +133,11 @@ class ServingChat:
                 )
             return ""
         name = req.named_tool()
-        return named_tool_prefix(name) if name is not None else None
+        return self._parser(req).named_prefix(name) if name is not None else None
+
+    def _parser(self, req: ChatCompletionRequest) -> ToolParser:
+        """The request's tool-call parser (typed by its `tools`); hermes when none is configured."""
+        return make_tool_parser(self.tool_parser or "hermes", req.tools)
 
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Response:
         st = self.state
@@ -209,7 +208,7 @@ class ServingChat:
         tool_calls: list[dict[str, Any]] = []
         finish_reason = c.finish_reason
         if tool_prefix is not None:
-            parsed, tool_calls = HermesToolParser.extract(tool_prefix + (content or ""))
+            parsed, tool_calls = self._parser(req).extract(tool_prefix + (content or ""))
             if tool_calls or not tool_prefix:  # a named call that did not parse: the raw text
                 content = parsed
             if tool_calls and not tool_prefix:  # auto (vLLM: a named call keeps the engine's reason)
@@ -244,7 +243,8 @@ class ServingChat:
         sent_text: dict[int, int] = {}
         sent_tokens: dict[int, int] = {}
         parsers: dict[int, StreamingReasoningState] = {}
-        tool_states: dict[int, HermesStreamState] = {}
+        tool_states: dict[int, ToolStreamState] = {}
+        tool_parser = self._parser(req)
         content_so_far: dict[int, str] = {}
         prompt_len = 0
         completion_tokens: dict[int, int] = {}
@@ -283,7 +283,7 @@ class ServingChat:
                     if i not in sent_text:
                         sent_text[i], sent_tokens[i] = 0, 0
                         parsers[i] = StreamingReasoningState(opened=opened)
-                        tool_states[i], content_so_far[i] = HermesStreamState(), ""
+                        tool_states[i], content_so_far[i] = tool_parser.stream_state(), ""
                         yield chunk(i, {"role": "assistant", "content": ""})
                     delta: dict[str, Any] = {}
                     if reason:
