@@ -120,7 +120,7 @@ def build_hf_model(spec_or_name: TinySpec | str, *, seed: int | None = None) -> 
     spec = resolve_spec(spec_or_name)
     seed = spec.seed if seed is None else seed
     model = getattr(transformers, spec.architecture)(build_hf_config(spec))
-    init_parameters(model, seed)
+    init_parameters(model, seed, embed_scale=spec.embed_scale, lm_head_spread=spec.lm_head_spread)
     return model.to(torch_dtype(spec.dtype)).eval()
 
 

@@ -48,6 +48,11 @@ class TinySpec:
         transformers 4.x: flat `rope_theta` / `partial_rotary_factor`, `torch_dtype`, no `layer_types`.
       quantize_fp8: write linear weights as float8_e4m3fn with 128x128 block `weight_scale_inv`.
       dtype: storage dtype of the (unquantised) weights, "float32" | "bfloat16" | "float16".
+      embed_scale: factor on the init std (1/sqrt(H)) of the token embedding `embed_tokens`; values
+        above 1 make the embedding a larger part of the residual stream.
+      lm_head_spread: log-normal spread of the (untied) LM head's row norms: row v is scaled by
+        exp(lm_head_spread * z_v), z_v ~ N(0, 1) seeded; 0 (default) keeps the rows alike. Larger
+        values give more decisive logits (larger top-1/top-2 gaps), as trained models have.
       seed: default seed (`write_checkpoint(..., seed=None)` uses it).
     """
 
@@ -80,6 +85,8 @@ class TinySpec:
     legacy_config: bool = False
     quantize_fp8: bool = False
     dtype: str = "float32"
+    embed_scale: float = 1.0
+    lm_head_spread: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +150,12 @@ class TinySpec:
             raise ValueError("quantize_fp8: FP8 with fused experts is not an official layout")
         if self.max_shard_bytes is not None and self.max_shard_bytes <= 0:
             raise ValueError("max_shard_bytes: must be positive or None")
+        if not self.embed_scale > 0:
+            raise ValueError(f"embed_scale: must be positive, got {self.embed_scale}")
+        if not self.lm_head_spread >= 0:
+            raise ValueError(f"lm_head_spread: must be >= 0, got {self.lm_head_spread}")
+        if self.lm_head_spread and self.tie_word_embeddings:
+            raise ValueError("lm_head_spread: needs an untied LM head (tie_word_embeddings=False)")
 
     @property
     def model_type(self) -> str:

@@ -9,6 +9,8 @@ zero-centred RMSNorm weights ~ N(0, 0.1) (applied as 1 + w), gated/LayerNorm wei
 A_log = log U(1, 16), dt_bias ~ U(0.5, 1.5), embeddings / LM head / router ~ N(0, 1/sqrt(H)),
 other weights ~ N(0, 1/sqrt(fan_in)) (unit-variance outputs: layer outputs outweigh the embedding, so
 tied-embedding models do not just repeat their input token), biases ~ N(0, 0.02).
+`init_parameters` can scale the token embedding and spread the LM head's row norms (`TinySpec`
+`embed_scale` / `lm_head_spread`); the defaults leave every value as above.
 """
 
 from __future__ import annotations
@@ -119,9 +121,21 @@ def kind_of_checkpoint_tensor(name: str, ndim: int) -> str:
     raise ValueError(f"no init rule for checkpoint tensor {name}")
 
 
+def lm_head_row_scales(seed: int, vocab_size: int, spread: float) -> torch.Tensor:
+    """[V, 1] log-normal factors exp(spread * z_v) for the LM head rows, seeded apart from the weights."""
+    z = torch.randn((vocab_size, 1), generator=generator_for(seed, "lm_head.weight/row_scale"))
+    return torch.exp(spread * z)  # [V, 1]
+
+
 @torch.no_grad()
-def init_parameters(model: nn.Module, seed: int) -> None:
-    """Overwrite every parameter of `model` with seeded values (tied parameters once, first name wins)."""
+def init_parameters(
+    model: nn.Module, seed: int, *, embed_scale: float = 1.0, lm_head_spread: float = 0.0
+) -> None:
+    """Overwrite every parameter of `model` with seeded values (tied parameters once, first name wins).
+
+    `embed_scale` multiplies the token embedding (`*embed_tokens.weight`); with `lm_head_spread > 0`
+    row v of `lm_head.weight` [V, H] is multiplied by exp(lm_head_spread * z_v), z_v ~ N(0, 1).
+    """
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
@@ -131,4 +145,8 @@ def init_parameters(model: nn.Module, seed: int) -> None:
             name = f"{mod_name}.{pname}" if mod_name else pname
             kind = _kind_of_parameter(name, module, pname, param.ndim)
             values = sample(kind, tuple(param.shape), generator_for(seed, name))
+            if name.endswith("embed_tokens.weight") and embed_scale != 1.0:
+                values = values * embed_scale
+            if name == "lm_head.weight" and lm_head_spread:
+                values = values * lm_head_row_scales(seed, values.shape[0], lm_head_spread)
             param.copy_(values.to(param.dtype))

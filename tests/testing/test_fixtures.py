@@ -120,6 +120,20 @@ def test_parameter_scales_are_non_trivial() -> None:
     assert sd["model.layers.0.mlp.experts.gate_up_proj"].std() > 0.02
 
 
+def test_embed_scale_and_lm_head_spread_change_only_their_tensors() -> None:
+    from deltaserve.testing.weights import lm_head_row_scales
+
+    spec = SPECS["qwen3.5-moe-a"]
+    base = build_hf_model(spec).state_dict()
+    tuned = build_hf_model(spec.replace(embed_scale=4.0, lm_head_spread=1.0)).state_dict()
+    emb, head = "model.embed_tokens.weight", "lm_head.weight"
+    torch.testing.assert_close(tuned[emb], 4.0 * base[emb])
+    scales = lm_head_row_scales(spec.seed, spec.vocab_size, 1.0)  # [V, 1]
+    torch.testing.assert_close(tuned[head], base[head] * scales)
+    assert scales.std() > 0.5  # the row norms really spread
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k not in (emb, head))
+
+
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
     spec = SPECS["qwen3.5-moe-b"]  # fused rewrite + mtp injection + bf16
     a = write_checkpoint(spec, tmp_path / "a")
@@ -324,6 +338,9 @@ def test_fp8_block_quantisation_round_trip() -> None:
         ({"dtype": "int8"}, "dtype"),
         ({"mrope_section": (1, 1, 1)}, "mrope_section"),
         ({"vocab_size": 100}, "vocab_size"),
+        ({"embed_scale": 0.0}, "embed_scale"),
+        ({"lm_head_spread": -1.0}, "lm_head_spread"),
+        ({"lm_head_spread": 1.0, "tie_word_embeddings": True}, "lm_head_spread"),
     ],
 )
 def test_invalid_specs_name_the_field(tmp_path: Path, changes: dict, field: str) -> None:
