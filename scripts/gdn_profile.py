@@ -15,11 +15,11 @@ from deltaserve.bench import op_gdn
 from deltaserve.ops.gdn import prefill
 
 CONFIGS = [
-    {"inv": 0},
-    {"inv": 3},
-    {"inv": 3, "prep_warps": 2},
-    {"inv": 3, "prep_warps": 8},
-    {"inv": 1},
+    {},  # the default choice
+    {"BV": 32, "num_stages": 3},
+    {"BV": 16, "num_stages": 3},
+    {"BV": 32, "num_stages": 2},
+    {"prep_warps": 8},
 ]
 SHAPES = [("hk16/hv32 1x32768", 16, 32, 32768), ("hk2/hv8 1x32768", 2, 8, 32768)]
 

@@ -290,6 +290,12 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
         assert rel(full[1, slots], s_r) < 1e-3, rel(full[1, slots], s_r)
         assert torch.equal(full[1, [1, 3]], before[1, [1, 3]]) and torch.equal(full[0], before[0])
+    try:  # a misspelt launch-config key is an error, not a silently ignored sweep point
+        prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
+                            has_initial_state=init, state_layout="vk", _config={"bv": 32})
+        raise AssertionError("unknown _config key accepted")
+    except ValueError as e:
+        assert "bv" in str(e)
     # decode_multi: fp16 in/out (the interpreter truncates when storing bf16), padding row,
     # intermediate states, vk layout
     nb, t = 3, 2

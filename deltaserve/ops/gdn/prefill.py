@@ -109,9 +109,10 @@ def _chunk_prep_kernel(
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """G, 1/|q|, 1/|k|, Tb and Aqk for one (chunk, value head). Gram matrices as full [C, C] products
-    (one warpgroup MMA each on Hopper); A goes through an fp32 scratch (aliasing this chunk's own
-    [2, C, C] fp16 output) to be read back as 16x16 blocks for the blockwise inverse."""
+    """G, Tb and Aqk for one (chunk, value head), plus the fp16 normalised q (times scale) and k once
+    per key head. Gram matrices as full [C, C] products (one warpgroup MMA each on Hopper); A goes
+    through an fp32 scratch (aliasing this chunk's own [2, C, C] fp16 output) to be read back as 16x16
+    blocks for the blockwise inverse."""
     pid_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, chunk_cu_ptr, cu_ptr, NB, BLOCK_B, C)
@@ -326,6 +327,9 @@ def gdn_prefill(
     wide = hv * nb * max(1, dv // 32) >= 96
     cfg = {"BV": 32 if wide else 16, "num_warps": 4, "num_stages": 3, "prep_warps": 4}
     if _config:
+        unknown = sorted(set(_config) - set(cfg))
+        if unknown:
+            raise ValueError(f"_config: unknown keys {unknown}; known: {sorted(cfg)}")
         cfg.update(_config)
     bv = min(cfg["BV"], dv)
     t = q.shape[0]
