@@ -85,16 +85,15 @@ def block_fp8_linear(
         if quantize_activation:
             raise ValueError("quantize_activation must be False with x_scale (x is already quantised)")
         check_prequantized(x, x_scale, block_k)
-        xf = x.float() * x_scale.float().repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]  # [M, K]
-        y_dtype = out_dtype or torch.bfloat16
+        xq, xs, y_dtype = x, x_scale, out_dtype or torch.bfloat16
     else:
         if out_dtype is not None:
             raise ValueError("out_dtype is only for pre-quantised x (with x_scale); the output is x.dtype")
-        xf = x.float()
+        xq, xs = per_token_group_quant_fp8(x.float(), block_k) if quantize_activation else (x, None)
         y_dtype = x.dtype
-        if quantize_activation:
-            xq, xs = per_token_group_quant_fp8(xf, block_k)
-            xf = xq.float() * xs.repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]
+    xf = xq.float()  # [M, K]
+    if xs is not None:  # dequantise the activation groups
+        xf = xf * xs.float().repeat_interleave(block_k, dim=-1)[:, : x.shape[-1]]
     y = F.linear(xf, dequant_block_fp8(w_q, scale_inv, row_block, block_k))  # [M, N]
     if bias is not None:
         y = y + bias.float()
