@@ -95,12 +95,29 @@ def check_prequantized(device, m, n, k, layout, out_dtype=None, tol=1e-3):
         assert err < tol, (m, n, k, err)
 
 
+def check_split_k(device, m, n, k):
+    """Small M over a long K takes the one-launch split-K path: right, repeatable, counters reset."""
+    from deltaserve.ops.fp8 import kernels
+
+    q, s, rb = make_weight(n, k, "plain", device, seed=k)
+    x = torch.randn(m, k, device=device).to(torch.bfloat16)
+    b = torch.randn(n, device=device).to(torch.bfloat16)
+    tiles = -(-m // kernels.CONFIG["small"][0]) * -(-n // kernels.CONFIG["small"][1])
+    assert tiles < kernels.CONFIG["target_programs"] and k // kernels.BK >= 4  # so split > 1
+    check_gemm(device, m, n, k, "plain", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
+    first = kernels.block_fp8_linear(x, q, s, rb, b)
+    again = kernels.block_fp8_linear(x, q, s, rb, b)
+    assert torch.equal(first, again)
+    assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
+
+
 def run_small(device: str) -> None:
     # the interpreter truncates fp32->bf16 and mis-rounds some fp32->e4m3 near powers of two,
     # hence the looser bounds here than on the GPU (an indexing bug gives errors near 1)
     for m, n, k, layout in [(1, 200, 300, "plain"), (3, 256, 384, "shards"), (20, 130, 256, "perm")]:
         check_gemm(device, m, n, k, layout, bias=m == 3, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
     check_quant(device, 3, 300, max_mismatch=0.05)
+    check_split_k(device, 2, 200, 1024)
     from deltaserve.ops.fp8 import kernels
 
     saved = kernels.CONFIG["dequant_m_min"]
@@ -170,6 +187,11 @@ def test_block_fp8_linear_gpu(m, n, k, layout):
 @pytest.mark.gpu
 def test_block_fp8_linear_fp16_gpu():
     check_gemm("cuda", 5, 384, 256, "plain", dtype=torch.float16, tol_w8a16=5e-3, tol_w8a8=1e-2)
+
+
+@pytest.mark.gpu
+def test_split_k_gpu():
+    check_split_k("cuda", 4, 2048, 4096)
 
 
 @pytest.mark.gpu

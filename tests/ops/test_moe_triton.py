@@ -70,6 +70,17 @@ def check_route(device, t, e, k, renorm):
     torch.testing.assert_close(w[same], rw[same], rtol=1e-5, atol=1e-6)
 
 
+def check_route_ties(device):
+    """Equal probabilities go to the lowest expert ids, on both routing paths (as in the reference)."""
+    from deltaserve.ops.moe import kernels
+
+    logits = torch.zeros(3, 9, device=device)
+    logits[1, 4:] = 1.0  # five-way tie on the top
+    w, ids = kernels.route_topk(logits, 3, False)
+    assert ids.tolist() == [[0, 1, 2], [4, 5, 6], [0, 1, 2]]
+    torch.testing.assert_close(w[0], torch.full((3,), 1 / 9, device=device))
+
+
 def check_experts(device, t, e, h, i, k, tol, unrouted=False):
     from deltaserve.ops.moe import kernels, reference
 
@@ -109,10 +120,12 @@ def run_small(device: str) -> None:
     # interpreter: see test_fp8_triton.run_small for why the bounds are looser than on the GPU
     check_route(device, 5, 12, 3, True)
     check_route(device, 2, 7, 7, False)
+    check_route_ties(device)
     check_experts(device, 6, 8, 64, 32, 3, 5e-3)
     check_experts(device, 4, 8, 64, 32, 2, 5e-3, unrouted=True)
     check_experts(device, 150, 2, 64, 32, 2, 5e-3)  # many rows per expert: the prefill config
-    check_moe(device, 5, 8, 64, 32, 3, 32, 5e-3)
+    check_moe(device, 5, 8, 64, 32, 3, 32, 5e-3)  # 20 pairs: the one-program decode set-up
+    check_moe(device, 20, 8, 64, 32, 3, 32, 5e-3)  # 80 pairs: route + histogram alignment
     check_moe(device, 3, 8, 64, 32, 3, 48, 5e-3, renorm=False)  # shared of another width
     check_moe(device, 4, 6, 256, 128, 2, 128, 1e-2, fp8=True)
 

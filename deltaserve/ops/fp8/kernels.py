@@ -12,8 +12,8 @@ applies to each K step's fp32 partial product. Activation modes (constexpr ``A_M
 - 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
   arithmetic as the quant kernel, one launch fewer).
 
-Small M (``<= 16``) splits K over programs (fp32 partials, then a reduce launch) so that about two
-programs per SM stream the weight. No host syncs: every launch size follows from the shapes.
+Small M (``<= 16``) splits K over programs so that about two programs per SM stream the weight;
+the last split to finish a tile adds the fp32 partials (one launch, no reduce kernel). No host syncs: every launch size follows from the shapes.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _group_quant_kernel(
 
 @triton.jit
 def _fp8_gemm_kernel(
-    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr,
-    M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_split, sc_m, KB_PER_SPLIT,
+    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
+    M, N, K, sa_m, sas_m, sb_n, sbs_r, sws_split, sc_m, KB_PER_SPLIT,
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr, GROUP_M: tl.constexpr,
     FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
@@ -124,30 +124,29 @@ def _fp8_gemm_kernel(
             aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
             part = _dot(aq, b, F32)
             acc += part * (a_s[:, None] * bs[None, :])
-    c_off = offs_m64[:, None] * sc_m + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
-    if SPLIT == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    if SPLIT > 1:
+        # split-K in one launch: every split stores its fp32 partial, the last one to arrive at the
+        # tile's counter adds them up in split order (deterministic) and resets the counter
+        w_off = offs_m64[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k.to(tl.int64) * sws_split + w_off, acc, mask=mask)
+        tl.debug_barrier()  # all of this program's partial is written before the release below
+        arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for s in range(SPLIT):
+                acc += tl.load(ws_ptr + s * sws_split + w_off, mask=mask, other=0.0, cache_modifier=".cg")
+            _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIAS)
+            tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed", scope="gpu")
     else:
-        tl.store(c_ptr + pid_k.to(tl.int64) * sc_split + c_off, acc, mask=mask)
+        _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIAS)
 
 
 @triton.jit
-def _split_reduce_kernel(
-    p_ptr, bias_ptr, c_ptr, N, MN, sc_m,
-    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT):
-        acc += tl.load(p_ptr + s * MN + i, mask=ok, other=0.0)
-    n = i % N
+def _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=ok, other=0.0).to(tl.float32)
-    tl.store(c_ptr + (i // N) * sc_m + n, acc.to(c_ptr.dtype.element_ty), mask=ok)
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(c_ptr + offs_m64[:, None] * sc_m + offs_n[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -165,6 +164,20 @@ def _dequant_kernel(
     tl.store(
         out_ptr + r.to(tl.int64)[:, None] * so_n + c[None, :], (w * sc).to(out_ptr.dtype.element_ty), mask=m
     )
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-tile arrival counters of the split-K GEMM: zero between launches (the last split of a
+    tile resets its own), so one buffer per device serves every call and CUDA-graph replay. Trap:
+    two split-K GEMMs running at once on different streams of one device would share it."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def dequant_to(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int, dtype):
@@ -289,20 +302,15 @@ def block_fp8_linear(
         split = min(triton.cdiv(CONFIG["target_programs"], tiles), max(1, n_kb // 2), 16)
     kps = triton.cdiv(n_kb, split)
     split = triton.cdiv(n_kb, kps)  # no empty splits
-    c = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    cnt = _tile_counters(x.device, tiles) if split > 1 else row_block
     bias_arg = bias if bias is not None else out
     _fp8_gemm_kernel[(tiles, split)](
-        a, a_s, w_q, scale_inv, row_block, bias_arg, c,
+        a, a_s, w_q, scale_inv, row_block, bias_arg, out, ws, cnt,
         m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0),
-        m * n, n, kps,
+        m * n, out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_K=block_k,
         BM=bm, BN=bn, BKC=BK, GROUP_M=8, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    if split > 1:
-        block = 1024
-        _split_reduce_kernel[(triton.cdiv(m * n, block),)](
-            c, bias_arg, out, n, m * n, out.stride(0),
-            SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-        )  # fmt: skip
     return out

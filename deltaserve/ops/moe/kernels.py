@@ -24,6 +24,7 @@ Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -43,6 +44,9 @@ CONFIGS = [
     (1 << 62, 128, (64, 64, 8, 3), (128, 64, 8, 3)),
 ]
 ALIGN_CHUNK = 1024
+# Up to this many (token, slot) pairs, routing + zeroing + alignment is one single-program launch
+# (decode; the [P, P] pair comparison replaces the expert histogram).
+SMALL_PAIRS = 64
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
 PRECISE_INTER = True
@@ -57,27 +61,30 @@ def _dot(a, b, acc, F32: tl.constexpr):
 
 
 @triton.jit
-def _route_kernel(
-    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+def _route_token(
+    t, logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
     TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
     HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
-    t = tl.program_id(0).to(tl.int64)
+    """Softmax + top-k (+ shared-expert gate) of token ``t`` into ``w [T, KT]``, ``ids [T, KT]``."""
     e = tl.arange(0, BE)
     e_ok = e < E
     logit = tl.load(logit_ptr + t * sl + e, mask=e_ok, other=float("-inf")).to(tl.float32)
     p = tl.exp(logit - tl.max(logit, axis=0))
-    p = p / tl.sum(p, axis=0)  # [BE]
-    p = tl.where(e_ok, p, -1.0)
+    p = p / tl.sum(p, axis=0)  # [BE] in [0, 1]
+    # One max per pick: non-negative fp32 bits order like the values, and the low word (BE-1-e)
+    # breaks ties towards the lowest expert id; taken and padding entries get key -1.
+    key = (p.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (BE - 1 - e).to(tl.int64)
+    key = tl.where(e_ok, key, -1)  # [BE]
     j = tl.arange(0, KP)
     wv = tl.zeros((KP,), dtype=tl.float32)
     iv = tl.zeros((KP,), dtype=tl.int64)
     for s in tl.static_range(TOPK):
-        best = tl.max(p, axis=0)
-        idx = tl.min(tl.where(p == best, e, BE), axis=0)
-        wv = tl.where(j == s, best, wv)
+        best = tl.max(key, axis=0)
+        idx = BE - 1 - (best & 0xFFFFFFFF)
+        wv = tl.where(j == s, (best >> 32).to(tl.int32).to(tl.float32, bitcast=True), wv)
         iv = tl.where(j == s, idx, iv)
-        p = tl.where(e == idx, -2.0, p)
+        key = tl.where(e == idx, -1, key)
     if RENORM:
         wv = wv / tl.sum(wv, axis=0)  # slots >= TOPK are still 0
     if HAS_SHARED:
@@ -92,6 +99,64 @@ def _route_kernel(
         iv = tl.where(j == TOPK, E, iv)
     tl.store(w_ptr + t * KT + j, wv, mask=j < KT)
     tl.store(id_ptr + t * KT + j, iv, mask=j < KT)
+
+
+@triton.jit
+def _route_kernel(
+    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+    TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+):  # fmt: skip
+    _route_token(
+        tl.program_id(0).to(tl.int64), logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+        TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH,
+    )  # fmt: skip
+
+
+@triton.jit
+def _route_align_small_kernel(
+    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, sorted_ptr, bexp_ptr, out_ptr,
+    T, E, H, sl, sx, P, E1, L, NB, HOUT,
+    ROUTE: tl.constexpr, TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+    BM: tl.constexpr, PP: tl.constexpr, CH: tl.constexpr,
+):  # fmt: skip
+    """Decode-sized MoE set-up in one program: (routing of every token,) zeroing the fp32 combine
+    target ``out [HOUT]`` and the alignment of the ``P <= PP`` pairs without a histogram.
+
+    Experts get their blocks in order of first appearance among the pairs (the GEMMs only need each
+    block to hold one expert): for pair i, ``rank`` = earlier pairs of its expert, ``count`` = all of
+    them, and the block start is the running sum of ``cdiv(count, BM)`` over first appearances.
+    """
+    if ROUTE:
+        for t in range(T):
+            _route_token(
+                t, logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+                TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH,
+            )  # fmt: skip
+    ar = tl.arange(0, CH)
+    for i0 in range(0, HOUT, CH):
+        tl.store(out_ptr + i0 + ar, tl.zeros((CH,), dtype=tl.float32), mask=i0 + ar < HOUT)
+    for i0 in range(0, L, CH):
+        tl.store(sorted_ptr + i0 + ar, P, mask=i0 + ar < L)
+    for i0 in range(0, NB, CH):
+        tl.store(bexp_ptr + i0 + ar, -1, mask=i0 + ar < NB)
+    tl.debug_barrier()  # routed ids visible to every thread; fills land before the scatters
+    i = tl.arange(0, PP)
+    ids = tl.load(id_ptr + i, mask=i < P, other=-1)  # [PP]
+    ok = (ids >= 0) & (ids < E1) & (i < P)
+    ids = tl.where(ok, ids, -1 - i)  # invalid pairs match nothing
+    same = ids[:, None] == ids[None, :]  # [PP, PP]
+    rank = tl.sum((same & (i[None, :] < i[:, None])).to(tl.int32), 1)  # [PP]
+    count = tl.sum(same.to(tl.int32), 1)
+    first = ok & (rank == 0)
+    nblk = tl.where(first, (count + BM - 1) // BM, 0)
+    excl = tl.cumsum(nblk, 0) - nblk  # [PP] block start, valid at first appearances
+    f = tl.min(tl.where(same, i[None, :], PP), 1)  # [PP] first appearance of each pair's expert
+    bstart = tl.sum(tl.where(i[None, :] == f[:, None], excl[None, :], 0), 1)
+    tl.store(sorted_ptr + bstart * BM + rank, i, mask=ok)
+    for jb in range(0, tl.max(nblk, axis=0)):
+        tl.store(bexp_ptr + excl + jb, ids.to(tl.int32), mask=first & (jb < nblk))
 
 
 @triton.jit
@@ -300,6 +365,37 @@ def _align(ids: torch.Tensor, e1: int, bm: int) -> tuple[torch.Tensor, torch.Ten
     return sorted_ids, bexp, nb
 
 
+class _Route(NamedTuple):
+    """Routing still to do: ``logits [T, E]``, top-k, renormalise, optional shared gate ``[1, H]``."""
+
+    logits: torch.Tensor
+    top_k: int
+    renormalize: bool
+    gate_weight: torch.Tensor | None
+
+
+def _setup_small(x, route: _Route | None, ids, w, e1: int, bm: int, out32: torch.Tensor):
+    """One launch for decode-sized batches (``P <= SMALL_PAIRS``): routing (when ``route``), zeroing
+    ``out32`` and the alignment. Returns ``(topk_w, topk_ids, sorted_ids, block_expert, NB)``."""
+    t, kt = ids.shape
+    p = t * kt
+    nb = (p + min(e1, p) * (bm - 1)) // bm
+    sorted_ids = torch.empty(nb * bm, dtype=torch.int32, device=x.device)
+    bexp = torch.empty(nb, dtype=torch.int32, device=x.device)
+    lg = route.logits if route is not None else w
+    has_sh = route is not None and route.gate_weight is not None
+    e = lg.shape[1] if route is not None else 1
+    _route_align_small_kernel[(1,)](
+        lg, x, route.gate_weight if has_sh else lg, w, ids, sorted_ids, bexp, out32,
+        t, e, x.shape[1], lg.stride(0), x.stride(0), p, e1, nb * bm, nb, out32.numel(),
+        ROUTE=route is not None, TOPK=route.top_k if route is not None else 1, KT=kt,
+        KP=triton.next_power_of_2(kt), RENORM=bool(route is not None and route.renormalize),
+        HAS_SHARED=has_sh, BE=triton.next_power_of_2(e), BH=1024,
+        BM=bm, PP=triton.next_power_of_2(p), CH=ALIGN_CHUNK, num_warps=4,
+    )  # fmt: skip
+    return w, ids, sorted_ids, bexp, nb
+
+
 def _fp8_parts(w: ExpertWeights):
     if w.w13.dtype != FP8_DTYPE:
         return False, None
@@ -334,25 +430,45 @@ def _check_experts(x: torch.Tensor, w: ExpertWeights) -> tuple[int, int, int]:
     return e, h, i
 
 
-def _run_experts(x, w: ExpertWeights, shared: SharedExpertWeights | None, topk_w, topk_ids, out32=None):
-    """Align + both GEMMs + cast. ``topk_w [T, KT]`` fp32, ``topk_ids [T, KT]`` (``E`` = shared).
+def _run_experts(
+    x,
+    w: ExpertWeights,
+    shared: SharedExpertWeights | None,
+    topk_w=None,
+    topk_ids=None,
+    out32=None,
+    route: _Route | None = None,
+):
+    """Align + both GEMMs + cast. Routing given as ``topk_w [T, KT]`` fp32 and ``topk_ids [T, KT]``
+    (``E`` = shared), or done here from ``route``.
 
     With ``out32`` given, adds into it and returns it (fp32, no cast).
     """
     e, h, i = _check_experts(x, w)
-    t, kt = topk_ids.shape
+    t = x.shape[0]
+    kt = topk_ids.shape[1] if route is None else route.top_k + (route.gate_weight is not None)
     cast = out32 is None
-    if out32 is None:
-        out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
-    if t == 0:
-        return out32.to(x.dtype) if cast else out32
-    fp8, block_k = _fp8_parts(w)
     e1 = e + (1 if shared is not None else 0)
     p = t * kt
+    if t == 0:
+        return torch.zeros(0, h, dtype=x.dtype, device=x.device) if cast else out32
     bm, (bn1, bk1, wa1, st1), (bn2, bk2, wa2, st2) = _pick(p / min(e1, p))
+    if p <= SMALL_PAIRS:
+        if route is not None:
+            topk_w = torch.empty(t, kt, dtype=torch.float32, device=x.device)
+            topk_ids = torch.empty(t, kt, dtype=torch.int64, device=x.device)
+        zero_target = torch.empty(t, h, dtype=torch.float32, device=x.device) if cast else out32[:0]
+        topk_w, topk_ids, sorted_ids, bexp, nb = _setup_small(x, route, topk_ids, topk_w, e1, bm, zero_target)
+        out32 = zero_target if cast else out32
+    else:
+        if route is not None:
+            topk_w, topk_ids = _route(route.logits, route.top_k, route.renormalize, x, route.gate_weight)
+        if cast:
+            out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
+        sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
+    fp8, block_k = _fp8_parts(w)
     if fp8:
         bk1, bk2 = min(bk1, block_k), min(bk2, block_k)
-    sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
     inter_dtype = torch.float32 if PRECISE_INTER else x.dtype
     inter = torch.empty(p, i, dtype=inter_dtype, device=x.device)  # [P, I] silu(gate) * up per pair
     if fp8:
@@ -447,18 +563,17 @@ def fused_moe(
     if not 1 <= top_k <= router_logits.shape[1]:
         raise ValueError(f"top_k must be in 1..E={router_logits.shape[1]}, got {top_k}")
     if shared is None:
-        w, ids = _route(router_logits, top_k, renormalize)
-        return _run_experts(x, experts, None, w, ids)
+        return _run_experts(x, experts, None, route=_Route(router_logits, top_k, renormalize, None))
     if shared.gate_weight.shape != (1, x.shape[1]) or shared.gate_weight.stride(-1) != 1:
         raise ValueError(
             f"shared gate_weight must be [1, H={x.shape[1]}], got {tuple(shared.gate_weight.shape)}"
         )
     if _shared_foldable(experts, shared):
-        w, ids = _route(router_logits, top_k, renormalize, x, shared.gate_weight)
-        return _run_experts(x, experts, shared, w, ids)
+        route = _Route(router_logits, top_k, renormalize, shared.gate_weight)
+        return _run_experts(x, experts, shared, route=route)
     # shared expert of another width or dtype: a second one-expert pass with the gate as its weight
-    w, ids = _route(router_logits, top_k, renormalize)
-    out32 = _run_experts(x, experts, None, w, ids, torch.zeros(x.shape, dtype=torch.float32, device=x.device))
+    out32 = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    out32 = _run_experts(x, experts, None, out32=out32, route=_Route(router_logits, top_k, renormalize, None))
     g, _ = _route(torch.zeros(x.shape[0], 1, device=x.device), 1, False, x, shared.gate_weight)
     one = ExpertWeights(
         shared.w13[None],
