@@ -102,22 +102,23 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def sweep() -> list[dict[str, Any]]:
-    """Times launch configs of the GEMM at M=16 and M=4096 (W8A8)."""
+    """Times launch configs of the GEMM at M=1 (W8A16, small-M configs x target programs) and M=4096 (W8A8)."""
     from deltaserve.ops.fp8 import kernels
 
     saved = dict(kernels.CONFIG)
     rows = []
     try:
-        for cfg in [(16, 64, 4, 4), (16, 32, 4, 4), (16, 128, 4, 3), (16, 64, 4, 6)]:
-            for tp, (n, k) in (
-                (264, (2048, 4096)),
-                (528, (2048, 4096)),
-                (264, (12288, 2048)),
-                (528, (12288, 2048)),
-            ):
-                kernels.CONFIG.update(small=cfg, target_programs=tp)
-                for r in _rows(16, n, k)[:1]:
-                    r["note"] = f"small={cfg} target={tp}"
+        small = [(16, 64, 4, 4), (16, 32, 4, 6), (16, 64, 4, 6), (16, 64, 4, 8), (16, 128, 4, 4)]
+        small += [(16, 128, 8, 4), (16, 32, 2, 8), (16, 256, 8, 3)]
+        for cfg in small:
+            for tp in (132, 264, 528, 1056):
+                for n, k in SHAPES:
+                    kernels.CONFIG.update(small=cfg, target_programs=tp)
+                    try:
+                        r = _rows(1, n, k)[1]  # W8A16
+                        r["note"] = f"small={cfg} target={tp}; " + r["note"]
+                    except Exception as exc:  # noqa: BLE001 - a config that does not compile is a row
+                        r = dict(op="fp8", shape=f"M=1 N={n} K={k}", note=f"small={cfg}: {exc}"[:200])
                     rows.append(r)
                     print(fmt_row(r), flush=True)
         kernels.CONFIG.update(saved)
