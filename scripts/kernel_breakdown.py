@@ -1,6 +1,6 @@
 """Per-kernel device time of one op call, and the host time of the call (device machine).
 
-python scripts/kernel_breakdown.py OUT.json [moe fp8 gdn_prefill gdn_decode ...]
+python scripts/kernel_breakdown.py OUT.json [moe|fp8|gdn_prefill|gdn_decode [kv|vk]]
 
 For each case: the CUDA kernels one call launches with their median device time (torch.profiler
 over 10 eager calls), the call's CUDA-graph time (where it can be captured) and the host time of
@@ -132,9 +132,9 @@ def gdn_decode(res: dict) -> None:
         x = op_gdn.make_inputs(nb, hk, hv)
         sl = torch.arange(nb, device="cuda", dtype=torch.int32)
         for sdt in (torch.bfloat16, torch.float32):
-            for layout in ("kv", "vk"):
+            for layout in sys.argv[3:4] or ("kv", "vk"):
                 pool = torch.zeros(nb, hv, d, d, device="cuda", dtype=sdt)
-                for cfg in (None, (64, 4), (128, 4), (128, 8), (32, 2), (64, 8)):
+                for cfg in (None, (128, 4), (32, 2), (16, 1), (32, 1), (64, 1), (16, 2), (64, 2)):
 
                     def call(x=x, pool=pool, cfg=cfg, layout=layout, sl=sl):
                         return decode(
@@ -159,7 +159,7 @@ CASES = {"moe": moe, "fp8": fp8, "gdn_prefill": gdn_prefill, "gdn_decode": gdn_d
 def main() -> None:
     res: dict = {"device": device_record(), "copy_TBps": round(measure_copy_bw() / 1e12, 3), "rows": []}
     print(res["device"], res["copy_TBps"], flush=True)
-    for name in sys.argv[2:] or list(CASES):
+    for name in sys.argv[2:3] or list(CASES):
         CASES[name](res)
     with open(sys.argv[1], "w") as f:
         json.dump(res, f, indent=1)
