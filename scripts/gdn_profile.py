@@ -1,4 +1,5 @@
-"""GDN prefill kernel profile (device machine): per-kernel device time, registers and spills per config.
+"""GDN prefill kernel profile (device machine): accuracy on plain and ill-conditioned inputs, per-kernel
+device time, registers and spills per config.
 
 python scripts/gdn_profile.py OUT.json
 """
@@ -16,9 +17,7 @@ from deltaserve.ops.gdn import prefill
 
 CONFIGS = [
     {},  # the default choice
-    {"BV": 32, "num_stages": 3},
-    {"BV": 16, "num_stages": 3},
-    {"BV": 32, "num_stages": 2},
+    {"BV": 16},
     {"prep_warps": 8},
 ]
 SHAPES = [("hk16/hv32 1x32768", 16, 32, 32768), ("hk2/hv8 1x32768", 2, 8, 32768)]
@@ -50,8 +49,43 @@ def _call(x: dict, cu, pool, sl, hi, cfg: dict) -> torch.Tensor:
     )  # fmt: skip
 
 
+def _accuracy(cfg: dict, hard: bool, t: int = 4096, hk: int = 16, hv: int = 32) -> dict:
+    """Output / final-state relative error against the fp32 chunked reference; ``hard``: keys that
+    share one direction per head (|k_i . k_j| near 1) and beta near 1, an ill-conditioned (I + A)."""
+    from deltaserve.ops.gdn import reference as ref
+
+    x = op_gdn.make_inputs(t, hk, hv, seed=3)
+    if hard:
+        gen = torch.Generator(device="cuda").manual_seed(4)
+        base = torch.randn(1, hk, 128, device="cuda", generator=gen)
+        k = (base + 0.2 * torch.randn(t, hk, 128, device="cuda", generator=gen)).bfloat16()
+        x["k"] = k
+        x["b"] = torch.full_like(x["b"], 3.0)
+        x["A_log"] = torch.full_like(x["A_log"], -4.0)
+    cu = torch.tensor([0, t], device="cuda", dtype=torch.int32)
+    pool = torch.zeros(2, hv, 128, 128, device="cuda")
+    sl = torch.tensor([1], device="cuda", dtype=torch.int32)
+    hi = torch.tensor([False], device="cuda")
+    o = _call(x, cu, pool, sl, hi, cfg)
+    g, beta = ref.gdn_gating(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    o_r, s_r = ref.chunk_gated_delta_rule_ref(x["q"], x["k"], x["v"], g, beta, cu_seqlens=cu.cpu())
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    return {"o_rel": rel(o.float(), o_r), "state_rel": rel(pool[1], s_r[0])}
+
+
 def main() -> None:
-    res: dict = {"rows": []}
+    res: dict = {"rows": [], "accuracy": []}
+    for cfg in CONFIGS:
+        for hard in (False, True):
+            try:
+                acc = {"config": cfg, "hard": hard, **_accuracy(cfg, hard)}
+            except Exception:
+                acc = {"config": cfg, "hard": hard, "error": traceback.format_exc()[-500:]}
+            print("accuracy", acc, flush=True)
+            res["accuracy"].append(acc)
     for label, hk, hv, t in SHAPES:
         x = op_gdn.make_inputs(t, hk, hv)
         cu = torch.tensor([0, t], device="cuda", dtype=torch.int32)
