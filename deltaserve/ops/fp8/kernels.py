@@ -154,15 +154,19 @@ def _dequant_kernel(
     w_ptr, s_ptr, rb_ptr, out_ptr, N, K, sw_n, ss_r, so_n,
     BLOCK_K: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
+    """One [BR, BC] tile, BC dividing BLOCK_K: one scale per row (a [BR] gather, not one per element)."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)  # [BR]
-    c = tl.program_id(1) * BC + tl.arange(0, BC)  # [BC]
+    c0 = tl.program_id(1) * BC
+    c = c0 + tl.arange(0, BC)  # [BC]
     r_ok = r < N
     m = r_ok[:, None] & (c < K)[None, :]
     srow = tl.load(rb_ptr + r, mask=r_ok, other=0).to(tl.int64)
-    sc = tl.load(s_ptr + srow[:, None] * ss_r + (c // BLOCK_K)[None, :], mask=m, other=0.0)
+    sc = tl.load(s_ptr + srow * ss_r + c0 // BLOCK_K, mask=r_ok, other=0.0)  # [BR]
     w = tl.load(w_ptr + r.to(tl.int64)[:, None] * sw_n + c[None, :], mask=m, other=0.0).to(tl.float32)
     tl.store(
-        out_ptr + r.to(tl.int64)[:, None] * so_n + c[None, :], (w * sc).to(out_ptr.dtype.element_ty), mask=m
+        out_ptr + r.to(tl.int64)[:, None] * so_n + c[None, :],
+        (w * sc[:, None]).to(out_ptr.dtype.element_ty),
+        mask=m,
     )
 
 
@@ -184,7 +188,7 @@ def dequant_to(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tens
     """``w_q [N, K]`` e4m3 -> ``[N, K]`` in ``dtype`` (``w_q * scale_inv[row_block[n], k // block_k]``)."""
     n, k = w_q.shape
     out = torch.empty(n, k, dtype=dtype, device=w_q.device)
-    br, bc = 32, 256
+    br, bc = 64, BK  # BK divides block_k (checked with the weight)
     _dequant_kernel[(triton.cdiv(n, br), triton.cdiv(k, bc))](
         w_q, scale_inv, row_block, out, n, k, w_q.stride(0), scale_inv.stride(0), out.stride(0),
         BLOCK_K=block_k, BR=br, BC=bc, num_warps=4,
