@@ -1,0 +1,74 @@
+"""Where one CUDA-graph decode step's GPU time goes (device machine): kernels grouped by name.
+
+python scripts/decode_step_profile.py OUT.json [--layers 8] [--batch 1]
+
+Builds the offline benchmark's real-width random Qwen3-Next (`deltaserve.bench.offline`), warms the
+engine up, then profiles graph replays of one decode step (all-padding inputs, as
+`graphs.time_replay`) and prints per-kernel-name device µs per step, largest first, beside the step's
+weight-read floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from deltaserve.bench import offline
+
+
+@torch.no_grad()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--replays", type=int, default=20)
+    args = ap.parse_args()
+    from deltaserve.config import EngineConfig
+    from deltaserve.engine.core import LLMEngine
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ds-prof-")))
+        hf, cfg_dir = offline.build_random("qwen3-next-80b-a3b", args.layers, torch.bfloat16, "cuda", workdir)
+        model = offline.our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda")
+        del hf
+        torch.cuda.empty_cache()
+        config = EngineConfig.create(
+            cfg_dir, device="cuda", dtype="bfloat16", max_model_len=256, max_num_seqs=max(args.batch, 1),
+            max_num_batched_tokens=2048, gpu_memory_utilization=0.9, enforce_eager=False, seed=0,
+        )  # fmt: skip
+        engine = LLMEngine(config, model=model)
+        offline.run_ours(engine, [[11 + i for i in range(16)]] * args.batch, 4)
+        graphs = engine.runner.graphs
+        if graphs is None:
+            raise SystemExit(f"no CUDA graphs: {engine.runner.graph_error}")
+        step_ms = graphs.time_replay(args.batch)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            graphs.time_replay(args.batch, iters=args.replays)
+        per: dict[str, list[float]] = {}
+        for ev in prof.events():
+            t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
+            if t_us and ev.device_type == torch.autograd.DeviceType.CUDA:
+                per.setdefault(ev.name[:90], []).append(t_us)
+        rows = sorted(
+            ({"kernel": k, "us_per_step": sum(v) / args.replays, "calls_per_step": len(v) / args.replays}
+             for k, v in per.items()),
+            key=lambda r: -r["us_per_step"],
+        )  # fmt: skip
+        floor_ms = offline.decode_bytes_per_token(model) / 3.0e12 * 1e3
+        total = sum(r["us_per_step"] for r in rows)
+        print(f"{torch.cuda.get_device_name()}: step replay {step_ms:.3f} ms, kernel sum {total / 1e3:.3f} ms, "
+              f"weight-read floor {floor_ms:.3f} ms", flush=True)  # fmt: skip
+        for r in rows[:40]:
+            print(f"{r['us_per_step']:9.1f} us  x{r['calls_per_step']:5.1f}  {r['kernel']}", flush=True)
+        with open(args.out, "w") as f:
+            json.dump({"step_ms": step_ms, "floor_ms": floor_ms, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
