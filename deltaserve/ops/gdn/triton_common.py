@@ -13,8 +13,13 @@ def gate_scalar(a, b, a_log, dt_bias):
     x = a + dt_bias
     sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
     g = -tl.exp(a_log) * sp
-    beta = 1.0 / (1.0 + tl.exp(-b))
-    return g, beta
+    return g, beta_of(b)
+
+
+@triton.jit
+def beta_of(b):
+    """beta = sigmoid(b), fp32 (the one formula every GDN kernel uses)."""
+    return 1.0 / (1.0 + tl.exp(-b))
 
 
 def logical_state_strides(state: torch.Tensor, state_layout: str, n_lead: int) -> tuple[int, ...]:
