@@ -41,13 +41,24 @@ CHUNK = 64
 
 
 @triton.jit
-def _locate_chunk(pid_c, chunk_cu_ptr, cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
-    """Global chunk index -> (sequence, first token, end token); sequence == NB when out of range."""
+def _chunk_counts(cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
+    """Per sequence (``[BLOCK_B]``, 0 past NB): chunk count and exclusive end in the global chunk order."""
     offs = tl.arange(0, BLOCK_B)
-    starts = tl.load(chunk_cu_ptr + 1 + offs, mask=offs < NB, other=2147483647)  # [BLOCK_B]
-    i_n = tl.sum((starts <= pid_c).to(tl.int32), 0)
+    ok = offs < NB
+    lo = tl.load(cu_ptr + offs, mask=ok, other=0)
+    hi = tl.load(cu_ptr + offs + 1, mask=ok, other=0)
+    nch = tl.where(ok, (hi - lo + C - 1) // C, 0)
+    return offs, ok, nch, tl.cumsum(nch, 0)
+
+
+@triton.jit
+def _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
+    """Global chunk index -> (sequence, first token, end token); sequence == NB when out of range.
+    The chunk layout is derived from cu_seqlens in-kernel (no host-side cumsum launches)."""
+    offs, ok, nch, ends = _chunk_counts(cu_ptr, NB, BLOCK_B, C)
+    i_n = tl.sum((tl.where(ok, ends, 2147483647) <= pid_c).to(tl.int32), 0)
+    c0 = tl.sum(tl.where(offs == i_n, ends - nch, 0), 0)  # first global chunk of sequence i_n
     i_n_safe = tl.minimum(i_n, NB - 1)
-    c0 = tl.load(chunk_cu_ptr + i_n_safe)
     bos = tl.load(cu_ptr + i_n_safe).to(tl.int64)
     eos = tl.load(cu_ptr + i_n_safe + 1).to(tl.int64)
     return i_n, bos + (pid_c - c0).to(tl.int64) * C, eos
@@ -88,7 +99,6 @@ def _chunk_prep_kernel(
     alog_ptr,
     dtb_ptr,
     cu_ptr,
-    chunk_cu_ptr,
     g_out_ptr,
     kn_out_ptr,
     qn_out_ptr,
@@ -115,7 +125,8 @@ def _chunk_prep_kernel(
     blocks for the blockwise inverse."""
     pid_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    i_n, bos, eos = _locate_chunk(pid_c, chunk_cu_ptr, cu_ptr, NB, BLOCK_B, C)
+    cu0 = tl.load(cu_ptr)
+    i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
     i_kh = i_h // GROUP
@@ -172,9 +183,10 @@ def _chunk_prep_kernel(
     a30 = tl.load(_block(scr, 3, 0, C))
     t30 = -_mm(t33, _mm(a30, t00) + _mm(a31, t10) + _mm(a32, t20))
     tl.debug_barrier()  # the outputs alias the scratch: every thread is done reading it
-    # Offsets used after the inverse are rebuilt from an opaque zero (chunk_cu[0]) so the compiler
-    # cannot keep the early [C, C] / [C, DK] offset and pointer tensors alive through it (registers).
-    z = tl.load(chunk_cu_ptr)
+    # Offsets used after the inverse are rebuilt from an opaque zero (cu_seqlens[0] reloaded after the
+    # stores above, minus its first load) so the compiler cannot keep the early [C, C] / [C, DK] offset
+    # and pointer tensors alive through the inverse (registers).
+    z = (tl.load(cu_ptr) - cu0).to(tl.int32)
     rows = rows + z
     tile = (offs_c + z)[:, None] * C + offs_c[None, :]
     tl.store(tb + tile, tl.zeros([C, C], dtype=tl.float16))  # zero above the diagonal blocks
@@ -226,7 +238,6 @@ def _chunk_scan_kernel(
     v_ptr,
     o_ptr,
     cu_ptr,
-    chunk_cu_ptr,
     g_ptr,
     tq_ptr,
     state_ptr,
@@ -246,6 +257,7 @@ def _chunk_scan_kernel(
     DK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -253,7 +265,8 @@ def _chunk_scan_kernel(
     i_kh = i_h // GROUP
     bos = tl.load(cu_ptr + i_n).to(tl.int64)
     eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_cu_ptr + i_n).to(tl.int64)
+    offs_b, ok_b, nch, ends = _chunk_counts(cu_ptr, tl.num_programs(2), BLOCK_B, C)
+    c0 = tl.sum(tl.where(offs_b == i_n, ends - nch, 0), 0).to(tl.int64)  # first global chunk
     n_chunks = tl.cdiv(eos - bos, C)
     offs_k = tl.arange(0, DK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -353,16 +366,13 @@ def gdn_prefill(
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
     c = CHUNK
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # [B]
-    chunk_cu = torch.zeros(nb + 1, dtype=torch.int32, device=q.device)
-    torch.cumsum((lens + c - 1) // c, 0, out=chunk_cu[1:])
     n_chunk_max = triton.cdiv(t, c) + nb
     g_buf = torch.empty(n_chunk_max, hv, c, dtype=torch.float32, device=q.device)
     kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
     _chunk_prep_kernel[(n_chunk_max, hv)](
-        q, k, a, b, A_log, dt_bias, cu_seqlens, chunk_cu, g_buf, kn_buf, qn_buf, tq_buf, tq_buf.view(torch.float32),
+        q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, tq_buf.view(torch.float32),
         nb, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
         HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=_next_pow2(nb + 1),
@@ -370,10 +380,10 @@ def gdn_prefill(
     )  # fmt: skip
     ss = logical_state_strides(state, state_layout, 1)
     _chunk_scan_kernel[(dv // bv, hv, nb)](
-        qn_buf, kn_buf, v, o, cu_seqlens, chunk_cu, g_buf, tq_buf, state, state_slots, has_initial_state,
+        qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state,
         v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), *ss,
-        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c,
+        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c, BLOCK_B=_next_pow2(nb + 1),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return o
