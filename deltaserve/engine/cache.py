@@ -192,6 +192,8 @@ class HybridCache:
 
     def grow(self, seq, num_tokens: int) -> bool:
         """Give `seq` pages for `num_tokens` cached tokens; False (nothing taken) if they are not free."""
+        if len(seq.blocks) * self.block_size >= num_tokens:
+            return True  # the common decode step: the last page still has room
         need = self.blocks_needed(seq, num_tokens)
         if not self.blocks.can_allocate(need):
             return False

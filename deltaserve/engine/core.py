@@ -47,7 +47,10 @@ class LLMEngine:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
         # a private copy for detokenization: the AsyncEngine's thread decodes while the event loop
         # (server) encodes with `self.tokenizer`; Rust tokenizers are not meant to be shared so
-        self._decode = detok.fast_decoder(_private_copy(self.tokenizer))
+        decode_tokenizer = _private_copy(self.tokenizer)
+        self._decode = detok.fast_decoder(decode_tokenizer)
+        self._silent = detok.silent_ids(decode_tokenizer)
+        self._token_texts: dict[int, str] = {}  # token id -> its text alone (logprob entries)
         self.runner = ModelRunner(config, model=model)
         self.model_config = self.runner.model_config
         plan = self.runner.plan
@@ -179,26 +182,28 @@ class LLMEngine:
         for chunk in result.prompt:
             self._add_prompt_logprobs(chunk)
         changed: dict[str, Request] = {}
-        row = 0
+        token_ids = result.token_ids
+        i = 0  # row of the next sampling entry
         for entry in sched.scheduled:
             if not entry.sample:
                 continue
-            seq, i = entry.seq, row
-            row += 1
+            seq = entry.seq
             req = seq.request
-            if len(seq.output_ids) == 0 and seq.index == 0 and seq.num_preemptions == 0:
+            output_ids = seq.output_ids
+            if not output_ids and seq.index == 0 and seq.num_preemptions == 0:
                 self.num_prompt_tokens += len(seq.prompt_ids)
-            token = result.token_ids[i]
-            seq.output_ids.append(token)
-            self.num_generation_tokens += 1
+            token = token_ids[i]
+            output_ids.append(token)
             if req.first_token_time is None:
                 req.first_token_time = now
             if seq.logprobs is not None:
                 self._add_logprobs(seq, result, i, token)
+            i += 1
             self._check_stop(seq, token)
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
             changed[req.request_id] = req
+        self.num_generation_tokens += i
         outputs = []
         for req in changed.values():
             if req.is_finished:
@@ -217,7 +222,7 @@ class LLMEngine:
                 if tid not in entry:
                     entry[tid] = Logprob(lp, rank)
         for tid, lp in entry.items():
-            lp.decoded_token = self.tokenizer.decode([tid])
+            lp.decoded_token = self._token_text(tid)
         seq.logprobs.append(entry)
         seq.cumulative_logprob += result.sampled_logprob[i]
 
@@ -231,21 +236,33 @@ class LLMEngine:
             for rank, (tid, tlp) in enumerate(zip(chunk.top_ids[j], chunk.top_logprobs[j]), start=1):
                 if tid not in entry:
                     entry[tid] = Logprob(tlp, rank)
-            for tid, e in entry.items():  # the private decoder: this runs on the engine thread
-                e.decoded_token = self._decode([tid], False)
+            for tid, e in entry.items():
+                e.decoded_token = self._token_text(tid)
             req.prompt_logprobs.append(entry)
+
+    def _token_text(self, token: int) -> str:
+        """The text of one token id (special tokens included), as logprob entries show it; memoised.
+
+        Uses the private decoder: this runs on the engine thread."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self._decode([token], False)
+        return text
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         p = seq.params
         n_out = len(seq.output_ids)
         stop_token = n_out >= p.min_tokens and (
-            token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids)
+            token in p.stop_token_ids or (not p.ignore_eos and token in self.runner.eos_ids)
         )
         if not stop_token or p.include_stop_str_in_output:
             old_len = len(seq.text)
-            all_ids = seq.prompt_ids + seq.output_ids
-            seq.text += detok.decode_delta(self._decode, all_ids, seq.detok, p.skip_special_tokens)
-            if not stop_token and n_out >= p.min_tokens:
+            start = seq.detok.prefix_offset  # only the detokenizer's window, not all the ids
+            window = seq.tokens(start, len(seq.prompt_ids) + n_out)
+            seq.text += detok.decode_delta(
+                self._decode, window, seq.detok, p.skip_special_tokens, start=start, silent=self._silent
+            )
+            if p.stop and not stop_token and n_out >= p.min_tokens:
                 hit = detok.find_stop(seq.text, len(seq.text) - old_len, p.stop)
                 if hit is not None:
                     stop, idx = hit
@@ -256,8 +273,9 @@ class LLMEngine:
             seq.finish_reason = "stop"
             seq.stop_reason = token if token in p.stop_token_ids else None
             return
-        max_tokens = p.max_tokens if p.max_tokens is not None else self.config.max_model_len
-        if n_out >= max_tokens or seq.num_tokens >= self.config.max_model_len:
+        max_len = self.config.max_model_len
+        max_tokens = p.max_tokens if p.max_tokens is not None else max_len
+        if n_out >= max_tokens or len(seq.prompt_ids) + n_out >= max_len:
             seq.finish_reason = "length"
 
     def _output(self, req: Request) -> RequestOutput:

@@ -2,7 +2,8 @@
 
 Decoding only a small window of ids per step (the "prefix/read offset" method) keeps the cost
 constant per token; a window ending in an incomplete UTF-8 character ("\ufffd") waits for more
-tokens. Stop strings are searched in the newly produced text plus enough of the old text to catch
+tokens. Ids that the Rust decoder drops (no token, or special tokens being skipped) are read past
+without decoding, which keeps the window small for them too. Stop strings are searched in the newly produced text plus enough of the old text to catch
 strings that span tokens.
 """
 
@@ -17,6 +18,7 @@ _PROMPT_CONTEXT = 6  # prompt tokens decoded as left context (spacing of the fir
 class DetokState:
     prefix_offset: int  # into all_ids: start of the window decoded as context
     read_offset: int  # into all_ids: first id whose text is not yet emitted
+    prefix_text: str | None = None  # decode of all_ids[prefix_offset:read_offset], once known
 
 
 def new_state(prompt_len: int) -> DetokState:
@@ -28,19 +30,71 @@ def fast_decoder(tokenizer):
     as the HF wrapper (no `clean_up_tokenization_spaces`), which is ~3x cheaper per call."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+        return backend.decode  # (ids, skip_special_tokens), positional
     return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
 
 
-def decode_delta(decode, all_ids: list[int], state: DetokState, skip_special_tokens: bool) -> str:
+class SilentIds:
+    """Ids that `fast_decoder`'s Rust decoder drops before its decoder runs (ids without a token, and
+    special tokens when skipping them), so they never change the text of a window they are part of."""
+
+    def __init__(self, backend) -> None:
+        self.num_ids = max(backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+        self.special = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
+
+    def __contains__(self, token: int) -> bool:  # as when skipping special tokens
+        return token >= self.num_ids or token in self.special
+
+    def all(self, ids: list[int], skip_special_tokens: bool) -> bool:
+        """Whether every id of the non-empty `ids` is dropped (the common cases without a Python loop)."""
+        n = self.num_ids
+        if min(ids) >= n:
+            return True
+        if not skip_special_tokens or self.special.isdisjoint(ids):
+            return False
+        return all(t >= n or t in self.special for t in ids)
+
+
+def silent_ids(tokenizer) -> SilentIds | None:
+    """The `SilentIds` of `fast_decoder(tokenizer)`, or None when that decoder is not the Rust one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return SilentIds(backend)
+    return None
+
+
+def decode_delta(
+    decode,
+    all_ids: list[int],
+    state: DetokState,
+    skip_special_tokens: bool,
+    *,
+    start: int = 0,
+    silent: SilentIds | None = None,
+) -> str:
     """New text for the ids appended since the last call; advances `state`.
 
-    `decode(ids, skip_special_tokens) -> str` (see `fast_decoder`).
+    `decode(ids, skip_special_tokens) -> str` (see `fast_decoder`). `all_ids` may hold only the ids
+    from position `start` on (`start <= state.prefix_offset`), so callers need not build the whole list.
+    `silent`: the decoder's `SilentIds` (`silent_ids`), to skip decoding ids that add no text.
     """
-    prefix = decode(all_ids[state.prefix_offset : state.read_offset], skip_special_tokens)
-    full = decode(all_ids[state.prefix_offset :], skip_special_tokens)
+    p, r, end = state.prefix_offset - start, state.read_offset - start, start + len(all_ids)
+    if (
+        silent is not None
+        and r < len(all_ids)
+        and all_ids[-1] in silent  # cheap rejection of the usual case, a token with text
+        and silent.all(all_ids[r:], skip_special_tokens)
+    ):
+        # ids that decode to nothing: the text cannot change, and since they are dropped from any
+        # window they sit in, reading past them gives the same text later as leaving them unread
+        state.read_offset = end
+        return ""
+    prefix = state.prefix_text
+    if prefix is None:
+        prefix = state.prefix_text = decode(all_ids[p:r], skip_special_tokens)
+    full = decode(all_ids[p:], skip_special_tokens)
     if len(full) > len(prefix) and not full.endswith("\ufffd"):
-        state.prefix_offset, state.read_offset = state.read_offset, len(all_ids)
+        state.prefix_offset, state.read_offset, state.prefix_text = state.read_offset, end, None
         return full[len(prefix) :]
     return ""
 

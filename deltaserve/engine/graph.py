@@ -45,8 +45,12 @@ class DecodeGraphs:
         self.cu_seqlens = torch.arange(max_bs + 1, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros((max_bs, width), dtype=torch.int32, device=dev)
         self.has_init = torch.ones(max_bs, dtype=torch.bool, device=dev)
-        # pinned host copy of the block tables (rows rewritten each step)
-        self._host_tables = torch.zeros((max_bs, width), dtype=torch.int32, pin_memory=True)
+        # host copy of the block tables; `_table_rows[i]` is what row i holds (zeros after it). Only
+        # rows that changed are rewritten, and the device copy is skipped when nothing did. Pageable
+        # memory on purpose: its copy is staged before `copy_` returns, so rewriting it is always safe.
+        self._host_tables = torch.zeros((max_bs, width), dtype=torch.int32)
+        self._table_rows: list[list[int]] = [[] for _ in range(max_bs)]
+        self._tables_on_device = (0, 0)  # (rows, cols) of block_tables known to equal the host copy
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.pool = None
@@ -133,23 +137,58 @@ class DecodeGraphs:
     ) -> torch.Tensor:
         """Replay the graph for `len(ids)` decode rows; returns their logits `[B, V]` (a view)."""
         b = len(ids)
-        size = next(s for s in self.sizes if s >= b)
-        pad = size - b
-        host = torch.tensor(
-            [ids + [0] * pad, positions + [0] * pad, slot_mapping + [-1] * pad], dtype=torch.int64
-        )  # [3, size]
-        small = torch.tensor([seq_lens + [1] * pad, slots + [-1] * pad], dtype=torch.int32)  # [2, size]
-        width = max(len(t) for t in tables)
-        ht = self._host_tables
-        ht[:size, :width].zero_()
-        for i, row in enumerate(tables):
-            ht[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
-        self.i64[:, :size].copy_(host, non_blocking=True)
-        self.i32[:, :size].copy_(small, non_blocking=True)
-        self.block_tables[:size, :width].copy_(ht[:size, :width], non_blocking=True)
+        size = self.stage(ids, positions, slot_mapping, seq_lens, tables, slots)
         self.graphs[size].replay()
         self.num_replays += 1
         return self.logits[size][:b]
+
+    def stage(
+        self,
+        ids: list[int],
+        positions: list[int],
+        slot_mapping: list[int],
+        seq_lens: list[int],
+        tables: list[list[int]],
+        slots: list[int],
+    ) -> int:
+        """Write one decode batch (`B = len(ids)` rows) into the static buffers, padded to the captured
+        size it returns: ids, positions and slot_mapping in one int64 copy, seq_lens and state slots in
+        one int32 copy, and the block tables (`[:size, :width]`, zeros past each row) only if changed."""
+        b = len(ids)
+        size = next(s for s in self.sizes if s >= b)
+        pad = size - b
+        host = torch.tensor(
+            ids + [0] * pad + positions + [0] * pad + slot_mapping + [-1] * pad, dtype=torch.int64
+        ).view(3, size)
+        small = torch.tensor(seq_lens + [1] * pad + slots + [-1] * pad, dtype=torch.int32).view(2, size)
+        width = max(len(t) for t in tables)
+        changed = self._stage_tables(tables, size)
+        self.i64[:, :size].copy_(host, non_blocking=True)
+        self.i32[:, :size].copy_(small, non_blocking=True)
+        rows, cols = self._tables_on_device
+        if changed or size > rows or width > cols:
+            self.block_tables[:size, :width].copy_(self._host_tables[:size, :width], non_blocking=True)
+            self._tables_on_device = (size, width)
+        return size
+
+    def _stage_tables(self, tables: list[list[int]], size: int) -> bool:
+        """Make host rows `[:size]` hold `tables` (padding rows: empty); True if any row changed."""
+        ht, held = self._host_tables, self._table_rows
+        changed = False
+        for i in range(size):
+            row = tables[i] if i < len(tables) else []
+            old = held[i]
+            if row == old:
+                continue
+            changed = True
+            n, m = len(row), len(old)
+            k = m if n > m and row[:m] == old else 0  # a grown row: write only its new pages
+            if n > k:
+                ht[i, k:n] = torch.tensor(row[k:], dtype=torch.int32)
+            if m > n:
+                ht[i, n:m] = 0
+            held[i] = list(row)
+        return changed
 
     @torch.no_grad()
     def time_replay(self, bs: int, iters: int = 50) -> float:
@@ -162,6 +201,7 @@ class DecodeGraphs:
         self.state_slots[:size].fill_(-1)
         self.seq_lens[:size].fill_(1)
         self.block_tables[:size].zero_()
+        self._tables_on_device = (0, 0)
         times = []
         for _ in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

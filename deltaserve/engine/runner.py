@@ -106,6 +106,7 @@ class ModelRunner:
         )
         self.backend = OpsBackend(self.states)
         self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
+        self._sampling: SamplingBatch | None = None  # the last step's (its parameter tensors are reused)
         self.graphs: DecodeGraphs | None = None
         self.graph_error: str | None = None
         if config.use_cuda_graphs:
@@ -230,10 +231,7 @@ class ModelRunner:
     ) -> ForwardBatch:
         dev = self.device
         width = max(1, max(len(t) for t in tables))
-        table = torch.zeros((len(tables), width), dtype=torch.int32)
-        for i, row in enumerate(tables):
-            if row:
-                table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+        table = torch.tensor([row + [0] * (width - len(row)) for row in tables], dtype=torch.int32)  # [B, W]
 
         def put(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
@@ -274,7 +272,8 @@ class ModelRunner:
         return result
 
     def _sample(self, logits: torch.Tensor, sample_seqs: list) -> StepResult:
-        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids)
+        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling)
+        self._sampling = sb
         so = sample(logits, sb)
         if so.sampled_logprob is None:
             return StepResult(token_ids=so.token_ids.tolist())  # the step's one device->host transfer
@@ -355,10 +354,15 @@ class ModelRunner:
         for entry in out.scheduled:
             seq, n = entry.seq, entry.num_new
             start, end = seq.num_computed, seq.num_computed + n
-            ids.extend(seq.tokens(start, end))
-            positions.extend(range(start, end))
             blocks = seq.blocks
-            slot_mapping.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+            if n == 1:  # a decode row: skip the range/generator machinery
+                ids.append(seq.token_at(start))
+                positions.append(start)
+                slot_mapping.append(blocks[start // bs] * bs + start % bs)
+            else:
+                ids.extend(seq.tokens(start, end))
+                positions.extend(range(start, end))
+                slot_mapping.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
             cu.append(cu[-1] + n)
             seq_lens.append(end)
             tables.append(blocks)

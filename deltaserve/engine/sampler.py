@@ -1,7 +1,8 @@
 """Batched sampling on the logits device: one call per step, no host sync inside.
 
-`SamplingBatch.build` turns the sampling rows' parameters into a handful of device tensors (one
-small host->device copy each); `sample` applies, in order: min_tokens bans, repetition / presence /
+`SamplingBatch.build` turns the sampling rows' parameters into a few device tensors (the float
+parameters in one small host->device copy, reused while the batch's sequences stay the same); `sample`
+applies, in order: min_tokens bans, repetition / presence /
 frequency penalties, temperature, top-k, top-p, min-p, then draws with per-row exponential noise
 (`argmax(p / q)`, `q ~ Exp(1)`), seeded rows drawing their noise from their own generator so a
 seeded request gets the same tokens whatever else is in the batch. Greedy rows take the argmax of
@@ -10,7 +11,8 @@ the penalised logits; an all-greedy batch without penalties is a single argmax.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +24,7 @@ class SamplingBatch:
     """Per-row sampling parameters of one step (`N` rows, vocabulary `V`)."""
 
     all_greedy: bool
-    greedy: torch.Tensor | None  # [N] bool
+    greedy: torch.Tensor | None  # [N] bool (None when no row, or every row, is greedy)
     temperature: torch.Tensor | None  # [N] fp32 (1.0 on greedy rows)
     top_k: torch.Tensor | None  # [N] int64 (V = off)
     top_p: torch.Tensor | None  # [N] fp32
@@ -36,39 +38,36 @@ class SamplingBatch:
     ban_cols: torch.Tensor | None  # [K]
     generators: list[tuple[int, torch.Generator]]  # seeded rows
     max_logprobs: int  # largest top-N requested (-1: no row wants logprobs)
+    # the sequences it was built for and their rows with min_tokens (lets `build` reuse the rest)
+    seqs: tuple = field(default=(), repr=False, compare=False)
+    min_token_rows: list[int] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def build(
-        cls, seqs: list, vocab_size: int, device: torch.device, eos_ids: tuple[int, ...]
+        cls,
+        seqs: list,
+        vocab_size: int,
+        device: torch.device,
+        eos_ids: tuple[int, ...],
+        prev: SamplingBatch | None = None,
     ) -> SamplingBatch:
-        """`seqs` are the sampling `Sequence`s in row order."""
-        ps = [s.params for s in seqs]
+        """`seqs` are the sampling `Sequence`s in row order. When `prev` was built for the same
+        sequence objects in the same order (a steady decode batch), its per-request tensors are
+        reused and only the per-step parts (penalty token ids, min_tokens bans) are rebuilt;
+        sequences' parameters must not change while they run."""
         v = vocab_size
-
-        def t(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-        all_greedy = all(p.temperature == 0.0 for p in ps)
-        greedy = temperature = top_k = top_p = min_p = None
-        if not all_greedy:
-            greedy = t([p.temperature == 0.0 for p in ps], torch.bool)
-            temperature = t([p.temperature if p.temperature > 0 else 1.0 for p in ps], torch.float32)
-            if any(0 < p.top_k < v for p in ps):
-                top_k = t([p.top_k if 0 < p.top_k < v else v for p in ps], torch.int64)
-            if any(p.top_p < 1.0 for p in ps):
-                top_p = t([p.top_p for p in ps], torch.float32)
-            if any(p.min_p > 0.0 for p in ps):
-                min_p = t([p.min_p for p in ps], torch.float32)
-        repetition = presence = frequency = seen = outs = None
-        if any(p.repetition_penalty != 1.0 for p in ps):
-            repetition = t([p.repetition_penalty for p in ps], torch.float32)
+        if prev is not None and len(prev.seqs) == len(seqs) and all(a is b for a, b in zip(prev.seqs, seqs)):
+            b = copy.copy(prev)
+        else:
+            b = cls._build_static(seqs, v, device)
+        seen = outs = None
+        if b.repetition is not None:
             seen = _pad([s.prompt_ids + s.output_ids for s in seqs], v, device)
-        if any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in ps):
-            presence = t([p.presence_penalty for p in ps], torch.float32)
-            frequency = t([p.frequency_penalty for p in ps], torch.float32)
+        if b.presence is not None:
             outs = _pad([s.output_ids for s in seqs], v, device)
         rows, cols = [], []
-        for i, s in enumerate(seqs):
+        for i in b.min_token_rows:
+            s = seqs[i]
             p = s.params
             if len(s.output_ids) < p.min_tokens:
                 banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
@@ -76,8 +75,56 @@ class SamplingBatch:
                     if 0 <= tok < v:
                         rows.append(i)
                         cols.append(tok)
-        ban_rows = t(rows, torch.int64) if rows else None
-        ban_cols = t(cols, torch.int64) if rows else None
+        ban_rows = ban_cols = None
+        if rows:
+            ban = torch.tensor([rows, cols], dtype=torch.int64).to(device, non_blocking=True)  # [2, K]
+            ban_rows, ban_cols = ban[0], ban[1]
+        b.seen_ids, b.output_ids, b.ban_rows, b.ban_cols = seen, outs, ban_rows, ban_cols
+        return b
+
+    @classmethod
+    def _build_static(cls, seqs: list, v: int, device: torch.device) -> SamplingBatch:
+        """Everything that depends only on the requests' parameters (one host->device copy of the
+        float parameters, one of top-k); per-step fields are left empty."""
+        ps = [s.params for s in seqs]
+        all_greedy = all(p.temperature == 0.0 for p in ps)
+        want_top_k = not all_greedy and any(0 < p.top_k < v for p in ps)
+        want_top_p = not all_greedy and any(p.top_p < 1.0 for p in ps)
+        want_min_p = not all_greedy and any(p.min_p > 0.0 for p in ps)
+        want_rep = any(p.repetition_penalty != 1.0 for p in ps)
+        want_pf = any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in ps)
+        floats: list[list[float]] = []  # rows of one fp32 [R, N] transfer
+
+        def row(values: list[float]) -> int:
+            floats.append(values)
+            return len(floats) - 1
+
+        at: dict[str, int] = {}
+        if not all_greedy:
+            if any(p.temperature == 0.0 for p in ps):  # else `greedy` stays None: no row to take
+                at["greedy"] = row([1.0 if p.temperature == 0.0 else 0.0 for p in ps])
+            at["temperature"] = row([p.temperature if p.temperature > 0 else 1.0 for p in ps])
+            if want_top_p:
+                at["top_p"] = row([p.top_p for p in ps])
+            if want_min_p:
+                at["min_p"] = row([p.min_p for p in ps])
+        if want_rep:
+            at["repetition"] = row([p.repetition_penalty for p in ps])
+        if want_pf:
+            at["presence"] = row([p.presence_penalty for p in ps])
+            at["frequency"] = row([p.frequency_penalty for p in ps])
+        packed = torch.tensor(floats, dtype=torch.float32).to(device, non_blocking=True) if floats else None
+
+        def get(name: str) -> torch.Tensor | None:
+            return packed[at[name]] if name in at else None  # [N] fp32 (a row view)
+
+        greedy = get("greedy")
+        if greedy is not None:
+            greedy = greedy != 0.0  # [N] bool
+        top_k = None
+        if want_top_k:
+            top_k = torch.tensor([p.top_k if 0 < p.top_k < v else v for p in ps], dtype=torch.int64)
+            top_k = top_k.to(device, non_blocking=True)
         gens = [
             (i, s.generator)
             for i, s in enumerate(seqs)
@@ -85,8 +132,9 @@ class SamplingBatch:
         ]
         max_lp = max((p.logprobs for p in ps if p.logprobs is not None), default=-1)
         return cls(
-            all_greedy, greedy, temperature, top_k, top_p, min_p, repetition, presence, frequency,
-            seen, outs, ban_rows, ban_cols, gens, max_lp,
+            all_greedy, greedy, get("temperature"), top_k, get("top_p"), get("min_p"), get("repetition"),
+            get("presence"), get("frequency"), None, None, None, None, gens, max_lp, tuple(seqs),
+            [i for i, p in enumerate(ps) if p.min_tokens > 0],
         )  # fmt: skip
 
 
@@ -157,14 +205,14 @@ def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
     if b.all_greedy:
         tokens = logits.argmax(dim=-1)  # [N]
     else:
-        greedy_tokens = logits.argmax(dim=-1)  # [N]
+        greedy_tokens = logits.argmax(dim=-1) if b.greedy is not None else None  # [N]
         scaled = _filter(logits / b.temperature[:, None], b)  # [N, V]
         probs = scaled.softmax(dim=-1)
         q = torch.empty_like(probs).exponential_()
         for row, gen in b.generators:
             q[row].exponential_(generator=gen)
         sampled = (probs / q).argmax(dim=-1)  # [N]
-        tokens = torch.where(b.greedy, greedy_tokens, sampled)
+        tokens = torch.where(b.greedy, greedy_tokens, sampled) if b.greedy is not None else sampled
     out = SamplerOutput(token_ids=tokens)
     if b.max_logprobs >= 0:
         lp = raw.log_softmax(dim=-1)  # [N, V] logprobs of the model's distribution

@@ -87,15 +87,17 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         chosen: dict[int, ScheduledSeq] = {}  # seq_id -> entry, insertion ordered
-        decodes = [s for s in self.running if s.num_uncomputed == 1]
-        prefills = [s for s in self.running if s.num_uncomputed > 1]
-        for seq in decodes + prefills:
-            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+        todo = [(s, s.num_uncomputed) for s in self.running]  # fixed unless preempted (then skipped)
+        decodes = [t for t in todo if t[1] == 1]
+        prefills = [t for t in todo if t[1] > 1]
+        running, grow = SeqStatus.RUNNING, self.cache.grow
+        for seq, left in decodes + prefills:
+            if seq.status is not running:  # preempted earlier in this loop
                 continue
             if budget <= 0:
                 break
-            n = min(seq.num_uncomputed, budget)
-            while not self.cache.grow(seq, seq.num_computed + n):
+            n = min(left, budget)
+            while not grow(seq, seq.num_computed + n):
                 victim = self.running[-1]  # newest running sequence
                 entry = chosen.pop(victim.seq_id, None)
                 if entry is not None:
@@ -103,9 +105,9 @@ class Scheduler:
                 self._preempt(victim, out)
                 if victim is seq:
                     break
-            if seq.status is not SeqStatus.RUNNING:
+            if seq.status is not running:
                 continue
-            chosen[seq.seq_id] = ScheduledSeq(seq, n, seq.num_computed + n == seq.num_tokens)
+            chosen[seq.seq_id] = ScheduledSeq(seq, n, n == left)
             budget -= n
         if not out.preempted:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:

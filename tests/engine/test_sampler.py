@@ -133,3 +133,36 @@ def test_params_validation_names_the_field(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         SamplingParams(**bad).validate()
+
+
+def test_build_reusing_the_previous_batch_equals_a_fresh_build():
+    """`prev` (same sequences, same order) keeps the parameter tensors but rebuilds the per-step
+    parts: penalties see the new output ids and min_tokens bans lift once enough tokens exist."""
+    params = [
+        SamplingParams(temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.3, min_tokens=2),
+        SamplingParams(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.3, stop_token_ids=[3]),
+        SamplingParams(temperature=1.2, min_p=0.1, seed=7),
+    ]
+    seqs = _seqs(params, outputs=[[], [], []], prompts=[[1, 2], [4], [5, 6, 7]], seeds=[None, None, 7])
+    for s in seqs:
+        s.output_ids = []  # own lists (the helper shares one default)
+    dev = torch.device("cpu")
+    prev = None
+    for step in range(4):
+        fresh = SamplingBatch.build(seqs, V, dev, (0,))
+        reused = SamplingBatch.build(seqs, V, dev, (0,), prev)
+        if prev is not None:
+            assert reused.temperature is prev.temperature  # not rebuilt
+        for name in ("temperature", "top_k", "top_p", "min_p", "repetition", "presence", "frequency",
+                     "seen_ids", "output_ids", "ban_rows", "ban_cols", "greedy"):  # fmt: skip
+            a, b = getattr(fresh, name), getattr(reused, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert torch.equal(a, b), (name, step)
+        assert reused.generators == fresh.generators and reused.all_greedy == fresh.all_greedy
+        assert (fresh.ban_rows is not None) == (step < 2)  # row 0 has min_tokens=2 (eos 0 banned)
+        for i, s in enumerate(seqs):
+            s.output_ids.append(8 + step + i)
+        prev = reused
+    other = _seqs(params)  # other sequence objects: nothing is reused
+    assert SamplingBatch.build(other, V, dev, (0,), prev).temperature is not prev.temperature

@@ -1,0 +1,79 @@
+"""`DecodeGraphs.stage`: the static buffers a replay reads, on CPU tensors (no capture needed)."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import torch
+
+from deltaserve.engine.graph import DecodeGraphs
+
+MAX_BS, WIDTH = 8, 6
+
+
+def _graphs() -> DecodeGraphs:
+    return DecodeGraphs(SimpleNamespace(device=torch.device("cpu"), max_blocks_per_seq=WIDTH), MAX_BS)
+
+
+def _check(g: DecodeGraphs, size: int, batch: dict) -> None:
+    """What the replay of `size` reads: the real rows, then padding rows (slot -1, page 0, length 1)."""
+    b, pad = len(batch["ids"]), size - len(batch["ids"])
+    assert g.input_ids[:size].tolist() == batch["ids"] + [0] * pad
+    assert g.positions[:size].tolist() == batch["positions"] + [0] * pad
+    assert g.slot_mapping[:size].tolist() == batch["slot_mapping"] + [-1] * pad
+    assert g.seq_lens[:size].tolist() == batch["seq_lens"] + [1] * pad
+    assert g.state_slots[:size].tolist() == batch["slots"] + [-1] * pad
+    width = max(len(t) for t in batch["tables"])
+    want = [t + [0] * (width - len(t)) for t in batch["tables"]] + [[0] * width] * pad
+    assert g.block_tables[:size, :width].tolist() == want, (b, size)
+
+
+def _batch(rng: random.Random, tables: list[list[int]]) -> dict:
+    b = len(tables)
+    return {
+        "ids": [rng.randrange(100) for _ in range(b)],
+        "positions": [rng.randrange(100) for _ in range(b)],
+        "slot_mapping": [rng.randrange(100) for _ in range(b)],
+        "seq_lens": [rng.randrange(1, 100) for _ in range(b)],
+        "tables": [list(t) for t in tables],
+        "slots": [rng.randrange(MAX_BS) for _ in range(b)],
+    }
+
+
+def test_stage_matches_the_batch_through_growing_shrinking_and_replaced_rows():
+    rng = random.Random(0)
+    g = _graphs()
+    tables = [[rng.randrange(50) for _ in range(rng.randrange(1, 3))] for _ in range(5)]
+    for step in range(300):
+        what = rng.random()
+        if what < 0.4:  # decode steps: some rows gain a page
+            for t in tables:
+                if len(t) < WIDTH and rng.random() < 0.3:
+                    t.append(rng.randrange(50))
+        elif what < 0.6 and len(tables) > 1:  # a sequence finishes (later rows move up)
+            tables.pop(rng.randrange(len(tables)))
+        elif what < 0.8 and len(tables) < MAX_BS:  # one is admitted
+            tables.insert(rng.randrange(len(tables) + 1), [rng.randrange(50)])
+        elif what < 0.9:  # one is replaced by another of the same length
+            i = rng.randrange(len(tables))
+            tables[i] = [rng.randrange(50) for _ in tables[i]]
+        if step % 37 == 0:  # a benchmark replay overwrites the device tables
+            g.block_tables.fill_(7)
+            g._tables_on_device = (0, 0)
+        batch = _batch(rng, tables)
+        size = g.stage(**batch)
+        assert size == next(s for s in g.sizes if s >= len(tables))
+        _check(g, size, batch)
+
+
+def test_stage_skips_the_table_copy_when_no_row_changed():
+    g = _graphs()
+    batch = _batch(random.Random(1), [[1, 2], [3]])
+    g.stage(**batch)
+    g.block_tables[0, 0] = 99  # not rewritten: the tables did not change
+    g.stage(**batch)
+    assert g.block_tables[0, 0].item() == 99
+    batch["tables"][1].append(4)
+    g.stage(**batch)
+    _check(g, 2, batch)
