@@ -1,6 +1,7 @@
 """Triton fused MoE: routing, token-to-expert alignment, expert GEMMs with fused SiLU·mul and combine.
 
-Pipeline (``fused_moe``), five launches plus a memset, none of them syncing with the host:
+Pipeline (``fused_moe``), five launches plus a memset (three for decode batches, below), none of
+them syncing with the host:
 
 1. ``_route_kernel`` (one program per token): fp32 softmax over E logits, top-k by repeated
    arg-max (ties -> lowest id), optional renormalisation; with a shared expert, slot ``k`` gets id
@@ -13,6 +14,10 @@ Pipeline (``fused_moe``), five launches plus a memset, none of them syncing with
 4. ``_moe_down_kernel``: ``inter Wdᵀ`` times the routing weight, atomically added (fp32) into
    ``out32 [T, H]``: the combine over a token's experts is the add.
 5. ``out32`` cast to the activation dtype.
+
+Decode-sized batches (``P <= SMALL_PAIRS``) replace steps 1-2 and the memset with one launch,
+``_route_align_small_kernel``: one program routes every token, zeroes ``out32`` and aligns the pairs
+by a ``[P, P]`` comparison (experts get blocks in order of first appearance) instead of a histogram.
 
 The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
