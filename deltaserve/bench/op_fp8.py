@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def sweep() -> list[dict[str, Any]]:
-    """Times launch configs of the GEMM at M=1 (W8A16, small-M configs x target programs) and M=4096 (W8A8)."""
+    """Times launch configs of the GEMM: M=1 (W8A16, small-M configs x split targets), M=4096 (W8A8)."""
     from deltaserve.ops.fp8 import kernels
 
     saved = dict(kernels.CONFIG)

@@ -3,8 +3,8 @@
 Decoding only a small window of ids per step (the "prefix/read offset" method) keeps the cost
 constant per token; a window ending in an incomplete UTF-8 character ("\ufffd") waits for more
 tokens. Ids that the Rust decoder drops (no token, or special tokens being skipped) are read past
-without decoding, which keeps the window small for them too. Stop strings are searched in the newly produced text plus enough of the old text to catch
-strings that span tokens.
+without decoding, which keeps the window small for them too. Stop strings are searched in the newly
+produced text plus enough of the old text to catch strings that span tokens.
 """
 
 from __future__ import annotations
