@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from deltaserve.bench import offline
+from deltaserve.bench.common import bytes_floor_ms, kernel_device_us
 
 
 @torch.no_grad()
@@ -50,17 +51,13 @@ def main() -> None:
         step_ms = graphs.time_replay(args.batch)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             graphs.time_replay(args.batch, iters=args.replays)
-        per: dict[str, list[float]] = {}
-        for ev in prof.events():
-            t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
-            if t_us and ev.device_type == torch.autograd.DeviceType.CUDA:
-                per.setdefault(ev.name[:90], []).append(t_us)
+        per = kernel_device_us(prof)
         rows = sorted(
-            ({"kernel": k, "us_per_step": sum(v) / args.replays, "calls_per_step": len(v) / args.replays}
+            ({"kernel": k[:90], "us_per_step": sum(v) / args.replays, "calls_per_step": len(v) / args.replays}
              for k, v in per.items()),
             key=lambda r: -r["us_per_step"],
         )  # fmt: skip
-        floor_ms = offline.decode_bytes_per_token(model) / 3.0e12 * 1e3
+        floor_ms = bytes_floor_ms(offline.decode_bytes_per_token(model))
         total = sum(r["us_per_step"] for r in rows)
         print(f"{torch.cuda.get_device_name()}: step replay {step_ms:.3f} ms, kernel sum {total / 1e3:.3f} ms, "
               f"weight-read floor {floor_ms:.3f} ms", flush=True)  # fmt: skip

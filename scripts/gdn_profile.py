@@ -13,6 +13,7 @@ import traceback
 import torch
 
 from deltaserve.bench import op_gdn
+from deltaserve.bench.common import kernel_device_us
 from deltaserve.ops.gdn import prefill
 
 CONFIGS = [
@@ -100,16 +101,13 @@ def main() -> None:
 
                 run()
                 torch.cuda.synchronize()
-                times: dict[str, list[float]] = {}
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     for _ in range(5):
                         run()
                     torch.cuda.synchronize()
-                for ev in prof.events():
-                    t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
-                    if "chunk" in ev.name and t_us:
-                        times.setdefault(ev.name, []).append(t_us / 1e3)
-                med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+                med = {
+                    k: sorted(v)[len(v) // 2] / 1e3 for k, v in kernel_device_us(prof).items() if "chunk" in k
+                }
                 row = {"shape": label, "config": cfg, "kernel_ms": med}
                 print(label, cfg, {k: round(v, 4) for k, v in med.items()}, flush=True)
                 res["rows"].append(row)

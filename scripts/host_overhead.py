@@ -9,24 +9,11 @@ before the first kernel starts shows up in event-timed benchmarks as idle GPU ti
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from deltaserve.bench import op_gdn
+from deltaserve.bench.common import host_us
 from deltaserve.ops.gdn import checks, prefill
-
-
-def _us(fn, reps: int = 50) -> float:
-    out = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    torch.cuda.synchronize()
-    return round(statistics.median(out), 1)
 
 
 def main() -> None:
@@ -60,10 +47,10 @@ def main() -> None:
 
     whole()
     rows = {
-        "whole gdn_prefill call": _us(whole),
-        "checks.check_prefill": _us(check),
-        "allocations": _us(allocations),
-        "one trivial kernel launch": _us(empty_call),
+        "whole gdn_prefill call": host_us(whole),
+        "checks.check_prefill": host_us(check),
+        "allocations": host_us(allocations),
+        "one trivial kernel launch": host_us(empty_call),
     }
     for k, v in rows.items():
         print(f"{v:9.1f} us  {k}", flush=True)

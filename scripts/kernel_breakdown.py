@@ -4,7 +4,7 @@ python scripts/kernel_breakdown.py OUT.json [moe|fp8|gdn_prefill|gdn_decode [kv|
 
 For each case: the CUDA kernels one call launches with their median device time (torch.profiler
 over 10 eager calls), the call's CUDA-graph time (where it can be captured) and the host time of
-one call made while the GPU is still busy (so no launch waits on the device). Tells launch-bound
+one call started on an idle GPU (Python and launch cost). Tells launch-bound
 ops (sum of kernels << graph time) from kernel-bound ones.
 """
 
@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from deltaserve.bench.common import device_record, measure_copy_bw, time_cuda_graph
+from deltaserve.bench.common import device_record, host_us, kernel_device_us, measure_copy_bw, time_cuda_graph
 
 
 def _kernels(fn: Callable[[], Any], calls: int = 10) -> dict[str, float]:
@@ -30,31 +29,12 @@ def _kernels(fn: Callable[[], Any], calls: int = 10) -> dict[str, float]:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    times: dict[str, list[float]] = {}
-    for ev in prof.events():
-        t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
-        if t_us:
-            times.setdefault(ev.name[:60], []).append(t_us)
-    return {k: round(statistics.median(v), 2) for k, v in times.items()}
-
-
-def _host_us(fn: Callable[[], Any], reps: int = 20) -> float:
-    """Host µs per call while the device is busy (a long sleep kernel queued first)."""
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        torch.cuda._sleep(50_000_000)  # keep the GPU busy so launches never wait
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-        torch.cuda.synchronize()
-    return round(statistics.median(out), 1)
+    return {k[:60]: round(statistics.median(v), 2) for k, v in kernel_device_us(prof).items()}
 
 
 def _case(name: str, fn: Callable[[], Any], graph: bool, res: dict) -> None:
     try:
-        row: dict[str, Any] = {"case": name, "kernels_us": _kernels(fn), "host_us": _host_us(fn)}
+        row: dict[str, Any] = {"case": name, "kernels_us": _kernels(fn), "host_us": round(host_us(fn), 1)}
         row["kernel_sum_us"] = round(sum(row["kernels_us"].values()), 2)
         if graph:
             row["graph_us"] = round(time_cuda_graph([fn]) * 1e3, 2)

@@ -1,4 +1,4 @@
-"""Shared helpers for the op benchmarks: timing, device record, floors, table printing.
+"""Shared helpers for the op benchmarks: timing (device, host, per kernel), device record, floors, tables.
 
 Timing is always with CUDA events on the current stream after warm-up, median over repeats. The
 floors use the H100 ceilings measured on this project's card (DESIGN.md section 6): 3.0 TB/s device
@@ -11,6 +11,7 @@ import datetime
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,6 +81,29 @@ def time_cuda_graph(fns: Sequence[Callable[[], Any]], *, replays: int = 30) -> f
         times.append(start.elapsed_time(end) / len(fns))
     del graph
     return statistics.median(times)
+
+
+def host_us(fn: Callable[[], Any], *, reps: int = 50) -> float:
+    """Median host µs of one fn() call started on an idle device (Python + launch cost; the GPU work it
+    queues is not waited for)."""
+    out = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(out)
+
+
+def kernel_device_us(prof: Any) -> dict[str, list[float]]:
+    """Device µs of every CUDA kernel a finished ``torch.profiler.profile`` recorded, by kernel name."""
+    out: dict[str, list[float]] = {}
+    for ev in prof.events():
+        t_us = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
+        if t_us and ev.device_type == torch.autograd.DeviceType.CUDA:
+            out.setdefault(ev.name, []).append(t_us)
+    return out
 
 
 def measure_copy_bw(n_bytes: int = 1 << 30) -> float:
