@@ -354,15 +354,21 @@ def route_topk(
     return _route(router_logits, top_k, renormalize)
 
 
+def _align_buffers(p: int, e1: int, bm: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``sorted_ids [NB*BM]`` and ``block_expert [NB]`` for ``P`` pairs over ``E1`` experts, NB the upper
+    bound ``(P + min(E1, P)·(BM-1)) / BM`` (every used expert's last block may be partly empty)."""
+    nb = (p + min(e1, p) * (bm - 1)) // bm
+    sorted_ids = torch.empty(nb * bm, dtype=torch.int32, device=device)
+    bexp = torch.empty(nb, dtype=torch.int32, device=device)
+    return sorted_ids, bexp, nb
+
+
 def _align(ids: torch.Tensor, e1: int, bm: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``ids [T, KT]`` -> ``(sorted_ids [NB*BM] int32, block_expert [NB] int32, NB)`` (upper bound NB)."""
     p = ids.numel()
-    nb = (p + min(e1, p) * (bm - 1)) // bm
-    dev = ids.device
-    sorted_ids = torch.empty(nb * bm, dtype=torch.int32, device=dev)
-    bexp = torch.empty(nb, dtype=torch.int32, device=dev)
+    sorted_ids, bexp, nb = _align_buffers(p, e1, bm, ids.device)
     ep = triton.next_power_of_2(e1 + 1)
-    cursor = torch.empty(ep, dtype=torch.int32, device=dev)
+    cursor = torch.empty(ep, dtype=torch.int32, device=ids.device)
     if p:
         _align_kernel[(1,)](
             ids, sorted_ids, bexp, cursor, p, e1, nb * bm, nb,
@@ -382,12 +388,10 @@ class _Route(NamedTuple):
 
 def _setup_small(x, route: _Route | None, ids, w, e1: int, bm: int, out32: torch.Tensor):
     """One launch for decode-sized batches (``P <= SMALL_PAIRS``): routing (when ``route``), zeroing
-    ``out32`` and the alignment. Returns ``(topk_w, topk_ids, sorted_ids, block_expert, NB)``."""
+    ``out32`` and the alignment into ``w``/``ids`` and the returned ``(sorted_ids, block_expert, NB)``."""
     t, kt = ids.shape
     p = t * kt
-    nb = (p + min(e1, p) * (bm - 1)) // bm
-    sorted_ids = torch.empty(nb * bm, dtype=torch.int32, device=x.device)
-    bexp = torch.empty(nb, dtype=torch.int32, device=x.device)
+    sorted_ids, bexp, nb = _align_buffers(p, e1, bm, x.device)
     lg = route.logits if route is not None else w
     has_sh = route is not None and route.gate_weight is not None
     e = lg.shape[1] if route is not None else 1
@@ -399,7 +403,7 @@ def _setup_small(x, route: _Route | None, ids, w, e1: int, bm: int, out32: torch
         HAS_SHARED=has_sh, BE=triton.next_power_of_2(e), BH=1024,
         BM=bm, PP=triton.next_power_of_2(p), CH=ALIGN_CHUNK, num_warps=SMALL_SETUP_WARPS,
     )  # fmt: skip
-    return w, ids, sorted_ids, bexp, nb
+    return sorted_ids, bexp, nb
 
 
 def _fp8_parts(w: ExpertWeights):
@@ -464,7 +468,7 @@ def _run_experts(
             topk_w = torch.empty(t, kt, dtype=torch.float32, device=x.device)
             topk_ids = torch.empty(t, kt, dtype=torch.int64, device=x.device)
         zero_target = torch.empty(t, h, dtype=torch.float32, device=x.device) if cast else out32[:0]
-        topk_w, topk_ids, sorted_ids, bexp, nb = _setup_small(x, route, topk_ids, topk_w, e1, bm, zero_target)
+        sorted_ids, bexp, nb = _setup_small(x, route, topk_ids, topk_w, e1, bm, zero_target)
         out32 = zero_target if cast else out32
     else:
         if route is not None:
