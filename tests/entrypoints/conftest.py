@@ -26,3 +26,14 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deltaserve.demo import ensure_demo_model
 
     return ensure_demo_model(tmp_path_factory.mktemp("deltaserve-cache"))
+
+
+@pytest.fixture
+def script(fake, qwen_tokenizer):
+    """Sets the text the test module's `fake` engine generates next (the module defines `fake`)."""
+
+    def set_text(text: str) -> None:
+        fake.script = qwen_tokenizer.encode(text)
+
+    yield set_text
+    fake.script = None

@@ -132,15 +132,6 @@ def plain_client(fake):
     srv.stop()
 
 
-@pytest.fixture
-def script(fake, qwen_tokenizer):
-    def set_text(text: str) -> None:
-        fake.script = qwen_tokenizer.encode(text)
-
-    yield set_text
-    fake.script = None
-
-
 def _body(**kw) -> dict:
     return {"messages": [{"role": "user", "content": "weather?"}], "tools": TOOLS, "max_tokens": 200, **kw}
 

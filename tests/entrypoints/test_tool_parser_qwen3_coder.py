@@ -347,15 +347,6 @@ def client(fake):
     srv.stop()
 
 
-@pytest.fixture
-def script(fake, qwen_tokenizer):
-    def set_text(text: str) -> None:
-        fake.script = qwen_tokenizer.encode(text)
-
-    yield set_text
-    fake.script = None
-
-
 def _body(**kw) -> dict:
     return {"messages": [{"role": "user", "content": "do it"}], "tools": TOOLS, "max_tokens": 400, **kw}
 
