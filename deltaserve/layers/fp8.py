@@ -20,6 +20,7 @@ from deltaserve.layers.linear import ReplicatedLinear
 from deltaserve.layers.moe import FusedExperts
 from deltaserve.layers.weights import WeightShapeError, check_shape, make_param
 from deltaserve.ops.fp8 import FP8_DTYPE
+from deltaserve.ops.fp8.reference import PLAIN_BN
 
 CheckpointName = Callable[[str, Any], str]
 
@@ -81,6 +82,8 @@ def _convert_linear(module: ReplicatedLinear, cfg: Fp8Config) -> None:
         torch.cat([block_start[s] + torch.arange(size) // bn for s, size in sizes.items()]).to(old.device),
         persistent=False,
     )
+    # rows map to scale rows as n // 128: the GEMM then takes one scale per tile (row_block None)
+    module.fp8_rows_plain = bn == PLAIN_BN and all(row_start[s] == block_start[s] * bn for s in sizes)
     weight_loader = old.weight_loader
 
     def load_scale(param: nn.Parameter, loaded: torch.Tensor, shard: Any = None) -> None:
@@ -93,7 +96,9 @@ def _convert_linear(module: ReplicatedLinear, cfg: Fp8Config) -> None:
             weight_loader(
                 nn.Parameter(src, requires_grad=False), torch.arange(n, dtype=torch.float64)[:, None]
             )
-            module.weight_row_block.copy_((src[:, 0].long() // bn).to(module.weight_row_block.device))
+            rows_of = src[:, 0].long() // bn
+            module.weight_row_block.copy_(rows_of.to(module.weight_row_block.device))
+            module.fp8_rows_plain = bn == PLAIN_BN and torch.equal(rows_of, torch.arange(n) // bn)
             return
         if shard not in sizes:
             raise WeightShapeError(f"unknown shard {shard!r}")

@@ -50,6 +50,22 @@ def test_fp8_weights_stay_fp8_and_unconverted_modules_do_not(fp8_pair, key: str)
 
 
 @pytest.mark.parametrize("key", list(FP8_PRESETS))
+def test_fp8_plain_row_flag_matches_row_map(fp8_pair, key: str) -> None:
+    """A linear hands the GEMM `row_block=None` (one scale per 128-row tile) only when its loaded row
+    map really is `n // 128`: merged shards of 128-multiple sizes yes, permuted or ragged no."""
+    _, model, _ = fp8_pair(key)
+    seen = 0
+    for name, mod in model.named_modules():
+        if getattr(mod, "weight", None) is None or mod.weight.dtype != FP8_DTYPE or mod.weight.dim() != 2:
+            continue
+        rows = mod.weight_row_block.cpu()
+        plain = torch.equal(rows, torch.arange(rows.numel()) // 128)
+        assert mod.fp8_rows_plain == plain, name
+        seen += 1
+    assert seen > 0
+
+
+@pytest.mark.parametrize("key", list(FP8_PRESETS))
 def test_fp8_greedy_matches_dequantised_model(fp8_pair, key: str) -> None:
     _, fp8, deq = fp8_pair(key)
     prompts = [[3], list(range(20, 57)), [(7 * i) % 500 for i in range(90)]]
@@ -90,3 +106,17 @@ def test_unsupported_quantization_is_refused(tiny_checkpoint, quant, message) ->
     cfg["quantization_config"] = quant
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_hf(cfg)
+
+
+def test_fp8_plain_row_flag_for_shards() -> None:
+    from deltaserve.layers.fp8 import Fp8Config, _convert_linear
+    from deltaserve.layers.linear import MergedColumnParallelLinear
+
+    cfg = Fp8Config(block_n=128, block_k=128, modules_to_not_convert=())
+    aligned = MergedColumnParallelLinear(256, {"a": 256, "b": 128}, dtype=torch.bfloat16)
+    _convert_linear(aligned, cfg)
+    assert aligned.fp8_rows_plain  # shard b starts at row 256 = scale row 2
+    ragged = MergedColumnParallelLinear(256, {"a": 100, "b": 200}, dtype=torch.bfloat16)
+    _convert_linear(ragged, cfg)
+    assert not ragged.fp8_rows_plain  # shard b starts at row 100 but at scale row 1
+    assert not torch.equal(ragged.weight_row_block, torch.arange(300) // 128)

@@ -15,14 +15,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def make_weight(n: int, k: int, layout: str, device, seed: int = 0):
-    """Random block-FP8 weight ``[n, k]`` whose row_block is plain, shard-offset or permuted."""
+    """Random block-FP8 weight ``[n, k]`` whose row_block is plain, shard-offset, permuted, or None
+    (the plain map left implicit: the kernels' per-tile-scale path)."""
     from deltaserve.ops.fp8.reference import quantize_block_fp8
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     w = (torch.randn(n, k, generator=g) * 0.05).to(device)
-    if layout == "plain":
+    if layout in ("plain", "none"):
         q, s = quantize_block_fp8(w)
-        return q, s, (torch.arange(n) // 128).to(device)
+        return q, s, (torch.arange(n) // 128).to(device) if layout == "plain" else None
     if layout == "shards":  # merged [a | b] parameter, each shard with its own scale rows
         a = n // 3
         qa, sa = quantize_block_fp8(w[:a])
@@ -95,16 +96,30 @@ def check_prequantized(device, m, n, k, layout, out_dtype=None, tol=1e-3):
         assert err < tol, (m, n, k, err)
 
 
-def check_split_k(device, m, n, k):
+def check_tma(device, m, n, k):
+    """The TMA W8A8 kernel (plain rows) == the plain-load kernel on the same quantised activations."""
+    from deltaserve.ops.fp8 import kernels
+
+    q, s, _ = make_weight(n, k, "none", device, seed=m + k)
+    x = torch.randn(m, k, device=device).to(torch.bfloat16)
+    b = torch.randn(n, device=device).to(torch.bfloat16)
+    xq, xs = kernels.per_token_group_quant_fp8(x, 128)
+    out = kernels._gemm_tma(xq, xs, q, s, b, torch.empty(m, n, dtype=torch.bfloat16, device=device), 128)
+    ref = kernels.block_fp8_linear(xq, q, s, torch.arange(n, device=device) // 128, b, x_scale=xs)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < 1e-2, rel_err(out, ref)
+
+
+def check_split_k(device, m, n, k, layout="plain"):
     """Small M over a long K takes the one-launch split-K path: right, repeatable, counters reset."""
     from deltaserve.ops.fp8 import kernels
 
-    q, s, rb = make_weight(n, k, "plain", device, seed=k)
+    q, s, rb = make_weight(n, k, layout, device, seed=k)
     x = torch.randn(m, k, device=device).to(torch.bfloat16)
     b = torch.randn(n, device=device).to(torch.bfloat16)
     tiles = -(-m // kernels.CONFIG["small"][0]) * -(-n // kernels.CONFIG["small"][1])
     assert tiles < kernels.CONFIG["target_programs"] and k // kernels.BK >= 4  # so split > 1
-    check_gemm(device, m, n, k, "plain", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
+    check_gemm(device, m, n, k, layout, bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
     first = kernels.block_fp8_linear(x, q, s, rb, b)
     again = kernels.block_fp8_linear(x, q, s, rb, b)
     assert torch.equal(first, again)
@@ -114,10 +129,14 @@ def check_split_k(device, m, n, k):
 def run_small(device: str) -> None:
     # the interpreter truncates fp32->bf16 and mis-rounds some fp32->e4m3 near powers of two,
     # hence the looser bounds here than on the GPU (an indexing bug gives errors near 1)
-    for m, n, k, layout in [(1, 200, 300, "plain"), (3, 256, 384, "shards"), (20, 130, 256, "perm")]:
+    cases = [(1, 200, 300, "plain"), (3, 256, 384, "shards"), (20, 130, 256, "perm"), (2, 200, 384, "none")]
+    cases += [(20, 260, 256, "none")]
+    for m, n, k, layout in cases:
         check_gemm(device, m, n, k, layout, bias=m == 3, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
     check_quant(device, 3, 300, max_mismatch=0.05)
     check_split_k(device, 2, 200, 1024)
+    check_split_k(device, 3, 130, 1024, "none")
+    check_tma(device, 20, 200, 256)
     from deltaserve.ops.fp8 import kernels
 
     saved = kernels.CONFIG["dequant_m_min"]
@@ -178,6 +197,9 @@ def test_triton_interpret_cpu():
         (200, 300, "plain"),
         (640, 4096, "perm"),
         (1024, 512, "shards"),
+        (2048, 4096, "none"),
+        (1000, 512, "none"),
+        (200, 300, "none"),
     ],
 )
 def test_block_fp8_linear_gpu(m, n, k, layout):
@@ -190,8 +212,15 @@ def test_block_fp8_linear_fp16_gpu():
 
 
 @pytest.mark.gpu
-def test_split_k_gpu():
-    check_split_k("cuda", 4, 2048, 4096)
+@pytest.mark.parametrize("layout", ["plain", "none"])
+def test_split_k_gpu(layout):
+    check_split_k("cuda", 4, 2048, 4096, layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,k", [(300, 1000, 512), (2048, 12288, 2048), (513, 2048, 4096)])
+def test_tma_gpu(m, n, k):
+    check_tma("cuda", m, n, k)
 
 
 @pytest.mark.gpu
@@ -202,7 +231,9 @@ def test_group_quant_gpu(m, k):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 3, 16, 17, 257, 2048])
-@pytest.mark.parametrize("n,k,layout", [(2048, 2048, "plain"), (12288, 2048, "shards"), (640, 4096, "perm")])
+@pytest.mark.parametrize(
+    "n,k,layout", [(2048, 2048, "plain"), (12288, 2048, "shards"), (640, 4096, "perm"), (12288, 2048, "none")]
+)
 def test_block_fp8_linear_prequantized_gpu(m, n, k, layout):
     check_prequantized("cuda", m, n, k, layout)
 

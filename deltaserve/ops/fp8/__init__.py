@@ -1,7 +1,8 @@
 """Block-FP8 weights (e4m3, 128×128 scales) and dynamic per-token-group activation quantisation.
 
-- ``block_fp8_linear(x [M, K], w_q [N, K], scale_inv [NB, KB], row_block [N], bias, *, block_k,
-  quantize_activation, x_scale, out_dtype) -> [M, N]`` (``x_scale``: ``x`` is pre-quantised e4m3)
+- ``block_fp8_linear(x [M, K], w_q [N, K], scale_inv [NB, KB], row_block [N] | None, bias, *, block_k,
+  quantize_activation, x_scale, out_dtype) -> [M, N]`` (``x_scale``: ``x`` is pre-quantised e4m3;
+  ``row_block`` None: the plain map ``n // 128``, the GPU kernels' fast path)
 - ``per_token_group_quant_fp8(x [M, K], group) -> (x_q [M, K] e4m3, scales [M, ceil(K/group)])``
 - ``dequant_block_fp8(w_q [..., N, K], scale_inv, row_block, block_k) -> fp32 [..., N, K]`` (torch)
 
@@ -23,7 +24,7 @@ def block_fp8_linear(
     x: torch.Tensor,
     w_q: torch.Tensor,
     scale_inv: torch.Tensor,
-    row_block: torch.Tensor,
+    row_block: torch.Tensor | None,
     bias: torch.Tensor | None = None,
     *,
     block_k: int = 128,

@@ -1,19 +1,28 @@
-"""Triton block-FP8 kernels: per-token-group activation quant and the block-FP8 GEMM.
+"""Triton block-FP8 kernels: per-token-group activation quant and the block-FP8 GEMMs.
 
-The GEMM computes ``y = x Wᵀ`` with ``W [N, K]`` e4m3 and fp32 ``scale_inv [NB, KB]``; each output
-column ``n`` reads its scale row through ``row_block[n]`` (gathered per K step, so any row map works:
-plain, shard-offset or permuted). ``BK`` equals 128 and divides ``block_k``, so one scale per column
-applies to each K step's fp32 partial product. Activation modes (constexpr ``A_MODE``):
+The GEMMs compute ``y = x Wᵀ`` with ``W [N, K]`` e4m3 and fp32 ``scale_inv [NB, KB]``; output column
+``n`` reads scale row ``row_block[n]`` (any row map works: plain, shard-offset or permuted), or
+``n // 128`` when ``row_block`` is None (the plain map: each 128-row N tile has one scale per K step,
+a scalar, instead of a per-column gather and an outer product of scales). ``BK`` is 128 and divides
+``block_k``, so one weight scale per column applies to each K step's fp32 partial product.
+Activation modes (constexpr ``A_MODE``):
 
 - 0 ``W8A16``: bf16/fp16 activations, the e4m3 tile is widened in registers (exact) and the product
   is scaled per column: the dequantised computation with fp32 accumulation.
-- 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (large M), or handed in
+- 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (larger M), or handed in
   already quantised (``x_scale``: e.g. a norm with fp8 output), at any M.
 - 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
   arithmetic as the quant kernel, one launch fewer).
 
-Small M (``<= 16``) splits K over programs so that about two programs per SM stream the weight;
-the last split to finish a tile adds the fp32 partials (one launch, no reduce kernel). No host syncs: every launch size follows from the shapes.
+Three GEMM kernels:
+- small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
+  activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
+  split over programs so that about two programs per SM stream the weight; the last split to finish
+  a tile adds the fp32 partials in split order (one launch, deterministic);
+- large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
+- otherwise ``_fp8_gemm_kernel`` (plain loads, any row map).
+Large-M W8A16 dequantises the weight to a bf16 scratch and runs cuBLAS. No host syncs: every launch
+size follows from the shapes.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaserve.ops.fp8.reference import check_prequantized
+from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -32,12 +41,16 @@ BK = 128
 # The CPU interpreter mis-computes bf16/fp16 tl.dot (triton 3.9); there the operands go through fp32.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# (BM, BN, warps, stages) by M range; benchmarks may override for sweeps.
+# (BM, BN, warps, stages) by M range ("small": (BMT, BN, warps, stages) of the swap-AB kernel; "tma_*":
+# the TMA kernel for N >= / < tma_wide_n); benchmarks may override for sweeps. H100 measurements:
+# BENCHMARKS.md (scripts/fp8_probe.py).
 CONFIG = {
     "small": (16, 64, 4, 4),
     "medium": (64, 128, 4, 4),
-    "large": (128, 128, 8, 3),
-    "large_w8a16": (128, 128, 8, 3),
+    "large": (64, 128, 4, 4),
+    "tma_wide": (64, 128, 4, 4),
+    "tma_narrow": (128, 128, 8, 3),
+    "tma_wide_n": 8192,
     "small_m_max": 16,
     "medium_m_max": 256,
     "target_programs": 264,
@@ -78,15 +91,26 @@ def _group_quant_kernel(
 
 
 @triton.jit
+def _scale_rows(rb_ptr, offs_n, n_ok, PLAIN: tl.constexpr, PLAIN_BN_C: tl.constexpr):
+    """``[BN]`` scale row of each output column (the plain map needs no load)."""
+    if PLAIN:
+        rows = (offs_n // PLAIN_BN_C).to(tl.int64)
+    else:
+        rows = tl.load(rb_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)
+    return rows
+
+
+@triton.jit
 def _fp8_gemm_kernel(
-    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
-    M, N, K, sa_m, sas_m, sb_n, sbs_r, sws_split, sc_m, KB_PER_SPLIT,
-    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_K: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr, GROUP_M: tl.constexpr,
-    FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
+    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr,
+    M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_m,
+    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, BLOCK_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr, GROUP_M: tl.constexpr, PLAIN_BN_C: tl.constexpr,
+    F32: tl.constexpr,
 ):  # fmt: skip
+    """One [BM, BN] output tile over all of K (modes 0 and 1). With ``PLAIN`` (BN divides 128) the
+    tile's weight scale is one scalar per K step."""
     pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
     n_m = tl.cdiv(M, BM)
     n_n = tl.cdiv(N, BN)
     width = GROUP_M * n_n  # grouped ordering: GROUP_M row tiles share each weight tile in L2
@@ -99,45 +123,124 @@ def _fp8_gemm_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     offs_m64 = offs_m.to(tl.int64)
-    srow = tl.load(rb_ptr + offs_n, mask=n_ok, other=0).to(tl.int64)  # [BN] scale row of each column
+    srow = _scale_rows(rb_ptr, offs_n, n_ok, PLAIN, PLAIN_BN_C)  # [BN]
+    srow0 = (pid_n * BN) // PLAIN_BN_C
     kr = tl.arange(0, BKC)
     a_rows = a_ptr + offs_m64[:, None] * sa_m  # [BM, 1]
     b_cols = b_ptr + offs_n.to(tl.int64)[None, :] * sb_n  # [1, BN]
-    kb0 = pid_k * KB_PER_SPLIT
-    kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for kb in range(kb0, kb1):
+    for kb in range(0, tl.cdiv(K, BKC)):
         k = kb * BKC + kr  # [BK]
         k_ok = k < K
         a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
         b = tl.load(b_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
         sblk = (kb * BKC) // BLOCK_K
-        bs = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)  # [BN]
         if A_MODE == 0:
             part = _dot(a, b.to(a.dtype), F32)
-            acc += part * bs[None, :]
-        elif A_MODE == 1:
-            a_s = tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)  # [BM]
+        else:
             part = _dot(a, b, F32)
-            acc += part * (a_s[:, None] * bs[None, :])
+            a_s = tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)  # [BM]
+            part = part * a_s[:, None]
+        if PLAIN:
+            acc += part * tl.load(bs_ptr + srow0 * sbs_r + sblk)
+        else:
+            acc += part * tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)[None, :]
+    _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, m_ok[:, None] & n_ok[None, :], sc_m, HAS_BIAS)
+
+
+@triton.jit
+def _fp8_gemm_tma_kernel(
+    a_desc, as_ptr, b_desc, bs_ptr, bias_ptr, c_ptr, M, N, K, sas_m, sbs_r, sc_m,
+    HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
+    GROUP_M: tl.constexpr, PLAIN_BN_C: tl.constexpr,
+):  # fmt: skip
+    """Large-M W8A8 with the plain row map: A [BM, BK] and W [BN, BK] e4m3 tiles by TMA (out-of-range
+    rows and K read as zeros), one scalar weight scale per tile and K step (BN divides 128)."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BM)
+    n_n = tl.cdiv(N, BN)
+    width = GROUP_M * n_n
+    first_m = (pid // width) * GROUP_M
+    gm = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gm
+    pid_n = (pid % width) // gm
+    off_m = pid_m * BM
+    off_n = pid_n * BN
+    offs_m = off_m + tl.arange(0, BM)  # [BM]
+    offs_n = off_n + tl.arange(0, BN)  # [BN]
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_m64 = offs_m.to(tl.int64)
+    srow0 = off_n // PLAIN_BN_C
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BKC)):
+        a = a_desc.load([off_m, kb * BKC])  # [BM, BK]
+        b = b_desc.load([off_n, kb * BKC])  # [BN, BK]
+        sblk = (kb * BKC) // BLOCK_K
+        a_s = tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)  # [BM]
+        bs = tl.load(bs_ptr + srow0 * sbs_r + sblk)
+        acc += tl.dot(a, tl.trans(b)) * (a_s * bs)[:, None]
+    _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, m_ok[:, None] & n_ok[None, :], sc_m, HAS_BIAS)
+
+
+@triton.jit
+def _fp8_small_kernel(
+    a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
+    M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_m, KB_PER_SPLIT,
+    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
+    PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
+):  # fmt: skip
+    """Small M, swap-AB: the transposed output tile ``[BN, BMT]`` = W tile ``[BN, BK]`` · A tileᵀ, for the
+    K steps of split ``program_id(1)``; splits meet at a per-tile arrival counter."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
+    n_ok = offs_n < N
+    offs_m = tl.arange(0, BMT)  # [BMT]
+    m_ok = offs_m < M
+    offs_m64 = offs_m.to(tl.int64)
+    srow = _scale_rows(rb_ptr, offs_n, n_ok, PLAIN, PLAIN_BN_C)  # [BN]
+    srow0 = (pid_n * BN) // PLAIN_BN_C
+    kr = tl.arange(0, BKC)
+    w_rows = b_ptr + offs_n.to(tl.int64)[:, None] * sb_n  # [BN, 1]
+    a_rows = a_ptr + offs_m64[:, None] * sa_m  # [BMT, 1]
+    kb0 = pid_k * KB_PER_SPLIT
+    kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
+    acc = tl.zeros((BN, BMT), dtype=tl.float32)
+    for kb in range(kb0, kb1):
+        k = kb * BKC + kr  # [BK]
+        k_ok = k < K
+        w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BN, BK]
+        a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BMT, BK]
+        sblk = (kb * BKC) // BLOCK_K
+        if A_MODE == 0:
+            part = _dot(w.to(a.dtype), tl.trans(a), F32)  # [BN, BMT]
+        elif A_MODE == 1:
+            part = _dot(w, tl.trans(a), F32)
+            part = part * tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)[None, :]
         else:
             aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
-            part = _dot(aq, b, F32)
-            acc += part * (a_s[:, None] * bs[None, :])
+            part = _dot(w, tl.trans(aq), F32) * a_s[None, :]
+        if PLAIN:
+            acc += part * tl.load(bs_ptr + srow0 * sbs_r + sblk)
+        else:
+            acc += part * tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)[:, None]
+    acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT > 1:
-        # split-K in one launch: every split stores its fp32 partial, the last one to arrive at the
-        # tile's counter adds them up in split order (deterministic) and resets the counter
+        # every split stores its fp32 partial; the last one to arrive at the tile's counter adds them
+        # up in split order (deterministic) and resets the counter
         w_off = offs_m64[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k.to(tl.int64) * sws_split + w_off, acc, mask=mask)
+        tl.store(ws_ptr + pid_k.to(tl.int64) * (M * N) + w_off, acc, mask=mask)
         tl.debug_barrier()  # all of this program's partial is written before the release below
-        arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            acc = tl.zeros((BMT, BN), dtype=tl.float32)
             for s in range(SPLIT):
-                acc += tl.load(ws_ptr + s * sws_split + w_off, mask=mask, other=0.0, cache_modifier=".cg")
+                acc += tl.load(ws_ptr + s * (M * N) + w_off, mask=mask, other=0.0, cache_modifier=".cg")
             _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIAS)
-            tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
     else:
         _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIAS)
 
@@ -152,7 +255,7 @@ def _store_out(acc, bias_ptr, c_ptr, offs_m64, offs_n, n_ok, mask, sc_m, HAS_BIA
 @triton.jit
 def _dequant_kernel(
     w_ptr, s_ptr, rb_ptr, out_ptr, N, K, sw_n, ss_r, so_n,
-    BLOCK_K: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    BLOCK_K: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, PLAIN: tl.constexpr, PLAIN_BN_C: tl.constexpr,
 ):  # fmt: skip
     """One [BR, BC] tile, BC dividing BLOCK_K: one scale per row (a [BR] gather, not one per element)."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)  # [BR]
@@ -160,7 +263,7 @@ def _dequant_kernel(
     c = c0 + tl.arange(0, BC)  # [BC]
     r_ok = r < N
     m = r_ok[:, None] & (c < K)[None, :]
-    srow = tl.load(rb_ptr + r, mask=r_ok, other=0).to(tl.int64)
+    srow = _scale_rows(rb_ptr, r, r_ok, PLAIN, PLAIN_BN_C)  # [BR]
     sc = tl.load(s_ptr + srow * ss_r + c0 // BLOCK_K, mask=r_ok, other=0.0)  # [BR]
     w = tl.load(w_ptr + r.to(tl.int64)[:, None] * sw_n + c[None, :], mask=m, other=0.0).to(tl.float32)
     tl.store(
@@ -184,14 +287,17 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def dequant_to(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int, dtype):
+def dequant_to(
+    w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor | None, block_k: int, dtype
+) -> torch.Tensor:
     """``w_q [N, K]`` e4m3 -> ``[N, K]`` in ``dtype`` (``w_q * scale_inv[row_block[n], k // block_k]``)."""
     n, k = w_q.shape
     out = torch.empty(n, k, dtype=dtype, device=w_q.device)
     br, bc = 64, BK  # BK divides block_k (checked with the weight)
     _dequant_kernel[(triton.cdiv(n, br), triton.cdiv(k, bc))](
-        w_q, scale_inv, row_block, out, n, k, w_q.stride(0), scale_inv.stride(0), out.stride(0),
-        BLOCK_K=block_k, BR=br, BC=bc, num_warps=4,
+        w_q, scale_inv, w_q if row_block is None else row_block, out, n, k, w_q.stride(0),
+        scale_inv.stride(0), out.stride(0),
+        BLOCK_K=block_k, BR=br, BC=bc, PLAIN=row_block is None, PLAIN_BN_C=PLAIN_BN, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -218,7 +324,9 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     return q, s
 
 
-def check_block_fp8_weight(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int):
+def check_block_fp8_weight(
+    w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor | None, block_k: int
+) -> None:
     """Validates a block-FP8 weight for the GPU GEMM (once per call; cheap, no host sync)."""
     if w_q.dim() != 2 or w_q.dtype != FP8_DTYPE:
         raise ValueError(f"w_q must be a 2-D {FP8_DTYPE} tensor, got {tuple(w_q.shape)} {w_q.dtype}")
@@ -233,18 +341,70 @@ def check_block_fp8_weight(w_q: torch.Tensor, scale_inv: torch.Tensor, row_block
         )
     if scale_inv.dtype != torch.float32:
         raise ValueError(f"scale_inv must be float32, got {scale_inv.dtype}")
-    if row_block.shape != (n,) or row_block.dtype not in (torch.int32, torch.int64):
+    if row_block is None:
+        if scale_inv.shape[0] < triton.cdiv(n, PLAIN_BN):
+            raise ValueError(
+                f"scale_inv must have ceil(N={n}/{PLAIN_BN}) rows for row_block=None, got {scale_inv.shape[0]}"
+            )
+    elif row_block.shape != (n,) or row_block.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"row_block must be an int tensor of shape [{n}], got {tuple(row_block.shape)}")
     for name, t in (("scale_inv", scale_inv), ("row_block", row_block)):
-        if t.device != w_q.device:
+        if t is not None and t.device != w_q.device:
             raise ValueError(f"{name} must be on {w_q.device}, got {t.device}")
+
+
+def _tma_ok(a: torch.Tensor, w_q: torch.Tensor) -> bool:
+    """TMA tiles need Hopper or newer, 16-byte aligned bases and row strides (e4m3: K % 16 == 0)."""
+    if INTERPRET or not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and (t.stride(0) % 16 == 0) for t in (a, w_q))
+
+
+def _gemm_tma(a, a_s, w_q, scale_inv, bias, out, block_k: int) -> torch.Tensor:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = a.shape
+    n = w_q.shape[0]
+    bm, bn, warps, stages = CONFIG["tma_wide" if n >= CONFIG["tma_wide_n"] else "tma_narrow"]
+    a_desc = TensorDescriptor.from_tensor(a, [bm, BK])
+    b_desc = TensorDescriptor.from_tensor(w_q, [bn, BK])
+    _fp8_gemm_tma_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        a_desc, a_s, b_desc, scale_inv, out if bias is None else bias, out,
+        m, n, k, a_s.stride(0), scale_inv.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_K=block_k, BM=bm, BN=bn, BKC=BK, GROUP_M=8, PLAIN_BN_C=PLAIN_BN,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out
+
+
+def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k: int) -> torch.Tensor:
+    m, k = a.shape
+    n = w_q.shape[0]
+    bmt, bn, warps, stages = CONFIG["small"]
+    n_kb = triton.cdiv(k, BK)
+    tiles = triton.cdiv(n, bn)
+    split = 1
+    if tiles < CONFIG["target_programs"]:
+        split = min(triton.cdiv(CONFIG["target_programs"], tiles), max(1, n_kb // 2), 16)
+    kps = triton.cdiv(n_kb, split)
+    split = triton.cdiv(n_kb, kps)  # no empty splits
+    ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=a.device)
+    cnt = _tile_counters(a.device, tiles) if split > 1 else out
+    _fp8_small_kernel[(tiles, split)](
+        a, a_s, w_q, scale_inv, w_q if row_block is None else row_block, out if bias is None else bias, out,
+        ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
+        A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
+        BMT=bmt, BN=bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out
 
 
 def block_fp8_linear(
     x: torch.Tensor,
     w_q: torch.Tensor,
     scale_inv: torch.Tensor,
-    row_block: torch.Tensor,
+    row_block: torch.Tensor | None,
     bias: torch.Tensor | None = None,
     *,
     block_k: int = 128,
@@ -255,6 +415,7 @@ def block_fp8_linear(
     """Triton version of ``reference.block_fp8_linear``: ``x [M, K]`` -> ``[M, N]``.
 
     Output in ``x.dtype``, or with pre-quantised ``x`` (e4m3 plus ``x_scale``) in ``out_dtype`` (bf16).
+    ``row_block`` None: the plain row map ``n // 128``.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be [M, K] with unit stride on K, got {tuple(x.shape)} {tuple(x.stride())}")
@@ -285,36 +446,28 @@ def block_fp8_linear(
     out = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    n_kb = triton.cdiv(k, BK)
-    w8a8 = quantize_activation or x_scale is not None
-    a, a_s, mode = x, x, 0
     if m <= CONFIG["small_m_max"]:
-        bm, bn, warps, stages = CONFIG["small"]
-        mode = 2 if quantize_activation else 0
-    elif m <= CONFIG["medium_m_max"]:
-        bm, bn, warps, stages = CONFIG["medium"]
-    else:
-        bm, bn, warps, stages = CONFIG["large" if w8a8 else "large_w8a16"]
+        mode = 1 if x_scale is not None else 2 if quantize_activation else 0
+        return _gemm_small(
+            x, x if x_scale is None else x_scale, w_q, scale_inv, row_block, bias, out, mode, block_k
+        )
+    a, a_s, mode = x, x, 0
     if x_scale is not None:
         a_s, mode = x_scale, 1
-    elif quantize_activation and mode == 0:
+    elif quantize_activation:
         a, a_s = per_token_group_quant_fp8(x, block_k)
         mode = 1
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = 1
-    if m <= CONFIG["small_m_max"] and tiles < CONFIG["target_programs"]:
-        split = min(triton.cdiv(CONFIG["target_programs"], tiles), max(1, n_kb // 2), 16)
-    kps = triton.cdiv(n_kb, split)
-    split = triton.cdiv(n_kb, kps)  # no empty splits
-    ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
-    cnt = _tile_counters(x.device, tiles) if split > 1 else row_block
-    bias_arg = bias if bias is not None else out
-    _fp8_gemm_kernel[(tiles, split)](
-        a, a_s, w_q, scale_inv, row_block, bias_arg, out, ws, cnt,
-        m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0),
-        m * n, out.stride(0), kps,
-        A_MODE=mode, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_K=block_k,
-        BM=bm, BN=bn, BKC=BK, GROUP_M=8, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
+    if mode == 1 and row_block is None and m > CONFIG["medium_m_max"] and _tma_ok(a, w_q):
+        return _gemm_tma(a, a_s, w_q, scale_inv, bias, out, block_k)
+    bm, bn, warps, stages = CONFIG["medium" if m <= CONFIG["medium_m_max"] else "large"]
+    plain = row_block is None and PLAIN_BN % bn == 0
+    if row_block is None and not plain:
+        row_block = torch.arange(n, device=x.device, dtype=torch.int32) // PLAIN_BN
+    _fp8_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        a, a_s, w_q, scale_inv, w_q if row_block is None else row_block, out if bias is None else bias, out,
+        m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0),
+        A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=plain, BLOCK_K=block_k,
+        BM=bm, BN=bn, BKC=BK, GROUP_M=8, PLAIN_BN_C=PLAIN_BN, F32=INTERPRET,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

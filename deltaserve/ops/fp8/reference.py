@@ -3,7 +3,8 @@
 Weights are stored `w_q [..., N, K]` float8_e4m3fn with `scale_inv [..., NB, ceil(K/bk)]` fp32 so that
 `W[n, k] ≈ w_q[n, k] * scale_inv[row_block[n], k // bk]`. `row_block [N]` maps each weight row to its
 scale row: `n // bn` for a plain checkpoint tensor, offset per shard for merged parameters, permuted
-for Qwen3-Next's de-interleaved projections.
+for Qwen3-Next's de-interleaved projections. `row_block=None` is the plain map with `bn = 128`
+(`PLAIN_BN`), which the GPU GEMMs turn into one scale per 128-row tile.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
+PLAIN_BN = 128  # scale-block rows of the plain row map (row_block None)
 
 __all__ = [
     "check_prequantized",
@@ -24,9 +26,15 @@ __all__ = [
 
 
 def dequant_block_fp8(
-    w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor, block_k: int
+    w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor | None, block_k: int
 ) -> torch.Tensor:
-    """`w_q [..., N, K]`, `scale_inv [..., NB, KB]`, `row_block [N]` -> fp32 `[..., N, K]`."""
+    """`w_q [..., N, K]`, `scale_inv [..., NB, KB]`, `row_block [N]` (None: `n // 128`) -> fp32 `[..., N, K]`."""
+    if row_block is None:
+        row_block = torch.arange(w_q.shape[-2], device=scale_inv.device) // PLAIN_BN
+        if scale_inv.shape[-2] < -(-w_q.shape[-2] // PLAIN_BN):
+            raise ValueError(
+                f"scale_inv has {scale_inv.shape[-2]} rows, row_block=None needs ceil(N/{PLAIN_BN})"
+            )
     if w_q.shape[-2] != row_block.shape[0]:
         raise ValueError(f"row_block has {row_block.shape[0]} entries, weight has {w_q.shape[-2]} rows")
     k = w_q.shape[-1]
@@ -66,7 +74,7 @@ def block_fp8_linear(
     x: torch.Tensor,
     w_q: torch.Tensor,
     scale_inv: torch.Tensor,
-    row_block: torch.Tensor,
+    row_block: torch.Tensor | None,
     bias: torch.Tensor | None = None,
     *,
     block_k: int = 128,

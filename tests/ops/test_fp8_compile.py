@@ -1,0 +1,49 @@
+"""The block-FP8 kernels compile for sm_90 (Hopper) on this CPU machine: catches front-end and
+PTX errors that the TRITON_INTERPRET=1 run cannot see, and checks they use wgmma / TMA there."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from deltaserve.ops.fp8 import kernels as K
+from deltaserve.testing.triton_compile import compile_for_hopper
+
+BASE = dict(bias_ptr="*bf16", c_ptr="*bf16", bs_ptr="*fp32", b_ptr="*fp8e4nv")
+
+
+def _operands(mode: int, plain: bool) -> dict[str, str]:
+    a = "*fp8e4nv" if mode == 1 else "*bf16"
+    return dict(BASE, a_ptr=a, as_ptr="*fp32" if mode == 1 else a, rb_ptr="*fp8e4nv" if plain else "*i64")
+
+
+@pytest.mark.parametrize("mode,plain,split", list(itertools.product((0, 1, 2), (True, False), (1, 4))))
+def test_small_kernel_compiles_with_wgmma(mode, plain, split):
+    ptr = dict(_operands(mode, plain), ws_ptr="*fp32", cnt_ptr="*i32")
+    const = dict(
+        A_MODE=mode, HAS_BIAS=split == 1, PLAIN=plain, SPLIT=split, BLOCK_K=128, BMT=16, BN=64, BKC=128,
+        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False,
+    )  # fmt: skip
+    k = compile_for_hopper(K._fp8_small_kernel, ptr, const, num_warps=4, num_stages=4)
+    assert "wgmma" in k.asm["ptx"]
+
+
+@pytest.mark.parametrize("mode,plain", list(itertools.product((0, 1), (True, False))))
+def test_tile_kernel_compiles(mode, plain):
+    const = dict(
+        A_MODE=mode, HAS_BIAS=True, PLAIN=plain, BLOCK_K=128, BM=64, BN=128, BKC=128, GROUP_M=8,
+        PLAIN_BN_C=128, F32=False,
+    )  # fmt: skip
+    k = compile_for_hopper(K._fp8_gemm_kernel, _operands(mode, plain), const, num_warps=4, num_stages=4)
+    assert "wgmma" in k.asm["ptx"]
+
+
+def test_tma_kernel_compiles_with_tma_and_wgmma():
+    ptr = dict(
+        a_desc="tensordesc<fp8e4nv[64, 128]>", b_desc="tensordesc<fp8e4nv[128, 128]>", as_ptr="*fp32",
+        bs_ptr="*fp32", bias_ptr="*bf16", c_ptr="*bf16",
+    )  # fmt: skip
+    const = dict(HAS_BIAS=False, BLOCK_K=128, BM=64, BN=128, BKC=128, GROUP_M=8, PLAIN_BN_C=128)
+    k = compile_for_hopper(K._fp8_gemm_tma_kernel, ptr, const, num_warps=4, num_stages=4)
+    assert "cp.async.bulk.tensor" in k.asm["ptx"] and "wgmma" in k.asm["ptx"]
