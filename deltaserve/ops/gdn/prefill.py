@@ -52,12 +52,18 @@ def _chunk_counts(cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def _first_chunk(i_n, offs, nch, ends):
+    """First global chunk of sequence ``i_n``, from ``_chunk_counts``' outputs (0 past the last)."""
+    return tl.sum(tl.where(offs == i_n, ends - nch, 0), 0)
+
+
+@triton.jit
 def _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
     """Global chunk index -> (sequence, first token, end token); sequence == NB when out of range.
     The chunk layout is derived from cu_seqlens in-kernel (no host-side cumsum launches)."""
     offs, ok, nch, ends = _chunk_counts(cu_ptr, NB, BLOCK_B, C)
     i_n = tl.sum((tl.where(ok, ends, 2147483647) <= pid_c).to(tl.int32), 0)
-    c0 = tl.sum(tl.where(offs == i_n, ends - nch, 0), 0)  # first global chunk of sequence i_n
+    c0 = _first_chunk(i_n, offs, nch, ends)
     i_n_safe = tl.minimum(i_n, NB - 1)
     bos = tl.load(cu_ptr + i_n_safe).to(tl.int64)
     eos = tl.load(cu_ptr + i_n_safe + 1).to(tl.int64)
@@ -265,8 +271,8 @@ def _chunk_scan_kernel(
     i_kh = i_h // GROUP
     bos = tl.load(cu_ptr + i_n).to(tl.int64)
     eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    offs_b, ok_b, nch, ends = _chunk_counts(cu_ptr, tl.num_programs(2), BLOCK_B, C)
-    c0 = tl.sum(tl.where(offs_b == i_n, ends - nch, 0), 0).to(tl.int64)  # first global chunk
+    offs_b, _, nch, ends = _chunk_counts(cu_ptr, tl.num_programs(2), BLOCK_B, C)
+    c0 = _first_chunk(i_n, offs_b, nch, ends).to(tl.int64)
     n_chunks = tl.cdiv(eos - bos, C)
     offs_k = tl.arange(0, DK)
     offs_v = pid_v * BV + tl.arange(0, BV)
