@@ -141,8 +141,13 @@ class SparseMoeBlock(nn.Module):
         if x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
             # Triton: routing + shared gate, alignment, fused expert GEMMs (shared expert folded in)
             shared = self._shared_weights()
-            logits = self.gate(x)  # [T, E]
-            out = fused_moe(x, logits, self.top_k, self.norm_topk_prob, self.experts.expert_weights(), shared)
+            gate, ew = self.gate, self.experts.expert_weights()
+            if gate.weight.dtype == x.dtype and gate.bias is None:  # router GEMM folded into fused_moe
+                out = fused_moe(
+                    x, None, self.top_k, self.norm_topk_prob, ew, shared, router_weight=gate.weight
+                )
+            else:
+                out = fused_moe(x, gate(x), self.top_k, self.norm_topk_prob, ew, shared)  # [T, E] logits
             if shared is None:
                 out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
             return out

@@ -3,9 +3,11 @@
 - ``route_topk(router_logits [T, E], top_k, renormalize) -> (weights [T, k] fp32, ids [T, k] int64)``
 - ``fused_experts(x [T, H], w13 [E, 2I, H], w2 [E, H, I], topk_weights, topk_ids) -> [T, H]``
 - ``shared_expert(x, w13 [2I, H], w2 [H, I], gate_weight [1, H]) -> [T, H]`` (torch only)
-- ``fused_moe(x [T, H], router_logits [T, E], top_k, renormalize, experts: ExpertWeights,
-  shared: SharedExpertWeights | None) -> [T, H]``: the whole block after the router GEMM,
-  BF16 or block-FP8 experts, shared expert folded in as an always-on expert.
+- ``fused_moe(x [T, H], router_logits [T, E] | None, top_k, renormalize, experts: ExpertWeights,
+  shared: SharedExpertWeights | None, *, router_weight [E, H] | None) -> [T, H]``: the whole block
+  after the router GEMM (or from it, given ``router_weight`` instead of the logits: decode batches
+  then fold the router GEMM into the set-up launch), BF16 or block-FP8 experts, shared expert
+  folded in as an always-on expert.
 
 CUDA bf16/fp16 inputs go to the Triton kernels (``kernels.py``), anything else to the fp32 torch
 reference (``reference.py``).
@@ -53,15 +55,18 @@ def fused_experts(
 
 def fused_moe(
     x: torch.Tensor,
-    router_logits: torch.Tensor,
+    router_logits: torch.Tensor | None,
     top_k: int,
     renormalize: bool,
     experts: ExpertWeights,
     shared: SharedExpertWeights | None = None,
+    *,
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sparse MoE block after the router GEMM: ``x [T, H]``, ``router_logits [T, E]`` -> ``[T, H]``."""
+    """Sparse MoE block: ``x [T, H]`` and either ``router_logits [T, E]`` or (``router_logits=None``)
+    ``router_weight [E, H]`` (logits = ``x Wᵀ`` rounded to ``x.dtype``) -> ``[T, H]``."""
     impl = _kernels() if x.is_cuda and x.dtype in _GPU_DTYPES else reference
-    return impl.fused_moe(x, router_logits, top_k, renormalize, experts, shared)
+    return impl.fused_moe(x, router_logits, top_k, renormalize, experts, shared, router_weight=router_weight)
 
 
 def _kernels():

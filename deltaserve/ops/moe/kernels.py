@@ -18,6 +18,11 @@ them syncing with the host:
 Decode-sized batches (``P <= SMALL_PAIRS``) replace steps 1-2 and the memset with one launch,
 ``_route_align_small_kernel``: one program routes every token, zeroes ``out32`` and aligns the pairs
 by a ``[P, P]`` comparison (experts get blocks in order of first appearance) instead of a histogram.
+Given the router weight instead of the logits, ``_router_setup_small_kernel`` also does the router
+GEMM in that launch (programs of ``ROUTER_EXPERTS_PER_PROGRAM`` experts each; the last to arrive at
+an acq_rel counter does the set-up). With ``SMALL_COMBINE`` the down GEMM stores each pair's row
+(no atomics, no zeroing) and the last program of each output column tile sums every token's slots
+in slot order and casts (step 5): decode is set-up (+ router GEMM), up, down, deterministic.
 
 The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
@@ -53,6 +58,19 @@ ALIGN_CHUNK = 1024
 # (decode; the [P, P] pair comparison replaces the expert histogram).
 SMALL_PAIRS = 64
 SMALL_SETUP_WARPS = 4  # H100, T=1 fused MoE: 4 warps 40.5 us, 2 warps 40.6, 1 warp 42.6
+# Router GEMM folded into the decode set-up (``router_weight`` given): experts per logits program
+# (E=512: 128 + 1 programs, one wave on 132 SMs; untuned) and the most elements of one program's
+# [T, experts, K] product tile (bounds its registers; K step = tile / (T_pow2 * experts)).
+ROUTER_EXPERTS_PER_PROGRAM = 4
+ROUTER_TILE = 4096
+# Tokens up to which the router GEMM rides in the set-up launch. H100, Qwen3-Next layer, bf16: T=1
+# 43.3 -> 40.9 us; T=3 99.2 -> 103.1 and T=5 149.5 -> 167.5 us (the last program routes the tokens
+# one by one), so larger decode batches run cuBLAS + the logits set-up.
+ROUTER_FUSED_MAX_T = 1
+# Decode batches: the down GEMM stores each pair's row and the last program of each output column
+# tile sums every token's slots in order and casts (deterministic; no memset, no cast launch).
+SMALL_COMBINE = True
+POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
 PRECISE_INTER = True
@@ -67,15 +85,37 @@ def _dot(a, b, acc, F32: tl.constexpr):
 
 
 @triton.jit
+def _gate_dot(t, x_ptr, g_ptr, H, sx, BH: tl.constexpr):
+    """``sigmoid(x[t] · gate_weight)`` in fp32 (one fixed summation order for both set-up paths)."""
+    acc = tl.zeros((BH,), dtype=tl.float32)
+    for h0 in range(0, H, BH):
+        h = h0 + tl.arange(0, BH)
+        xv = tl.load(x_ptr + t * sx + h, mask=h < H, other=0.0).to(tl.float32)
+        gv = tl.load(g_ptr + h, mask=h < H, other=0.0).to(tl.float32)
+        acc += xv * gv
+    return tl.sigmoid(tl.sum(acc, axis=0))
+
+
+@triton.jit
 def _route_token(
     t, logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
     TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
     HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+    GATE_PRE: tl.constexpr, CG: tl.constexpr,
 ):  # fmt: skip
-    """Softmax + top-k (+ shared-expert gate) of token ``t`` into ``w [T, KT]``, ``ids [T, KT]``."""
+    """Softmax + top-k (+ shared-expert gate) of token ``t`` into ``w [T, KT]``, ``ids [T, KT]``.
+
+    ``GATE_PRE``: ``g_ptr`` holds the finished gates ``[T]`` (fp32) instead of ``gate_weight [H]``;
+    ``CG``: read the logits / gates with ``.cg`` (other programs of this launch wrote them). No defaults
+    and no string constexprs here: triton 3.6 cannot pass those to a nested jit function.
+    """
     e = tl.arange(0, BE)
     e_ok = e < E
-    logit = tl.load(logit_ptr + t * sl + e, mask=e_ok, other=float("-inf")).to(tl.float32)
+    if CG:
+        logit = tl.load(logit_ptr + t * sl + e, mask=e_ok, other=float("-inf"), cache_modifier=".cg")
+    else:
+        logit = tl.load(logit_ptr + t * sl + e, mask=e_ok, other=float("-inf"))
+    logit = logit.to(tl.float32)  # [BE]
     p = tl.exp(logit - tl.max(logit, axis=0))
     p = p / tl.sum(p, axis=0)  # [BE] in [0, 1]
     # One max per pick: non-negative fp32 bits order like the values, and the low word (BE-1-e)
@@ -94,13 +134,10 @@ def _route_token(
     if RENORM:
         wv = wv / tl.sum(wv, axis=0)  # slots >= TOPK are still 0
     if HAS_SHARED:
-        acc = tl.zeros((BH,), dtype=tl.float32)
-        for h0 in range(0, H, BH):
-            h = h0 + tl.arange(0, BH)
-            xv = tl.load(x_ptr + t * sx + h, mask=h < H, other=0.0).to(tl.float32)
-            gv = tl.load(g_ptr + h, mask=h < H, other=0.0).to(tl.float32)
-            acc += xv * gv
-        gate = tl.sigmoid(tl.sum(acc, axis=0))
+        if GATE_PRE:
+            gate = tl.load(g_ptr + t, cache_modifier=".cg")
+        else:
+            gate = _gate_dot(t, x_ptr, g_ptr, H, sx, BH)
         wv = tl.where(j == TOPK, gate, wv)
         iv = tl.where(j == TOPK, E, iv)
     tl.store(w_ptr + t * KT + j, wv, mask=j < KT)
@@ -115,31 +152,13 @@ def _route_kernel(
 ):  # fmt: skip
     _route_token(
         tl.program_id(0).to(tl.int64), logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
-        TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH,
+        TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH, False, False,
     )  # fmt: skip
 
 
 @triton.jit
-def _route_align_small_kernel(
-    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, sorted_ptr, bexp_ptr, out_ptr,
-    T, E, H, sl, sx, P, E1, L, NB, HOUT,
-    ROUTE: tl.constexpr, TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
-    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
-    BM: tl.constexpr, PP: tl.constexpr, CH: tl.constexpr,
-):  # fmt: skip
-    """Decode-sized MoE set-up in one program: (routing of every token,) zeroing the fp32 combine
-    target ``out [HOUT]`` and the alignment of the ``P <= PP`` pairs without a histogram.
-
-    Experts get their blocks in order of first appearance among the pairs (the GEMMs only need each
-    block to hold one expert): for pair i, ``rank`` = earlier pairs of its expert, ``count`` = all of
-    them, and the block start is the running sum of ``cdiv(count, BM)`` over first appearances.
-    """
-    if ROUTE:
-        for t in range(T):
-            _route_token(
-                t, logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
-                TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH,
-            )  # fmt: skip
+def _fill_small(out_ptr, sorted_ptr, bexp_ptr, P, L, NB, HOUT, CH: tl.constexpr):
+    """Zero the fp32 combine target ``out [HOUT]``; ``sorted_ids`` <- sentinel ``P``, ``block_expert`` <- -1."""
     ar = tl.arange(0, CH)
     for i0 in range(0, HOUT, CH):
         tl.store(out_ptr + i0 + ar, tl.zeros((CH,), dtype=tl.float32), mask=i0 + ar < HOUT)
@@ -147,7 +166,16 @@ def _route_align_small_kernel(
         tl.store(sorted_ptr + i0 + ar, P, mask=i0 + ar < L)
     for i0 in range(0, NB, CH):
         tl.store(bexp_ptr + i0 + ar, -1, mask=i0 + ar < NB)
-    tl.debug_barrier()  # routed ids visible to every thread; fills land before the scatters
+
+
+@triton.jit
+def _align_small(id_ptr, sorted_ptr, bexp_ptr, P, E1, BM: tl.constexpr, PP: tl.constexpr):
+    """Alignment of the ``P <= PP`` pairs ``ids [P]`` without a histogram (buffers already filled).
+
+    Experts get their blocks in order of first appearance among the pairs (the GEMMs only need each
+    block to hold one expert): for pair i, ``rank`` = earlier pairs of its expert, ``count`` = all of
+    them, and the block start is the running sum of ``cdiv(count, BM)`` over first appearances.
+    """
     i = tl.arange(0, PP)
     ids = tl.load(id_ptr + i, mask=i < P, other=-1)  # [PP]
     ok = (ids >= 0) & (ids < E1) & (i < P)
@@ -163,6 +191,95 @@ def _route_align_small_kernel(
     tl.store(sorted_ptr + bstart * BM + rank, i, mask=ok)
     for jb in range(0, tl.max(nblk, axis=0)):
         tl.store(bexp_ptr + excl + jb, ids.to(tl.int32), mask=first & (jb < nblk))
+
+
+@triton.jit
+def _route_align_small_kernel(
+    logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, sorted_ptr, bexp_ptr, out_ptr,
+    T, E, H, sl, sx, P, E1, L, NB, HOUT,
+    ROUTE: tl.constexpr, TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+    BM: tl.constexpr, PP: tl.constexpr, CH: tl.constexpr,
+):  # fmt: skip
+    """Decode-sized MoE set-up in one program: (routing of every token,) zeroing the fp32 combine
+    target ``out [HOUT]`` and the alignment of the ``P <= PP`` pairs (``_align_small``)."""
+    if ROUTE:
+        for t in range(T):
+            _route_token(
+                t, logit_ptr, x_ptr, g_ptr, w_ptr, id_ptr, E, H, sl, sx,
+                TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH, False, False,
+            )  # fmt: skip
+    _fill_small(out_ptr, sorted_ptr, bexp_ptr, P, L, NB, HOUT, CH)
+    tl.debug_barrier()  # routed ids visible to every thread; fills land before the scatters
+    _align_small(id_ptr, sorted_ptr, bexp_ptr, P, E1, BM, PP)
+
+
+@triton.jit
+def _round_act(v, IS_BF16: tl.constexpr):
+    """fp32 -> the activation dtype, round-to-nearest-even, as an fp32 holding that value (bf16 by
+    bits: the interpreter truncates ``.to(tl.bfloat16)``)."""
+    if IS_BF16:
+        b = v.to(tl.int32, bitcast=True)
+        b = (b + (0x7FFF + ((b >> 16) & 1))) & -65536
+        return tl.where(v == v, b.to(tl.float32, bitcast=True), v)  # NaN stays NaN
+    else:
+        return v.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def _router_setup_small_kernel(
+    x_ptr, rw_ptr, g_ptr, lg_ptr, gs_ptr, w_ptr, id_ptr, sorted_ptr, bexp_ptr, out_ptr, cnt_ptr,
+    T, E, H, sx, srw, P, E1, L, NB, HOUT,
+    TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
+    BM: tl.constexpr, PP: tl.constexpr, CH: tl.constexpr,
+    TP: tl.constexpr, BEG: tl.constexpr, BK: tl.constexpr, IS_BF16: tl.constexpr,
+):  # fmt: skip
+    """Router GEMM + decode-sized set-up in one launch of ``G = cdiv(E, BEG) + 1`` programs.
+
+    Program ``g < G-1``: the logits of experts ``g·BEG ..`` for all ``T <= TP`` tokens (fp32 sums over
+    H in a fixed order, rounded to the activation dtype like a bf16/fp16 GEMM output) into
+    ``lg [T, E]``. Program ``G-1``: the shared gates into ``gs [T]``, the zeroing and fills. Every
+    program then arrives at ``cnt`` (acq_rel); the last one routes every token from ``lg``, aligns
+    the pairs and resets ``cnt`` to 0 for the next launch (and CUDA-graph replays).
+    """
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    if pid < n_prog - 1:
+        tt = tl.arange(0, TP)  # [TP]
+        ee = pid * BEG + tl.arange(0, BEG)  # [BEG]
+        t_ok = tt < T
+        e_ok = ee < E
+        kr = tl.arange(0, BK)
+        x_rows = x_ptr + tt.to(tl.int64)[:, None] * sx  # [TP, 1]
+        w_rows = rw_ptr + ee.to(tl.int64)[:, None] * srw  # [BEG, 1]
+        acc = tl.zeros((TP, BEG), dtype=tl.float32)
+        for k0 in range(0, H, BK):
+            k = k0 + kr
+            k_ok = k < H
+            xv = tl.load(x_rows + k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)  # [TP, BK]
+            wv = tl.load(w_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)  # [BEG, BK]
+            prod = xv.to(tl.float32)[:, None, :] * wv.to(tl.float32)[None, :, :]  # [TP, BEG, BK] exact
+            acc += tl.sum(prod, axis=2)
+        lg = _round_act(acc, IS_BF16)  # [TP, BEG]
+        dst = lg_ptr + tt[:, None] * E + ee[None, :]
+        tl.store(dst, lg.to(lg_ptr.dtype.element_ty), mask=t_ok[:, None] & e_ok[None, :])
+    else:
+        if HAS_SHARED:
+            for t in range(T):
+                tl.store(gs_ptr + t, _gate_dot(t, x_ptr, g_ptr, H, sx, BH))
+        _fill_small(out_ptr, sorted_ptr, bexp_ptr, P, L, NB, HOUT, CH)
+    tl.debug_barrier()  # all of this program's stores are issued before the release below
+    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if arrived == n_prog - 1:
+        for t in range(T):
+            _route_token(
+                t, lg_ptr, x_ptr, gs_ptr, w_ptr, id_ptr, E, H, E, sx,
+                TOPK, KT, KP, RENORM, HAS_SHARED, BE, BH, True, True,
+            )  # fmt: skip
+        tl.debug_barrier()  # routed ids visible to every thread
+        _align_small(id_ptr, sorted_ptr, bexp_ptr, P, E1, BM, PP)
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -266,16 +383,16 @@ def _moe_up_kernel(
 
 
 @triton.jit
-def _moe_down_kernel(
-    inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, bexp_ptr, tw_ptr, out_ptr,
+def _down_tile(
+    pid_m, e, inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, tw_ptr, out_ptr,
     P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
     ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
+    ROWS: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    e = tl.load(bexp_ptr + pid_m)
-    if e < 0:
-        return
+    """Block ``pid_m`` (expert ``e >= 0``) x column tile ``program_id(1)`` of the down GEMM, times the
+    routing weights: atomically added into ``out [T, H]`` fp32, or with ``ROWS`` stored as the
+    pairs' rows of ``out [P, H]`` fp32 (each pair is in exactly one block)."""
     pairs = tl.load(sorted_ptr + pid_m * BM + tl.arange(0, BM))  # [BM]
     p_ok = pairs < P
     pairs64 = pairs.to(tl.int64)
@@ -309,8 +426,62 @@ def _moe_down_kernel(
         acc += part
     tw = tl.load(tw_ptr + pairs64, mask=p_ok, other=0.0)  # [BM] routing weight of each pair
     acc = acc * tw[:, None]
-    dst = out_ptr + (pairs64 // KT)[:, None] * H + n[None, :]
-    tl.atomic_add(dst, acc, mask=p_ok[:, None] & n_ok[None, :], sem="relaxed")
+    if ROWS:
+        tl.store(out_ptr + pairs64[:, None] * H + n[None, :], acc, mask=p_ok[:, None] & n_ok[None, :])
+    else:
+        dst = out_ptr + (pairs64 // KT)[:, None] * H + n[None, :]
+        tl.atomic_add(dst, acc, mask=p_ok[:, None] & n_ok[None, :], sem="relaxed")
+
+
+@triton.jit
+def _moe_down_kernel(
+    inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, bexp_ptr, tw_ptr, out_ptr,
+    id_ptr, act_ptr, cnt_ptr, T, P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+    KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
+    ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
+    COMBINE: tl.constexpr, TB: tl.constexpr, ACT_BF16: tl.constexpr,
+):  # fmt: skip
+    """Without ``COMBINE``: adds into ``out [T, H]`` fp32 (atomics: any order).
+
+    ``COMBINE`` (decode batches, ``T <= TB``): ``out [P, H]`` gets each pair's weighted row; every
+    program of column tile ``j`` then arrives at ``cnt[j]`` (acq_rel), and the last one sums each
+    token's valid slots (``0 <= ids < E1``) in slot order, rounds into ``act [T, H]`` and resets
+    ``cnt[j]``: a deterministic combine, and no memset or cast launch."""
+    pid_m = tl.program_id(0)
+    e = tl.load(bexp_ptr + pid_m)
+    if COMBINE:
+        if e >= 0:
+            _down_tile(
+                pid_m, e, inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, tw_ptr,
+                out_ptr, P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+                KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, True,
+            )  # fmt: skip
+        tl.debug_barrier()  # all of this program's rows are stored before the release below
+        pid_n = tl.program_id(1)
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(0) - 1:
+            tt = tl.arange(0, TB)  # [TB]
+            n = pid_n * BN + tl.arange(0, BN)  # [BN]
+            t_ok = tt < T
+            n_ok = n < H
+            acc = tl.zeros((TB, BN), dtype=tl.float32)
+            for s in tl.static_range(KT):
+                pair = tt.to(tl.int64) * KT + s  # [TB]
+                eid = tl.load(id_ptr + pair, mask=t_ok, other=-1)
+                ok = t_ok & (eid >= 0) & (eid < E1)  # unrouted pairs have no row
+                src = out_ptr + pair[:, None] * H + n[None, :]  # [TB, BN]
+                acc += tl.load(src, mask=ok[:, None] & n_ok[None, :], other=0.0, cache_modifier=".cg")
+            dst = act_ptr + tt.to(tl.int64)[:, None] * H + n[None, :]
+            tl.store(dst, _round_act(acc, ACT_BF16).to(ACT), mask=t_ok[:, None] & n_ok[None, :])
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
+        if e < 0:
+            return
+        _down_tile(
+            pid_m, e, inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, tw_ptr,
+            out_ptr, P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+            KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, False,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,12 +549,19 @@ def _align(ids: torch.Tensor, e1: int, bm: int) -> tuple[torch.Tensor, torch.Ten
 
 
 class _Route(NamedTuple):
-    """Routing still to do: ``logits [T, E]``, top-k, renormalise, optional shared gate ``[1, H]``."""
+    """Routing still to do: ``logits [T, E]`` (or, with ``weight [E, H]``, ``x Wᵀ`` still to compute),
+    top-k, renormalise, optional shared gate ``[1, H]``."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     top_k: int
     renormalize: bool
     gate_weight: torch.Tensor | None
+    weight: torch.Tensor | None = None
+
+
+def _logits(x: torch.Tensor, route: _Route) -> torch.Tensor:
+    """``route.logits``, or the router GEMM ``x Wᵀ`` in the activation dtype: ``[T, E]``."""
+    return route.logits if route.weight is None else torch.nn.functional.linear(x, route.weight)
 
 
 def _setup_small(x, route: _Route | None, ids, w, e1: int, bm: int, out32: torch.Tensor):
@@ -404,6 +582,53 @@ def _setup_small(x, route: _Route | None, ids, w, e1: int, bm: int, out32: torch
         BM=bm, PP=triton.next_power_of_2(p), CH=ALIGN_CHUNK, num_warps=SMALL_SETUP_WARPS,
     )  # fmt: skip
     return sorted_ids, bexp, nb
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty``; NaN-filled under ``POISON_SCRATCH`` (tests: no read of an unwritten entry)."""
+    buf = torch.empty(shape, dtype=dtype, device=device)
+    return buf.fill_(float("nan")) if POISON_SCRATCH else buf
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device, n: int = 1) -> torch.Tensor:
+    """Arrival counters: ``[0]`` for ``_router_setup_small_kernel``, ``[1:]`` for the column tiles of
+    ``_moe_down_kernel`` with ``COMBINE``. Zero between launches (each last arrival resets its
+    own), so one buffer per device serves every call and CUDA-graph replay (first call outside the
+    capture). Trap: two MoE launches running at once on different streams of one device share it."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def _setup_small_router(x, route: _Route, ids, w, e1: int, bm: int, out32: torch.Tensor):
+    """``_setup_small`` with the router GEMM ``x route.weightᵀ`` folded into the same launch.
+
+    Returns ``(sorted_ids, block_expert, NB, logits [T, E])`` (the logits only for tests)."""
+    t, kt = ids.shape
+    p = t * kt
+    e, h = route.weight.shape
+    sorted_ids, bexp, nb = _align_buffers(p, e1, bm, x.device)
+    logits = _scratch((t, e), x.dtype, x.device)  # [T, E]
+    has_sh = route.gate_weight is not None
+    gates = _scratch((t if has_sh else 1,), torch.float32, x.device)  # [T]
+    tp = triton.next_power_of_2(t)
+    beg = ROUTER_EXPERTS_PER_PROGRAM
+    bk = max(16, min(triton.next_power_of_2(h), ROUTER_TILE // (tp * beg)))
+    _router_setup_small_kernel[(triton.cdiv(e, beg) + 1,)](
+        x, route.weight, route.gate_weight if has_sh else x, logits, gates, w, ids, sorted_ids, bexp,
+        out32, _arrival_counters(x.device),
+        t, e, h, x.stride(0), route.weight.stride(0), p, e1, nb * bm, nb, out32.numel(),
+        TOPK=route.top_k, KT=kt, KP=triton.next_power_of_2(kt), RENORM=route.renormalize,
+        HAS_SHARED=has_sh, BE=triton.next_power_of_2(e), BH=1024,
+        BM=bm, PP=triton.next_power_of_2(p), CH=ALIGN_CHUNK,
+        TP=tp, BEG=beg, BK=bk, IS_BF16=x.dtype == torch.bfloat16, num_warps=SMALL_SETUP_WARPS,
+    )  # fmt: skip
+    return sorted_ids, bexp, nb, logits
 
 
 def _fp8_parts(w: ExpertWeights):
@@ -450,7 +675,7 @@ def _run_experts(
     route: _Route | None = None,
 ):
     """Align + both GEMMs + cast. Routing given as ``topk_w [T, KT]`` fp32 and ``topk_ids [T, KT]``
-    (``E`` = shared), or done here from ``route``.
+    (``E`` = shared), or done here from ``route`` (logits, or the router weight).
 
     With ``out32`` given, adds into it and returns it (fp32, no cast).
     """
@@ -467,12 +692,20 @@ def _run_experts(
         if route is not None:
             topk_w = torch.empty(t, kt, dtype=torch.float32, device=x.device)
             topk_ids = torch.empty(t, kt, dtype=torch.int64, device=x.device)
-        zero_target = torch.empty(t, h, dtype=torch.float32, device=x.device) if cast else out32[:0]
-        sorted_ids, bexp, nb = _setup_small(x, route, topk_ids, topk_w, e1, bm, zero_target)
-        out32 = zero_target if cast else out32
+        combine = cast and SMALL_COMBINE  # the down GEMM's last programs sum the rows: no zeroing
+        zt = torch.empty(0 if combine else t, h, dtype=torch.float32, device=x.device) if cast else out32[:0]
+        if route is not None and route.weight is not None and t <= ROUTER_FUSED_MAX_T:
+            sorted_ids, bexp, nb, _ = _setup_small_router(x, route, topk_ids, topk_w, e1, bm, zt)
+        else:
+            if route is not None and route.weight is not None:  # router GEMM on its own (cuBLAS)
+                route = route._replace(logits=_logits(x, route), weight=None)
+            sorted_ids, bexp, nb = _setup_small(x, route, topk_ids, topk_w, e1, bm, zt)
+        out32 = zt if cast else out32
     else:
+        combine = False
         if route is not None:
-            topk_w, topk_ids = _route(route.logits, route.top_k, route.renormalize, x, route.gate_weight)
+            logits = _logits(x, route)  # [T, E]
+            topk_w, topk_ids = _route(logits, route.top_k, route.renormalize, x, route.gate_weight)
         if cast:
             out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
         sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
@@ -503,14 +736,24 @@ def _run_experts(
         KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET,
         num_warps=wa1, num_stages=st1,
     )  # fmt: skip
-    _moe_down_kernel[(nb, triton.cdiv(h, bn2))](
-        inter, w.w2, s2, rb2, sh2, shs2, shrb2, sorted_ids, bexp, topk_w, out32,
-        p, h, i, e, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
+    n_tiles = triton.cdiv(h, bn2)
+    if combine:
+        out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [T, H]
+        out32 = _scratch((p, h), torch.float32, x.device)  # [P, H] weighted pair rows
+        cnt = _arrival_counters(x.device, 1 + n_tiles)[1:]  # one per column tile
+    else:
+        out, cnt = out32, bexp  # unused placeholders
+    _moe_down_kernel[(nb, n_tiles)](
+        inter, w.w2, s2, rb2, sh2, shs2, shrb2, sorted_ids, bexp, topk_w, out32, topk_ids, out, cnt,
+        t, p, h, i, e, e1, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
         sh2.stride(-2), ss(shs2, -2),
         KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, PRECISE=PRECISE_INTER, ACT=_TL_DTYPE[x.dtype],
         BM=bm, BN=bn2, BK=bk2, F32=INTERPRET,
+        COMBINE=combine, TB=triton.next_power_of_2(t), ACT_BF16=x.dtype == torch.bfloat16,
         num_warps=wa2, num_stages=st2,
     )  # fmt: skip
+    if combine:
+        return out
     return out32.to(x.dtype) if cast else out32
 
 
@@ -557,33 +800,54 @@ def _shared_foldable(w: ExpertWeights, sh: SharedExpertWeights) -> bool:
     )
 
 
+def _check_router(x: torch.Tensor, router_logits, router_weight, e: int) -> None:
+    if (router_logits is None) == (router_weight is None):
+        raise ValueError("pass exactly one of router_logits [T, E] and router_weight [E, H]")
+    if router_logits is not None:
+        if router_logits.dim() != 2 or router_logits.shape[0] != x.shape[0] or router_logits.stride(1) != 1:
+            raise ValueError(f"router_logits must be [T={x.shape[0]}, E] with unit last stride")
+        if router_logits.shape[1] != e:
+            raise ValueError(f"router_logits has {router_logits.shape[1]} experts, w13 {e}")
+        return
+    if router_weight.shape != (e, x.shape[1]) or router_weight.stride(1) != 1:
+        raise ValueError(
+            f"router_weight must be [E={e}, H={x.shape[1]}] with unit last stride, "
+            f"got {tuple(router_weight.shape)}"
+        )
+    if router_weight.dtype != x.dtype or router_weight.device != x.device:
+        raise ValueError(f"router_weight must be {x.dtype} on {x.device}, got {router_weight.dtype}")
+
+
 def fused_moe(
     x: torch.Tensor,
-    router_logits: torch.Tensor,
+    router_logits: torch.Tensor | None,
     top_k: int,
     renormalize: bool,
     experts: ExpertWeights,
     shared: SharedExpertWeights | None = None,
+    *,
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton version of ``reference.fused_moe``: the whole sparse MoE block after the router GEMM."""
-    if router_logits.dim() != 2 or router_logits.shape[0] != x.shape[0] or router_logits.stride(1) != 1:
-        raise ValueError(f"router_logits must be [T={x.shape[0]}, E] with unit last stride")
-    if router_logits.shape[1] != experts.w13.shape[0]:
-        raise ValueError(f"router_logits has {router_logits.shape[1]} experts, w13 {experts.w13.shape[0]}")
-    if not 1 <= top_k <= router_logits.shape[1]:
-        raise ValueError(f"top_k must be in 1..E={router_logits.shape[1]}, got {top_k}")
+    """Triton version of ``reference.fused_moe``: the whole sparse MoE block (from the router GEMM
+    when ``router_weight [E, H]`` is given instead of ``router_logits [T, E]``)."""
+    e, _, _ = _check_experts(x, experts)
+    _check_router(x, router_logits, router_weight, e)
+    if not 1 <= top_k <= e:
+        raise ValueError(f"top_k must be in 1..E={e}, got {top_k}")
     if shared is None:
-        return _run_experts(x, experts, None, route=_Route(router_logits, top_k, renormalize, None))
+        route = _Route(router_logits, top_k, renormalize, None, router_weight)
+        return _run_experts(x, experts, None, route=route)
     if shared.gate_weight.shape != (1, x.shape[1]) or shared.gate_weight.stride(-1) != 1:
         raise ValueError(
             f"shared gate_weight must be [1, H={x.shape[1]}], got {tuple(shared.gate_weight.shape)}"
         )
     if _shared_foldable(experts, shared):
-        route = _Route(router_logits, top_k, renormalize, shared.gate_weight)
+        route = _Route(router_logits, top_k, renormalize, shared.gate_weight, router_weight)
         return _run_experts(x, experts, shared, route=route)
     # shared expert of another width or dtype: a second one-expert pass with the gate as its weight
     out32 = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    out32 = _run_experts(x, experts, None, out32=out32, route=_Route(router_logits, top_k, renormalize, None))
+    route = _Route(router_logits, top_k, renormalize, None, router_weight)
+    out32 = _run_experts(x, experts, None, out32=out32, route=route)
     g, _ = _route(torch.zeros(x.shape[0], 1, device=x.device), 1, False, x, shared.gate_weight)
     one = ExpertWeights(
         shared.w13[None],

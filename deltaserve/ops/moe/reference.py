@@ -168,23 +168,45 @@ def shared_expert(
     return (g * y).to(x.dtype)
 
 
+def router_logits_of(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
+    """The router GEMM as a bf16/fp16 GEMM computes it: fp32 sums of ``x [T, H] · router_weight [E, H]``,
+    rounded once to ``x.dtype``: ``[T, E]``."""
+    if x.dim() != 2 or router_weight.dim() != 2 or router_weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"router_weight must be [E, H={x.shape[-1]}] for x [T, H], got {tuple(router_weight.shape)}"
+        )
+    return F.linear(x.float(), router_weight.float()).to(x.dtype)
+
+
 def fused_moe(
     x: torch.Tensor,
-    router_logits: torch.Tensor,
+    router_logits: torch.Tensor | None,
     top_k: int,
     renormalize: bool,
     experts: ExpertWeights,
     shared: SharedExpertWeights | None = None,
+    *,
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sparse MoE block after the router GEMM, all in fp32, rounded once to ``x.dtype``.
+    """Sparse MoE block after (or, with ``router_weight``, from) the router GEMM, all in fp32,
+    rounded once to ``x.dtype``.
 
     ``route_topk`` -> routed experts (``fused_experts``) ``+ shared_expert`` when given.
     Args:
-        x: ``[T, H]``. router_logits: ``[T, E]``. experts: stacked weights (BF16 or block-FP8,
-        dequantised here). shared: the sigmoid-gated shared expert, or None.
+        x: ``[T, H]``. router_logits: ``[T, E]``, or None with router_weight ``[E, H]`` given
+        (logits = ``router_logits_of(x, router_weight)``). experts: stacked weights (BF16 or
+        block-FP8, dequantised here). shared: the sigmoid-gated shared expert, or None.
     Returns:
         ``[T, H]`` in ``x.dtype``.
     """
+    if (router_logits is None) == (router_weight is None):
+        raise ValueError("pass exactly one of router_logits [T, E] and router_weight [E, H]")
+    if router_weight is not None:
+        if router_weight.dim() != 2 or router_weight.shape[0] != experts.w13.shape[0]:
+            raise ValueError(
+                f"router_weight must be [E={experts.w13.shape[0]}, H], got {tuple(router_weight.shape)}"
+            )
+        router_logits = router_logits_of(x, router_weight)  # [T, E]
     if x.dim() != 2 or router_logits.dim() != 2 or router_logits.shape[0] != x.shape[0]:
         raise ValueError(
             f"x must be [T, H] and router_logits [T, E], got {tuple(x.shape)}, {tuple(router_logits.shape)}"
