@@ -1,7 +1,10 @@
 """Gated DeltaNet mixer (Qwen3-Next / Qwen3.5 `linear_attn`).
 
 Projections are stored de-interleaved so that one GEMM yields contiguous `[q | k | v | z]` and
-`[b | a]` column blocks: the conv reads `[q | k | v]` as one slice, no runtime reshuffle.
+`[b | a]` column blocks: the conv reads `[q | k | v]` as one slice, no runtime reshuffle. When both
+weights are plain floats of one dtype, `in_proj_qkvz.weight` and `in_proj_ba.weight` are views of
+one `[conv_dim + Hv*Dv + 2*Hv, H]` storage and the forward runs one GEMM for both (`fuse_projections`;
+FP8 checkpoints, which keep `in_proj_ba` in bf16, run two).
 - Qwen3-Next checkpoints hold `in_proj_qkvz` / `in_proj_ba` interleaved per key-head group
   (`[q_g, k_g, v_g, z_g]` and `[b_g, a_g]` for each group g); the weight loaders permute rows.
 - Qwen3.5 checkpoints hold `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a`: shards.
@@ -12,10 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deltaserve.context import ForwardBatch
-from deltaserve.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+from deltaserve.layers.linear import (
+    MergedColumnParallelLinear,
+    RowParallelLinear,
+    fuse_weights,
+    weights_fused,
+)
 from deltaserve.layers.norm import GatedRMSNorm
 from deltaserve.layers.weights import WeightShapeError, check_shape, make_param
 
@@ -84,11 +93,42 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = make_param((num_v_heads,), torch.float32, device)
         self.norm = GatedRMSNorm(head_v_dim, rms_norm_eps, dtype=dtype, device=device)
         self.out_proj = RowParallelLinear(self.value_dim, hidden_size, dtype=dtype, device=device)
+        # [conv_dim, Hv*Dv, Hv, Hv]: the fused GEMM's output blocks (qkv, z, b, a)
+        self._in_proj_splits = [
+            *self.in_proj_qkvz.shard_sizes.values(),
+            *self.in_proj_ba.shard_sizes.values(),
+        ]
+        self._in_proj_weight: torch.Tensor | None = None
+        self.fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """Make `in_proj_qkvz.weight` and `in_proj_ba.weight` views of one storage when one GEMM can
+        serve both, else give each its own storage. Call again after replacing either weight (the
+        model does after FP8 conversion); a forward that finds them no longer fused runs two GEMMs."""
+        pair = (self.in_proj_qkvz, self.in_proj_ba)
+        if self._in_proj_weight is not None and weights_fused(self._in_proj_weight, pair):
+            return
+        self._in_proj_weight = fuse_weights(pair)
+
+    def _apply(self, fn, recurse=True):
+        # `.to()` / `.cuda()` give each parameter its own new storage: fuse the pair again after it.
+        module = super()._apply(fn, recurse)
+        self.fuse_projections()
+        return module
+
+    def _in_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`(mixed_qkv [T, conv_dim], z [T, Hv*Dv], b [T, Hv], a [T, Hv])`, column views of one GEMM
+        output when the weights are fused."""
+        w = self._in_proj_weight
+        if w is not None and weights_fused(w, (self.in_proj_qkvz, self.in_proj_ba)):
+            return torch.split(F.linear(x, w), self._in_proj_splits, dim=-1)
+        mixed_qkv, z = self.in_proj_qkvz.split(self.in_proj_qkvz(x))  # [T, conv_dim], [T, Hv*Dv]
+        b, a = self.in_proj_ba.split(self.in_proj_ba(x))  # [T, Hv] each
+        return mixed_qkv, z, b, a
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:  # [T, H] -> [T, H]
         t = x.shape[0]
-        mixed_qkv, z = self.in_proj_qkvz.split(self.in_proj_qkvz(x))  # [T, conv_dim], [T, Hv*Dv]
-        b, a = self.in_proj_ba.split(self.in_proj_ba(x))  # [T, Hv] each
+        mixed_qkv, z, b, a = self._in_proj(x)  # [T, conv_dim], [T, Hv*Dv], [T, Hv], [T, Hv]
         backend = batch.gdn_backend
         mixed_qkv = backend.causal_conv(self.layer_id, mixed_qkv, self.conv1d.weight, None, batch)
         q, k, v = torch.split(mixed_qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)

@@ -6,6 +6,8 @@ vLLM's so that the TP split (column: output rows; row: input columns) slots in w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,7 @@ class ReplicatedLinear(nn.Module):
                 x,
                 self.weight,
                 self.weight_scale_inv,
-                self.weight_row_block,
+                None if self.fp8_rows_plain else self.weight_row_block,
                 self.bias,
                 block_k=self.fp8_block_k,
             )
@@ -97,3 +99,52 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         super().__init__(
             in_features, {"q": q_size, "k": kv_size, "v": kv_size}, bias=bias, dtype=dtype, device=device
         )
+
+
+_PLAIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fuse_weights(linears: Sequence[ReplicatedLinear]) -> torch.Tensor | None:
+    """Store the weights of linears applied to one input in one `[sum out, in]` tensor, each
+    `weight` becoming a view of its rows (no extra memory), so that `F.linear(x, merged)` is the
+    concatenation of their outputs in one GEMM. Current values are kept and parameter objects
+    (names, loaders, shard ids) stay the same, so loading fills the merged storage.
+
+    Returns the merged weight, or None when one GEMM cannot serve them all (a bias, a quantised or
+    non-float weight, different dtypes, devices or input widths); each weight then owns its storage
+    again (e.g. after FP8 conversion replaced one of a fused pair).
+    """
+    weights = [lin.weight for lin in linears]
+    first = weights[0]
+    if not all(
+        lin.bias is None
+        and not hasattr(lin, "weight_scale_inv")
+        and w.dtype in _PLAIN_DTYPES
+        and w.dtype == first.dtype
+        and w.device == first.device
+        and w.dim() == 2
+        and w.shape[1] == first.shape[1]
+        for lin, w in zip(linears, weights)
+    ):
+        for w in weights:
+            if w.untyped_storage().nbytes() > w.numel() * w.element_size():  # a view of a fused storage
+                w.data = w.data.clone()
+        return None
+    merged = torch.cat([w.detach() for w in weights])  # [sum out, in]
+    start = 0
+    for w in weights:
+        w.data = merged[start : start + w.shape[0]]  # same Parameter, now a view of its rows
+        start += w.shape[0]
+    return merged
+
+
+def weights_fused(merged: torch.Tensor, linears: Sequence[ReplicatedLinear]) -> bool:
+    """Whether every linear's weight is still its block of rows of `merged` (nothing replaced or
+    moved a weight since `fuse_weights`). Host-side pointer checks only: no sync."""
+    offset = merged.data_ptr()
+    for lin in linears:
+        w = lin.weight
+        if w.data_ptr() != offset or w.dtype != merged.dtype or lin.bias is not None:
+            return False
+        offset += w.numel() * w.element_size()
+    return offset == merged.data_ptr() + merged.numel() * merged.element_size()

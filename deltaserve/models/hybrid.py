@@ -108,8 +108,10 @@ class HybridModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(
             config.rotary_dim,
             config.rope_theta,
+            max_positions=config.max_position_embeddings,
             mrope_section=config.mrope_section,
             mrope_interleaved=config.mrope_interleaved,
+            device=device,
         )
 
     def forward(
@@ -148,6 +150,9 @@ class HybridForCausalLM(nn.Module):
             from deltaserve.layers.fp8 import apply_fp8
 
             apply_fp8(self, config.quantization, self.name_rules.checkpoint_name)
+            for module in self.modules():  # FP8 replaced some fused GDN weights: two GEMMs there
+                if isinstance(module, GatedDeltaNet):
+                    module.fuse_projections()
 
     def forward(
         self, input_ids: torch.Tensor | None, batch: ForwardBatch, inputs_embeds: torch.Tensor | None = None

@@ -4,6 +4,10 @@ norm + RoPE + KV-cache write of gated attention.
 - ``rope_cos_sin(positions [T] | [3, T], rotary_dim, theta, *, mrope_section=None,
   mrope_interleaved=False) -> (cos, sin)`` each ``[T, rotary_dim]`` fp32 (plain torch on every
   device; build it once per forward and share it across layers)
+- ``rope_cos_sin_table(max_positions, rotary_dim, theta, *, device=None) -> [P, 2 * rotary_dim]`` fp32
+  (``cos | sin`` of every position, built once) and ``rope_cos_sin_lookup(table, positions, *,
+  mrope_columns=None) -> (cos, sin)``: the same tables as ``rope_cos_sin`` by one gather per forward
+  (``rope_table_columns`` gives the mRoPE column axes)
 - ``apply_rotary(x [T, H, D], cos, sin) -> [T, H, D]``
 - ``qk_norm_rope(q, k, q_weight, k_weight, cos, sin, eps, *, zero_centered=True, v=None,
   k_cache=None, v_cache=None, slot_mapping=None) -> (q_out, k_out)``
@@ -17,9 +21,21 @@ from __future__ import annotations
 import torch
 
 from deltaserve.ops.rope import reference
-from deltaserve.ops.rope.reference import rope_cos_sin
+from deltaserve.ops.rope.reference import (
+    rope_cos_sin,
+    rope_cos_sin_lookup,
+    rope_cos_sin_table,
+    rope_table_columns,
+)
 
-__all__ = ["rope_cos_sin", "apply_rotary", "qk_norm_rope"]
+__all__ = [
+    "rope_cos_sin",
+    "rope_cos_sin_table",
+    "rope_table_columns",
+    "rope_cos_sin_lookup",
+    "apply_rotary",
+    "qk_norm_rope",
+]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,15 @@ import torch
 from deltaserve.ops.norm.reference import rms_norm
 from deltaserve.ops.rope.checks import check_cache, check_cos_sin, check_heads
 
-__all__ = ["rope_cos_sin", "apply_rotary", "qk_norm_rope", "mrope_axis_map"]
+__all__ = [
+    "rope_cos_sin",
+    "rope_cos_sin_table",
+    "rope_table_columns",
+    "rope_cos_sin_lookup",
+    "apply_rotary",
+    "qk_norm_rope",
+    "mrope_axis_map",
+]
 
 
 def mrope_axis_map(rotary_dim: int, mrope_section: list[int], mrope_interleaved: bool) -> torch.Tensor:
@@ -56,6 +64,12 @@ def _axis_map_on(
     return mrope_axis_map(rotary_dim, list(mrope_section), mrope_interleaved).to(device)
 
 
+def _inv_freq(rotary_dim: int, theta: float, device: torch.device | str | None) -> torch.Tensor:
+    """``theta ** (-2i / rotary_dim)`` ``[rd/2]`` fp32 (the one formula the tables and the lookups share)."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim  # [rd/2]
+    return 1.0 / (theta**exponents)  # [rd/2]
+
+
 def rope_cos_sin(
     positions: torch.Tensor,
     rotary_dim: int,
@@ -82,8 +96,7 @@ def rope_cos_sin(
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta}")
     device = positions.device
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim  # [rd/2]
-    inv_freq = 1.0 / (theta**exponents)  # [rd/2]
+    inv_freq = _inv_freq(rotary_dim, theta, device)  # [rd/2]
     if mrope_section is None:
         if positions.dim() != 1:
             raise ValueError(f"positions must be [T] without mrope_section, got {tuple(positions.shape)}")
@@ -100,6 +113,69 @@ def rope_cos_sin(
         freqs = all_freqs.gather(0, axis.view(1, 1, -1).expand(1, all_freqs.shape[1], -1))[0]  # [T, rd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [T, rd]
     return emb.cos(), emb.sin()
+
+
+def rope_cos_sin_table(
+    max_positions: int, rotary_dim: int, theta: float, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Cos/sin of every position ``0 .. max_positions-1``, built once (e.g. at model init).
+
+    Returns ``[max_positions, 2 * rotary_dim]`` fp32: row ``p`` is ``cos | sin`` of position ``p``, each
+    laid out as ``cat(f, f)``; the same values ``rope_cos_sin`` computes on the same device.
+    """
+    if rotary_dim <= 0 or rotary_dim % 2 != 0:
+        raise ValueError(f"rotary_dim must be a positive even int, got {rotary_dim}")
+    if max_positions <= 0:
+        raise ValueError(f"max_positions must be > 0, got {max_positions}")
+    if not theta > 0:
+        raise ValueError(f"theta must be > 0, got {theta}")
+    inv_freq = _inv_freq(rotary_dim, theta, device)  # [rd/2]
+    positions = torch.arange(max_positions, dtype=torch.int64, device=device)  # [P]
+    freqs = positions.float()[:, None] * inv_freq  # [P, rd/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [P, rd]
+    return torch.cat((emb.cos(), emb.sin()), dim=-1)  # [P, 2rd]
+
+
+def rope_table_columns(rotary_dim: int, mrope_section: list[int], mrope_interleaved: bool) -> torch.Tensor:
+    """Position axis (0=t, 1=h, 2=w) of every column of a ``rope_cos_sin_table`` row under mRoPE.
+
+    Returns int64 ``[2 * rotary_dim]`` on the CPU (frequency ``j`` sits in columns ``j``, ``j + rd/2``
+    of the cos half and the same two of the sin half).
+    """
+    axis = mrope_axis_map(rotary_dim, mrope_section, mrope_interleaved)  # [rd/2]
+    return axis.repeat(4)  # [2rd]
+
+
+def rope_cos_sin_lookup(
+    table: torch.Tensor, positions: torch.Tensor, *, mrope_columns: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rope_cos_sin`` as a gather from a ``rope_cos_sin_table``: one launch for ``[T]`` positions,
+    two for mRoPE ``[3, T]``; no host sync and a ``[T]``-sized allocation only (CUDA-graph safe).
+
+    Args:
+        table: ``[P, 2 * rd]`` from ``rope_cos_sin_table``.
+        positions: ``[T]`` integer positions in ``[0, P)`` (text-only mRoPE included: all axes equal),
+            or ``[3, T]`` (t/h/w) with ``mrope_columns``. Out-of-range positions are an index error
+            (a device-side assert on CUDA): they are not checked here, that would sync.
+        mrope_columns: ``[2 * rd]`` int64 from ``rope_table_columns``, on the table's device.
+    Returns:
+        ``(cos, sin)``, each a ``[T, rd]`` fp32 view (row stride ``2 * rd``) of one gathered tensor.
+    """
+    if table.dim() != 2 or table.shape[1] % 4 != 0:
+        raise ValueError(f"table must be [P, 2 * rotary_dim], got {tuple(table.shape)}")
+    if positions.is_floating_point() or positions.is_complex():
+        raise ValueError(f"positions must be an integer tensor, got {positions.dtype}")
+    rd = table.shape[1] // 2
+    if positions.dim() == 1:
+        rows = table.index_select(0, positions)  # [T, 2rd]
+    elif positions.dim() == 2 and positions.shape[0] == 3 and mrope_columns is not None:
+        if mrope_columns.shape != (2 * rd,):
+            raise ValueError(f"mrope_columns must be [{2 * rd}], got {tuple(mrope_columns.shape)}")
+        index = positions.to(torch.int64).index_select(0, mrope_columns)  # [2rd, T]
+        rows = table.gather(0, index.t())  # [T, 2rd]: rows[t, c] = table[positions[axis(c), t], c]
+    else:
+        raise ValueError(f"positions must be [T], or [3, T] with mrope_columns, got {tuple(positions.shape)}")
+    return rows[:, :rd], rows[:, rd:]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

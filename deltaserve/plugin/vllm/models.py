@@ -61,6 +61,12 @@ class _VllmAdapter:
             )
         if not config.full_layers or not config.linear_layers:
             raise ValueError("vllm_config: the model needs both full-attention and linear-attention layers")
+        max_len = getattr(vllm_config.model_config, "max_model_len", None)
+        if max_len is not None and max_len > config.max_position_embeddings:
+            raise ValueError(  # the rotary table covers max_position_embeddings positions
+                f"vllm_config: max_model_len {max_len} exceeds the model's max_position_embeddings "
+                f"({config.max_position_embeddings}); the deltaserve plugin does not extend the context"
+            )
         HybridForCausalLM.__init__(
             self,  # type: ignore[arg-type]
             config,
