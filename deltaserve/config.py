@@ -37,6 +37,8 @@ class EngineConfig:
     cuda_graph_max_bs: int  # largest captured decode batch (0 on CPU / eager)
     seed: int  # global seed (unseeded sampling, random weights)
     tokenizer_mode: str = "auto"
+    # launch decode step N+1 before step N's tokens reach the host (hides host work behind the GPU)
+    overlap_schedule: bool = True
 
     @property
     def is_cuda(self) -> bool:
@@ -68,6 +70,7 @@ class EngineConfig:
         enforce_eager: bool = False,
         cuda_graph_max_bs: int | None = None,
         seed: int = 0,
+        overlap_schedule: bool = True,
         **unknown: Any,
     ) -> EngineConfig:
         """Resolve and validate. `None`/"auto" values are filled from the checkpoint and the host."""
@@ -138,6 +141,8 @@ class EngineConfig:
         cuda_graph_max_bs = 0 if (not is_cuda or enforce_eager) else min(cuda_graph_max_bs, max_num_seqs)
         if not isinstance(seed, int):
             raise ValueError(f"seed: must be an int, got {seed!r}")
+        if not isinstance(overlap_schedule, bool):
+            raise ValueError(f"overlap_schedule: must be a bool, got {overlap_schedule!r}")
         return cls(
             model=str(path),
             tokenizer=str(tokenizer) if tokenizer is not None else str(path),
@@ -154,6 +159,7 @@ class EngineConfig:
             enforce_eager=bool(enforce_eager),
             cuda_graph_max_bs=int(cuda_graph_max_bs),
             seed=seed,
+            overlap_schedule=overlap_schedule,
         )
 
 

@@ -10,6 +10,9 @@ it straight from shared memory; W loaded by TMA or plain loads). Every variant's
 against the shipped kernel's (rel. error) before it is timed; bf16 ``x @ Wᵀ`` in the same process.
 """
 
+# Every timing lambda is called inside the loop iteration that made it: late binding is harmless.
+# ruff: noqa: B023
+
 from __future__ import annotations
 
 import json
@@ -114,7 +117,9 @@ def _small_swap_kernel(
         if TMA:
             w = w_desc.load([off_n, kb * BK])  # [BN, BK]
         else:
-            w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0)
+            w = tl.load(
+                w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
+            )
         x = tl.load(x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0)  # [BMT, BK]
         if UNIFORM:
             bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
@@ -206,8 +211,16 @@ def probe_large(rows, shapes, ms):
                 try:
                     err = _rel(fn(), ref)
                     ms_ = time_cuda(fn)
-                    r = dict(kind="large", shape=f"M={m} N={n} K={k}", variant=name, ms=ms_, bf16_ms=t_bf16,
-                             ratio=t_bf16 / ms_, tflops=flops / ms_ / 1e9, rel_err=err)
+                    r = dict(
+                        kind="large",
+                        shape=f"M={m} N={n} K={k}",
+                        variant=name,
+                        ms=ms_,
+                        bf16_ms=t_bf16,
+                        ratio=t_bf16 / ms_,
+                        tflops=flops / ms_ / 1e9,
+                        rel_err=err,
+                    )
                 except Exception as exc:  # noqa: BLE001
                     r = dict(kind="large", shape=f"M={m} N={n} K={k}", variant=name, error=str(exc)[:300])
                 rows.append(r)
@@ -219,12 +232,21 @@ def probe_large(rows, shapes, ms):
                 add(f"shipped {cfg}", lambda: K.block_fp8_linear(xq, q, s, rb, x_scale=xs))
             K.CONFIG.clear()
             K.CONFIG.update(saved)
-            for cfg in [(128, 128, 8, 3, 8), (128, 128, 8, 4, 8), (128, 128, 4, 4, 8), (64, 128, 4, 4, 8),
-                        (128, 256, 8, 3, 8), (256, 128, 8, 3, 8)]:
+            for cfg in [
+                (128, 128, 8, 3, 8),
+                (128, 128, 8, 4, 8),
+                (128, 128, 4, 4, 8),
+                (64, 128, 4, 4, 8),
+                (128, 256, 8, 3, 8),
+                (256, 128, 8, 3, 8),
+            ]:
                 for uni, km in ((True, True), (True, False), (False, True)):
-                    add(f"tma {cfg} uniform={uni} kmajor={km}",
-                        lambda cfg=cfg, uni=uni, km=km: large_tma(xq, xs, q, s, rb, cfg, uniform=uni,
-                                                                   kmajor_scales=km))
+                    add(
+                        f"tma {cfg} uniform={uni} kmajor={km}",
+                        lambda cfg=cfg, uni=uni, km=km: large_tma(
+                            xq, xs, q, s, rb, cfg, uniform=uni, kmajor_scales=km
+                        ),
+                    )
             try:
                 from torch.nn.functional import ScalingType, SwizzleType, scaled_mm  # noqa: F401
 
@@ -246,32 +268,65 @@ def probe_small(rows, shapes, ms):
                     try:
                         err = _rel(mk(ws[0][1], ws[0][2])(), ref)
                         t = time_cuda_graph([mk(q, s) for _, q, s in ws])
-                        r = dict(kind="small", shape=f"M={m} N={n} K={k}", variant=name, w8a8=w8a8, us=t * 1e3,
-                                 bf16_us=t_bf16 * 1e3, ratio=t_bf16 / t, rel_err=err,
-                                 tbps=n * k / (t * 1e-3) / 1e12)
+                        r = dict(
+                            kind="small",
+                            shape=f"M={m} N={n} K={k}",
+                            variant=name,
+                            w8a8=w8a8,
+                            us=t * 1e3,
+                            bf16_us=t_bf16 * 1e3,
+                            ratio=t_bf16 / t,
+                            rel_err=err,
+                            tbps=n * k / (t * 1e-3) / 1e12,
+                        )
                     except Exception as exc:  # noqa: BLE001
-                        r = dict(kind="small", shape=f"M={m} N={n} K={k}", variant=name, w8a8=w8a8,
-                                 error=str(exc)[:300])
+                        r = dict(
+                            kind="small",
+                            shape=f"M={m} N={n} K={k}",
+                            variant=name,
+                            w8a8=w8a8,
+                            error=str(exc)[:300],
+                        )
                     rows.append(r)
                     print(json.dumps(r), flush=True)
 
-                add("shipped", lambda q, s: (lambda: K.block_fp8_linear(x, q, s, rb, quantize_activation=w8a8)))
-                for cfg in [(64, 4, 4, 264), (128, 4, 4, 264), (64, 4, 6, 528), (128, 4, 3, 528), (128, 8, 4, 264),
-                            (64, 4, 4, 132)]:
+                add("shipped", lambda q, s: lambda: K.block_fp8_linear(x, q, s, rb, quantize_activation=w8a8))
+                for cfg in [
+                    (64, 4, 4, 264),
+                    (128, 4, 4, 264),
+                    (64, 4, 6, 528),
+                    (128, 4, 3, 528),
+                    (128, 8, 4, 264),
+                    (64, 4, 4, 132),
+                ]:
                     for tma in (True, False):
-                        add(f"swap {cfg} tma={tma}",
+                        add(
+                            f"swap {cfg} tma={tma}",
                             lambda q, s, cfg=cfg, tma=tma: (
-                                lambda: small_swap(x, q, s, rb, cfg, tma=tma, w8a8=w8a8, uniform=True)))
+                                lambda: small_swap(x, q, s, rb, cfg, tma=tma, w8a8=w8a8, uniform=True)
+                            ),
+                        )
                 t_sc = None
                 try:
                     xq = x.to(torch.float8_e4m3fn)
                     one = torch.ones((), device="cuda")
-                    t_sc = time_cuda_graph([(lambda q=q: torch._scaled_mm(xq, q.T, one, one, out_dtype=torch.bfloat16))
-                                            for _, q, _ in ws])
+                    t_sc = time_cuda_graph(
+                        [
+                            (lambda q=q: torch._scaled_mm(xq, q.T, one, one, out_dtype=torch.bfloat16))
+                            for _, q, _ in ws
+                        ]
+                    )
                 except Exception:  # noqa: BLE001
                     pass
-                rows.append(dict(kind="small", shape=f"M={m} N={n} K={k}", variant="_scaled_mm per-tensor",
-                                 us=None if t_sc is None else t_sc * 1e3, bf16_us=t_bf16 * 1e3))
+                rows.append(
+                    dict(
+                        kind="small",
+                        shape=f"M={m} N={n} K={k}",
+                        variant="_scaled_mm per-tensor",
+                        us=None if t_sc is None else t_sc * 1e3,
+                        bf16_us=t_bf16 * 1e3,
+                    )
+                )
 
 
 def probe_small2(rows, shapes, ms):
@@ -282,20 +337,52 @@ def probe_small2(rows, shapes, ms):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = time_cuda_graph([(lambda w=w: x @ w.T) for w, _, _ in ws])
             ref = K.block_fp8_linear(x, ws[0][1], ws[0][2], rb, quantize_activation=True)
-            cfgs = [(64, 4, 4, 264), (64, 4, 3, 264), (64, 4, 5, 264), (64, 2, 4, 264), (32, 2, 4, 264),
-                    (32, 4, 4, 264), (32, 2, 6, 132), (32, 2, 4, 0), (16, 1, 4, 0), (16, 2, 4, 0), (16, 1, 6, 0),
-                    (16, 1, 4, 264), (16, 2, 4, 264), (32, 1, 4, 0), (64, 4, 4, 198), (64, 4, 4, 396)]
+            cfgs = [
+                (64, 4, 4, 264),
+                (64, 4, 3, 264),
+                (64, 4, 5, 264),
+                (64, 2, 4, 264),
+                (32, 2, 4, 264),
+                (32, 4, 4, 264),
+                (32, 2, 6, 132),
+                (32, 2, 4, 0),
+                (16, 1, 4, 0),
+                (16, 2, 4, 0),
+                (16, 1, 6, 0),
+                (16, 1, 4, 264),
+                (16, 2, 4, 264),
+                (32, 1, 4, 0),
+                (64, 4, 4, 198),
+                (64, 4, 4, 396),
+            ]
             for cfg in cfgs:
                 try:
-                    err = _rel(small_swap(x, ws[0][1], ws[0][2], rb, cfg, tma=False, w8a8=True, uniform=True), ref)
-                    t = time_cuda_graph([
-                        (lambda q=q, s=s: small_swap(x, q, s, rb, cfg, tma=False, w8a8=True, uniform=True))
-                        for _, q, s in ws
-                    ])
-                    r = dict(kind="small2", shape=f"M={m} N={n} K={k}", variant=f"swap {cfg}", us=t * 1e3,
-                             bf16_us=t_bf16 * 1e3, ratio=t_bf16 / t, rel_err=err)
+                    err = _rel(
+                        small_swap(x, ws[0][1], ws[0][2], rb, cfg, tma=False, w8a8=True, uniform=True), ref
+                    )
+                    t = time_cuda_graph(
+                        [
+                            (
+                                lambda q=q, s=s: small_swap(
+                                    x, q, s, rb, cfg, tma=False, w8a8=True, uniform=True
+                                )
+                            )
+                            for _, q, s in ws
+                        ]
+                    )
+                    r = dict(
+                        kind="small2",
+                        shape=f"M={m} N={n} K={k}",
+                        variant=f"swap {cfg}",
+                        us=t * 1e3,
+                        bf16_us=t_bf16 * 1e3,
+                        ratio=t_bf16 / t,
+                        rel_err=err,
+                    )
                 except Exception as exc:  # noqa: BLE001
-                    r = dict(kind="small2", shape=f"M={m} N={n} K={k}", variant=f"swap {cfg}", error=str(exc)[:300])
+                    r = dict(
+                        kind="small2", shape=f"M={m} N={n} K={k}", variant=f"swap {cfg}", error=str(exc)[:300]
+                    )
                 rows.append(r)
                 print(json.dumps(r), flush=True)
 

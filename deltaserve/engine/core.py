@@ -3,6 +3,12 @@
 `add_request` validates and queues; each `step()` schedules, runs one forward, samples, detokenizes,
 applies stop conditions, frees finished sequences' cache and returns the cumulative `RequestOutput`
 of every request that changed.
+
+Overlap scheduling (`EngineConfig.overlap_schedule`): a decode step may be left in flight ("pending")
+when `step()` returns. The next `step()` then launches the following decode step with the pending
+step's sampled ids as device inputs *before* it waits for and processes the pending step, so the
+device never idles on the host in steady decode. Outputs come one step later; a sequence the pending
+step finishes was computed once more in the step launched after it, and that token is dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from deltaserve.config import EngineConfig
@@ -19,13 +26,22 @@ from deltaserve.engine import detokenizer as detok
 from deltaserve.engine.cache import HybridCache
 from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from deltaserve.engine.request import Request, SeqStatus, Sequence
-from deltaserve.engine.runner import ModelRunner, PromptChunk, StepResult, seed_for
+from deltaserve.engine.runner import LaunchedStep, ModelRunner, PromptChunk, StepResult, seed_for
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.engine.scheduler import Scheduler, SchedulerOutput
 
 logger = logging.getLogger("deltaserve.engine")
 
 PromptType = str | list[int] | Mapping[str, Any]
+
+
+@dataclass
+class _Pending:
+    """A launched step not processed yet, and how many more steps may be launched before it is."""
+
+    sched: SchedulerOutput
+    launched: LaunchedStep
+    continuations: int
 
 
 def load_tokenizer(path: str):
@@ -67,6 +83,9 @@ class LLMEngine:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.num_steps = 0
+        self.num_overlapped_steps = 0  # steps launched before the previous step was processed
+        self.num_discarded_tokens = 0  # sampled for a sequence that had finished meanwhile
+        self._pending: _Pending | None = None  # launched, not processed yet
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -158,22 +177,104 @@ class LLMEngine:
         return self._output(req)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests) or self._pending is not None
 
     def num_unfinished_requests(self) -> int:
         return len(self.requests)
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self, *, only_finished: bool = False) -> list[RequestOutput]:
-        """One engine step; the cumulative outputs of the requests it changed (or only of those it
-        finished, which saves building intermediate outputs for batch use)."""
+        """One engine step; the cumulative outputs of the requests changed by the step(s) processed in
+        this call (or only of those finished, which saves building intermediate outputs for batch use).
+
+        With overlap, a decode step may stay pending when this returns (see the module docstring); a
+        call processes it, either right after launching the next step (steady decode) or first."""
+        outs: dict[str, RequestOutput] = {}
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            nxt = self._launch_continuation(pending)
+            self._collect(pending, only_finished, outs)  # step N+1, if launched, runs meanwhile
+            if nxt is not None:
+                self._pending = nxt
+                return list(outs.values())
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return []
-        result = self.runner.execute(sched)
+            return list(outs.values())
+        launched = self.runner.launch(sched)
         self.scheduler.on_step_done(sched)
         self.num_steps += 1
-        return self._process(sched, result, only_finished)
+        step = _Pending(sched, launched, self._continuations(sched) if self.config.overlap_schedule else 0)
+        if step.continuations > 0:
+            self._pending = step
+        else:
+            self._collect(step, only_finished, outs)
+        return list(outs.values())
+
+    def flush(self, *, only_finished: bool = False) -> list[RequestOutput]:
+        """Process the pending step, if any, without launching another; its outputs."""
+        outs: dict[str, RequestOutput] = {}
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._collect(pending, only_finished, outs)
+        return list(outs.values())
+
+    def _collect(self, step: _Pending, only_finished: bool, outs: dict[str, RequestOutput]) -> None:
+        """Wait for a launched step's tokens and process them; a request's later output replaces its
+        earlier one in `outs` (outputs are cumulative)."""
+        for out in self._process(step.sched, self.runner.collect(step.launched), only_finished):
+            outs.pop(out.request_id, None)
+            outs[out.request_id] = out
+
+    def _continuations(self, sched: SchedulerOutput) -> int:
+        """How many decode steps may follow the just-launched step `sched`, each launched before its
+        predecessor is processed, while its sequences stay the same (0: process it now).
+
+        Only after an all-decode step, and only while the sampler needs no host token history (no
+        penalties; `min_tokens` already reached without the token in flight, so no bans) and the
+        token in flight is not a sequence's last by length: with `L` tokens on the host, the step
+        launched while token `L + j` is in flight is allowed while `L + j < max_tokens` and
+        `prompt + L + j < max_model_len`. Finishes by EOS / stop end the chain another way (the
+        running sequences change)."""
+        max_len = self.config.max_model_len
+        best = max_len
+        for e in sched.scheduled:
+            seq = e.seq
+            p = seq.params
+            n_host = len(seq.output_ids)
+            if (
+                e.num_new != 1
+                or not e.sample
+                or p.repetition_penalty != 1.0
+                or p.presence_penalty != 0.0
+                or p.frequency_penalty != 0.0
+                or n_host < p.min_tokens
+            ):
+                return 0
+            max_tokens = p.max_tokens if p.max_tokens is not None else max_len
+            best = min(best, max_tokens - 1 - n_host, max_len - 1 - len(seq.prompt_ids) - n_host)
+        return max(0, best)
+
+    def _launch_continuation(self, pending: _Pending) -> _Pending | None:
+        """Launch the decode step after the pending one from its device tokens, or None when the
+        steady state does not hold: no continuation left (see `_continuations`), the running
+        sequences are not exactly the pending step's (one finished, was aborted or is new), a
+        waiting request could be admitted, or a page is missing (growing would need a preemption)."""
+        if pending.continuations <= 0:
+            return None
+        sched = self.scheduler
+        running, rows = sched.running, pending.sched.scheduled
+        if len(running) != len(rows) or any(a is not b.seq for a, b in zip(running, rows)):
+            return None
+        if sched.could_admit():
+            return None
+        nxt = sched.schedule_decodes(rows)
+        if nxt is None:
+            return None
+        launched = self.runner.launch(nxt, input_ids=pending.launched.token_ids)
+        sched.on_step_done(nxt)
+        self.num_steps += 1
+        self.num_overlapped_steps += 1
+        return _Pending(nxt, launched, pending.continuations - 1)
 
     def _process(
         self, sched: SchedulerOutput, result: StepResult, only_finished: bool
@@ -184,10 +285,15 @@ class LLMEngine:
         changed: dict[str, Request] = {}
         token_ids = result.token_ids
         i = 0  # row of the next sampling entry
+        dropped = 0
         for entry in sched.scheduled:
             if not entry.sample:
                 continue
             seq = entry.seq
+            if seq.status is SeqStatus.FINISHED:  # finished/aborted while this step was in flight
+                i += 1
+                dropped += 1
+                continue
             req = seq.request
             output_ids = seq.output_ids
             if not output_ids and seq.index == 0 and seq.num_preemptions == 0:
@@ -203,7 +309,8 @@ class LLMEngine:
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
             changed[req.request_id] = req
-        self.num_generation_tokens += i
+        self.num_generation_tokens += i - dropped
+        self.num_discarded_tokens += dropped
         outputs = []
         for req in changed.values():
             if req.is_finished:

@@ -134,10 +134,18 @@ class DecodeGraphs:
         seq_lens: list[int],
         tables: list[list[int]],
         slots: list[int],
+        *,
+        input_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Replay the graph for `len(ids)` decode rows; returns their logits `[B, V]` (a view)."""
+        """Replay the graph for `len(ids)` decode rows; returns their logits `[B, V]` (a view).
+
+        `input_ids` ([B] int64 on the device), when given, replaces `ids` (then placeholders): the
+        previous step's sampled tokens, copied device-to-device after the staging copy, so the host
+        never waits for them."""
         b = len(ids)
         size = self.stage(ids, positions, slot_mapping, seq_lens, tables, slots)
+        if input_ids is not None:
+            self.input_ids[:b].copy_(input_ids, non_blocking=True)  # stream-ordered after the stage copy
         self.graphs[size].replay()
         self.num_replays += 1
         return self.logits[size][:b]

@@ -42,6 +42,17 @@ class StepResult:
 
 
 @dataclass
+class LaunchedStep:
+    """A step whose forward and sampling are enqueued on the device (`ModelRunner.collect` waits)."""
+
+    token_ids: torch.Tensor | None = None  # [N] int64 on the device: sampled ids, schedule order
+    host: torch.Tensor | None = None  # [N] int64, or [N, 3 + 2K] float64 with logprobs (filling)
+    event: Any = None  # torch.cuda.Event recorded after the copy into `host` (None on the CPU)
+    top_k: int = -1  # K of the packed logprob layout; -1: `host` holds token ids only
+    prompt: list[PromptChunk] = field(default_factory=list)  # prompt logprobs (already on the host)
+
+
+@dataclass
 class PromptChunk:
     """Prompt logprobs of one request's prompt tokens `[start, start + len(token_logprob))`."""
 
@@ -266,32 +277,62 @@ class ModelRunner:
     @torch.no_grad()
     def execute(self, out: SchedulerOutput) -> StepResult:
         """Run the scheduled tokens; sample the rows that are caught up; compute wanted prompt logprobs."""
-        logits, sample_seqs, prompt = self._forward(out, allow_graph=True)
-        result = self._sample(logits, sample_seqs) if logits is not None else StepResult(token_ids=[])
-        result.prompt = prompt
-        return result
+        return self.collect(self.launch(out))
 
-    def _sample(self, logits: torch.Tensor, sample_seqs: list) -> StepResult:
-        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling)
-        self._sampling = sb
-        so = sample(logits, sb)
-        if so.sampled_logprob is None:
-            return StepResult(token_ids=so.token_ids.tolist())  # the step's one device->host transfer
-        # logprobs wanted: pack everything into one float64 transfer (ids are exact below 2**53)
-        cols = [so.token_ids[:, None], so.sampled_logprob[:, None], so.sampled_rank[:, None]]
-        if so.top_logprobs is not None:
-            cols += [so.top_ids, so.top_logprobs]
-        rows = torch.cat([c.to(torch.float64) for c in cols], dim=1).tolist()  # [N, 3 (+ 2K)]
-        k = so.top_ids.shape[1] if so.top_ids is not None else 0
+    @torch.no_grad()
+    def launch(self, out: SchedulerOutput, *, input_ids: torch.Tensor | None = None) -> LaunchedStep:
+        """Enqueue the forward and the sampling of one step without waiting for the device; `collect`
+        gives its results. `input_ids` ([B] int64 on the device, e.g. the previous step's
+        `LaunchedStep.token_ids`) replaces the host token ids of an all-decode step whose last tokens
+        the host does not know yet (row i: `out.scheduled[i]`)."""
+        logits, sample_seqs, prompt = self._forward(out, allow_graph=True, input_ids=input_ids)
+        step = self._sample(logits, sample_seqs) if logits is not None else LaunchedStep()
+        step.prompt = prompt
+        return step
+
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for `step`'s sampled rows to reach the host (the step's one device->host transfer)."""
+        if step.host is None:
+            return StepResult(token_ids=[], prompt=step.prompt)
+        if step.event is not None:
+            step.event.synchronize()  # only this step's copy: a step launched after it keeps running
+        if step.top_k < 0:
+            return StepResult(token_ids=step.host.tolist(), prompt=step.prompt)
+        rows = step.host.tolist()  # [N, 3 (+ 2K)]
+        k = step.top_k
         result = StepResult(
             token_ids=[int(r[0]) for r in rows],
             sampled_logprob=[r[1] for r in rows],
             sampled_rank=[int(r[2]) for r in rows],
+            prompt=step.prompt,
         )
         if k:
             result.top_ids = [[int(x) for x in r[3 : 3 + k]] for r in rows]
             result.top_logprobs = [r[3 + k :] for r in rows]
         return result
+
+    def _sample(self, logits: torch.Tensor, sample_seqs: list) -> LaunchedStep:
+        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling)
+        self._sampling = sb
+        so = sample(logits, sb)
+        if so.sampled_logprob is None:
+            packed, k = so.token_ids, -1  # [N] int64
+        else:  # logprobs wanted: pack everything into one float64 transfer (ids are exact below 2**53)
+            cols = [so.token_ids[:, None], so.sampled_logprob[:, None], so.sampled_rank[:, None]]
+            k = 0
+            if so.top_logprobs is not None:
+                cols += [so.top_ids, so.top_logprobs]
+                k = so.top_ids.shape[1]
+            packed = torch.cat([c.to(torch.float64) for c in cols], dim=1)  # [N, 3 (+ 2K)]
+        host, event = packed, None
+        if packed.device.type == "cuda":
+            # pinned, so the copy is asynchronous; the caching host allocator keeps the block until
+            # the copy is done even if `host` is dropped earlier
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return LaunchedStep(token_ids=so.token_ids, host=host, event=event, top_k=k)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, plan: _PromptPlan) -> list[PromptChunk]:
         """Prompt logprobs from `hidden [T, H]`, computing logits `max_num_seqs` rows at a time so the
@@ -336,7 +377,7 @@ class ModelRunner:
         return logits, seqs
 
     def _forward(
-        self, out: SchedulerOutput, *, allow_graph: bool
+        self, out: SchedulerOutput, *, allow_graph: bool, input_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, list, list[PromptChunk]]:
         bs = self.config.block_size
         ids: list[int] = []
@@ -356,7 +397,7 @@ class ModelRunner:
             start, end = seq.num_computed, seq.num_computed + n
             blocks = seq.blocks
             if n == 1:  # a decode row: skip the range/generator machinery
-                ids.append(seq.token_at(start))
+                ids.append(seq.token_at(start) if input_ids is None else 0)
                 positions.append(start)
                 slot_mapping.append(blocks[start // bs] * bs + start % bs)
             else:
@@ -381,8 +422,12 @@ class ModelRunner:
         decode_only = max_q == 1 and all(has_init)
         num_seqs = len(seq_lens)
         graph_ok = allow_graph and not plan.rows and self.graphs is not None
+        if input_ids is not None and (not decode_only or len(ids) != input_ids.shape[0]):
+            raise ValueError("input_ids: device token ids are only for an all-decode step, one per row")
         if graph_ok and decode_only and self.graphs.fits(num_seqs):
-            logits = self.graphs.run(ids, positions, slot_mapping, seq_lens, tables, slots)
+            logits = self.graphs.run(
+                ids, positions, slot_mapping, seq_lens, tables, slots, input_ids=input_ids
+            )
             return logits, sample_seqs, []
         batch = self._eager_batch(
             positions=positions,
@@ -396,7 +441,8 @@ class ModelRunner:
             backend=self.backend,
             decode_only=decode_only,
         )
-        input_ids = torch.tensor(ids, dtype=torch.int64).to(self.device, non_blocking=True)
+        if input_ids is None:
+            input_ids = torch.tensor(ids, dtype=torch.int64).to(self.device, non_blocking=True)  # [T]
         hidden = self.model(input_ids, batch)  # [T, H]
         prompt = self._prompt_logprobs(hidden, plan) if plan.rows else []
         if not sample_seqs:

@@ -125,6 +125,29 @@ class Scheduler:
         out.scheduled = list(chosen.values())
         return out
 
+    def could_admit(self) -> bool:
+        """Whether `schedule()` might admit a waiting sequence now (errs towards True)."""
+        if not self.waiting or len(self.running) >= self.max_num_seqs:
+            return False
+        budget = self.max_num_batched_tokens - len(self.running)  # after one token per running seq
+        seq = self.waiting[0]
+        return budget > 0 and self.cache.can_admit(seq, seq.num_computed + min(seq.num_uncomputed, budget))
+
+    def schedule_decodes(self, rows: list[ScheduledSeq]) -> SchedulerOutput | None:
+        """Decode rows `rows` (`(seq, 1, True)` of the running sequences, in order) again, for
+        sequences whose last token is still in flight: pages for position `num_computed` are taken
+        for all of them, or for none (returns None) when that would need a preemption. `schedule()`
+        is not consulted: it would see these sequences as caught up (`num_uncomputed == 0`)."""
+        cache = self.cache
+        bs = cache.block_size
+        short = [e.seq for e in rows if len(e.seq.blocks) * bs <= e.seq.num_computed]  # at a page boundary
+        if short:
+            if not cache.blocks.can_allocate(sum(cache.blocks_needed(s, s.num_computed + 1) for s in short)):
+                return None
+            for s in short:
+                cache.grow(s, s.num_computed + 1)
+        return SchedulerOutput(scheduled=rows)
+
     def on_step_done(self, out: SchedulerOutput) -> None:
         """Advance `num_computed` of everything that ran (call before appending sampled tokens)."""
         for entry in out.scheduled:

@@ -38,12 +38,19 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--seed", type=int, default=0, help="engine seed (requests without a seed)")
+    p.add_argument(
+        "--disable-overlap-schedule",
+        action="store_true",
+        help="process each decode step before launching the next (no host/device overlap)",
+    )
 
 
 def _engine_kwargs(args: argparse.Namespace, model: str) -> dict[str, Any]:
     kw: dict[str, Any] = {"model": model, "dtype": args.dtype, "device": args.device, "seed": args.seed}
     if args.enforce_eager:
         kw["enforce_eager"] = True
+    if args.disable_overlap_schedule:
+        kw["overlap_schedule"] = False
     for name in (
         "tokenizer",
         "max_model_len",

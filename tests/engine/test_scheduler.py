@@ -7,7 +7,7 @@ import itertools
 from deltaserve.engine.cache import HybridCache
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampling_params import SamplingParams
-from deltaserve.engine.scheduler import Scheduler
+from deltaserve.engine.scheduler import ScheduledSeq, Scheduler
 
 _ids = itertools.count()
 
@@ -108,3 +108,27 @@ def test_finish_waiting_and_running_frees_cache():
     s.finish(b)
     assert not s.has_work() and s.cache.blocks.num_used == 0 and s.cache.slots.num_used == 0
     s.cache.check_integrity([])
+
+
+def test_schedule_decodes_takes_pages_for_all_or_none():
+    """The overlap path's decode rows for sequences whose last token is in flight (not yet appended)."""
+    s = _make(num_blocks=3, block_size=4)
+    a, b = _seq(4), _seq(3)
+    s.add(a)
+    s.add(b)
+    s.on_step_done(s.schedule())  # both prefilled, their first token in flight: nothing uncomputed
+    assert a.num_uncomputed == b.num_uncomputed == 0 and len(a.blocks) == len(b.blocks) == 1
+    rows = [ScheduledSeq(a, 1, True), ScheduledSeq(b, 1, True)]
+    out = s.schedule_decodes(rows)  # a needs its 2nd page (position 4), b fits its first
+    assert out.scheduled == rows
+    assert len(a.blocks) == 2 and len(b.blocks) == 1
+    s.on_step_done(out)
+    a.output_ids.append(7)  # the first step's tokens arrive
+    b.output_ids.append(7)
+    b.output_ids.append(7)  # b's next step needs position 5 -> its 2nd page; a needs none; 0 free
+    b.num_computed += 1
+    c = _seq(2)
+    s.add(c)
+    assert not s.could_admit()  # no page left for c
+    assert s.schedule_decodes(rows) is None and len(b.blocks) == 1
+    s.cache.check_integrity([a, b])

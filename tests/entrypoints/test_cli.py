@@ -15,7 +15,8 @@ def test_serve_flags_map_to_engine_kwargs():
     args = build_parser().parse_args(
         "serve --model /m --host 0.0.0.0 --port 9000 --served-model-name a b --tensor-parallel-size 1 "
         "--max-model-len 1024 --max-num-seqs 8 --max-num-batched-tokens 512 --gpu-memory-utilization 0.5 "
-        "--dtype bfloat16 --device cpu --enforce-eager --reasoning-parser qwen3 --api-key k --seed 3".split()
+        "--dtype bfloat16 --device cpu --enforce-eager --reasoning-parser qwen3 --api-key k --seed 3 "
+        "--disable-overlap-schedule".split()
     )
     assert (args.host, args.port, args.served_model_name, args.api_key) == ("0.0.0.0", 9000, ["a", "b"], "k")
     assert args.reasoning_parser == "qwen3"
@@ -25,6 +26,7 @@ def test_serve_flags_map_to_engine_kwargs():
         "device": "cpu",
         "seed": 3,
         "enforce_eager": True,
+        "overlap_schedule": False,
         "max_model_len": 1024,
         "max_num_seqs": 8,
         "max_num_batched_tokens": 512,
