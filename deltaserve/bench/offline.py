@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import platform
@@ -323,6 +324,19 @@ def main(argv: list[str] | None = None) -> dict:
             + (f"  x{entry['ratio_output_tok_s']:.1f} vs HF" if "ratio_output_tok_s" in entry else ""),
             flush=True,
         )
+    if engine.config.overlap_schedule:  # the same engine processing every step before the next (baseline)
+        engine.config = dataclasses.replace(engine.config, overlap_schedule=False)
+        for b in batches:
+            r = run_ours(engine, prompt_sets[b], args.output_len)
+            r.pop("tokens")
+            entry = result["runs"][str(b)]
+            entry["deltaserve_no_overlap"] = r
+            print(
+                f"  no overlap     B={b:<3d} output {r['output_tok_s']:9.1f} tok/s  "
+                f"TPOT p50 {r['tpot_ms']['p50']:.2f} ms (overlap: {entry['deltaserve']['tpot_ms']['p50']:.2f} ms)",
+                flush=True,
+            )
+        engine.config = dataclasses.replace(engine.config, overlap_schedule=True)
     graphs = engine.runner.graphs
     if graphs is not None:  # GPU time of one decode step alone, to separate host overhead from TPOT
         result["graph_replay_ms"] = {str(b): graphs.time_replay(b) for b in batches if graphs.fits(b)}
