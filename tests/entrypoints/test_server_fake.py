@@ -6,11 +6,21 @@ import json
 import threading
 import time
 
-import httpx
 import pytest
-from server_fakes import EOS_ID, FakeEngine, ThreadServer
 
-from deltaserve.entrypoints.openai.api_server import build_app
+pytest.importorskip(
+    "fastapi", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+pytest.importorskip(
+    "uvicorn", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+httpx = pytest.importorskip(
+    "httpx", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+
+from server_fakes import EOS_ID, FakeEngine, ThreadServer  # noqa: E402
+
+from deltaserve.entrypoints.openai.api_server import build_app  # noqa: E402
 
 MODEL = "fake-model"
 MAX_LEN = 256

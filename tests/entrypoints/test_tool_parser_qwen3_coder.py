@@ -6,13 +6,23 @@ from __future__ import annotations
 import json
 import random
 
-import httpx
 import jinja2
 import pytest
-from server_fakes import FakeEngine, ThreadServer
 
-from deltaserve.entrypoints.openai.api_server import build_app
-from deltaserve.entrypoints.openai.tool_parsers import (
+pytest.importorskip(
+    "fastapi", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+pytest.importorskip(
+    "uvicorn", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+httpx = pytest.importorskip(
+    "httpx", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+)
+
+from server_fakes import FakeEngine, ThreadServer  # noqa: E402
+
+from deltaserve.entrypoints.openai.api_server import build_app  # noqa: E402
+from deltaserve.entrypoints.openai.tool_parsers import (  # noqa: E402
     TOOL_CALL_PARSERS,
     HermesToolParser,
     Qwen3CoderToolParser,
