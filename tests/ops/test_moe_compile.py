@@ -68,3 +68,25 @@ def test_route_align_small_kernel_compiles(route):
     )  # fmt: skip
     k = triton_compile.compile_for_hopper(K._route_align_small_kernel, ptr, const, num_warps=4)
     assert "ld.global" in k.asm["ptx"]
+
+
+@pytest.mark.parametrize("regs", [False, True])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_down_gemv_kernel_compiles(fp8, regs):
+    """The one-token down GEMV: no atomics, no counters, no local-memory arrays."""
+    w = "*fp8e4nv" if fp8 else "*bf16"
+    ptr = dict(
+        inter_ptr="*fp32", w_ptr=w, s_ptr="*fp32", rb_ptr="*i64", shw_ptr=w, shs_ptr="*fp32",
+        shrb_ptr="*i64", tw_ptr="*fp32", id_ptr="*i64", act_ptr="*bf16",
+    )  # fmt: skip
+    bn, warps, stages = K.DOWN_GEMV
+    const = dict(
+        W_FP8=fp8, BLOCK_K=128, ACT=tl.bfloat16, BN=bn, BI=512, ACT_BF16=True, PP=16, IDS_IN_REGS=regs
+    )
+    k = triton_compile.compile_for_hopper(
+        K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages
+    )
+    ptx = k.asm["ptx"]
+    assert re.search(r"\b(red|atom)\.global", ptx) is None
+    assert "st.global" in ptx
+    assert ".local" not in ptx

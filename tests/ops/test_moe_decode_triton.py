@@ -159,6 +159,56 @@ def check_combine(device, t, e, h, i, k, unrouted=False):
     assert (kernels._arrival_counters(x.device) == 0).all()
 
 
+def check_down_gemv(device, e, h, i, k, fp8=False, unrouted=False, shared=False):
+    """One token: the down GEMV pass (``DOWN_GEMV_MAX_T``) vs the tiled down GEMM + in-kernel combine
+    and vs the reference, bit-repeatable. Plain experts: NaN in one expert's row reaches only that
+    column and an unrouted pair (id -1) adds nothing. ``shared`` / ``fp8``: through ``fused_moe``
+    (the shared expert is one more pair; FP8 block scales)."""
+    from deltaserve.ops.moe import kernels, reference
+
+    ex, sh = make_moe(e, h, i, i, device, fp8=fp8, seed=e + h + i)
+    x = torch.randn(1, h, device=device, dtype=torch.bfloat16)
+    nan_col = None
+    if shared or fp8:
+        logits = torch.randn(1, e, device=device, dtype=torch.bfloat16)
+        sh = sh if shared else None
+
+        def run():
+            return kernels.fused_moe(x, logits, k, True, ex, sh)
+
+        ref = reference.fused_moe(x, logits, k, True, ex, sh)
+    else:
+        w = torch.rand(1, k, device=device)
+        ids = torch.randperm(e)[:k][None].to(device)  # [1, k]
+        w2 = ex.w2.clone()
+        w2[int(ids[0, 0]), 1] = float("nan")
+        nan_col = 1
+        used = k - 1 if unrouted else k
+        if unrouted:
+            ids[0, -1] = -1
+        ref = reference.fused_experts(x, ex.w13, w2, w[:, :used], ids[:, :used])
+
+        def run():
+            return kernels.fused_experts(x, ex.w13, w2, w, ids)
+
+    saved = kernels.DOWN_GEMV_MAX_T
+    try:
+        kernels.DOWN_GEMV_MAX_T = 1
+        gemv, again = run(), run()
+        kernels.DOWN_GEMV_MAX_T = 0
+        tiled = run()
+    finally:
+        kernels.DOWN_GEMV_MAX_T = saved
+    assert gemv.shape == (1, h) and gemv.dtype == torch.bfloat16
+    nan = gemv.isnan()
+    assert torch.equal(nan, tiled.isnan()) and torch.equal(nan, ref.isnan())
+    assert int(nan.sum()) == (0 if nan_col is None else 1) and (nan_col is None or nan[0, nan_col])
+    fin = ~nan
+    assert torch.equal(gemv[fin], again[fin])
+    assert rel_err(gemv[fin], tiled[fin]) < 4e-3, rel_err(gemv[fin], tiled[fin])
+    assert rel_err(gemv[fin], ref[fin]) < 5e-3, rel_err(gemv[fin], ref[fin])
+
+
 def check_errors(device):
     from deltaserve.ops.moe import kernels, reference
 
@@ -200,6 +250,13 @@ def run_small(device: str) -> None:
     check_combine(device, 6, 8, 136, 32, 3)  # 18 pairs, a partial column tile
     check_combine(device, 5, 8, 64, 32, 1)
     check_combine(device, 4, 8, 64, 32, 3, unrouted=True)
+    check_down_gemv(device, 8, 136, 32, 3)  # a partial column tile
+    check_down_gemv(device, 8, 64, 48, 3, unrouted=True)  # I not a power of two
+    check_down_gemv(device, 8, 64, 32, 2, shared=True)
+    check_down_gemv(device, 8, 256, 256, 2, fp8=True, shared=True)  # two 128-wide scale blocks each way
+    kernels.DOWN_GEMV_IDS_IN_REGS = False  # ids and weights loaded pair by pair
+    check_down_gemv(device, 8, 64, 48, 3, unrouted=True)
+    kernels.DOWN_GEMV_IDS_IN_REGS = True
 
 
 @pytest.fixture
@@ -378,3 +435,14 @@ if __name__ == "__main__":
     else:
         run_small("cpu")
         print("ok")
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("fp8", [False, True])
+def test_down_gemv_qwen3_next_gpu(fp8):
+    q = QWEN3_NEXT
+    check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"], fp8=fp8, shared=True)
+    if not fp8:
+        check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"])
+        check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"], unrouted=True)

@@ -22,7 +22,9 @@ Given the router weight instead of the logits, ``_router_setup_small_kernel`` al
 GEMM in that launch (programs of ``ROUTER_EXPERTS_PER_PROGRAM`` experts each; the last to arrive at
 an acq_rel counter does the set-up). With ``SMALL_COMBINE`` the down GEMM stores each pair's row
 (no atomics, no zeroing) and the last program of each output column tile sums every token's slots
-in slot order and casts (step 5): decode is set-up (+ router GEMM), up, down, deterministic.
+in slot order and casts (step 5): decode is set-up (+ router GEMM), up, down, deterministic. One
+token (``DOWN_GEMV_MAX_T``) runs the down GEMM as ``_moe_down_gemv_kernel`` instead: each program
+owns a few hidden columns and walks the pairs in slot order, so the combine is its accumulator.
 
 The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
@@ -70,6 +72,16 @@ ROUTER_FUSED_MAX_T = 1
 # Decode batches: the down GEMM stores each pair's row and the last program of each output column
 # tile sums every token's slots in order and casts (deterministic; no memset, no cast launch).
 SMALL_COMBINE = True
+# One token (B=1 decode): the down GEMM as one GEMV pass instead (``_moe_down_gemv_kernel``): each
+# program owns BN output columns and walks the pairs in slot order, so the sum over the token's
+# experts is its own accumulator (no pair rows, counters or second pass). (BN, warps, stages).
+DOWN_GEMV_MAX_T = 1
+# H100, Qwen3-Next layer at T=1, whole fused_moe with the router GEMM (scripts/moe_down_gemv_probe.py,
+# 2026-11-28): tiled down GEMM 42.5 us (fp8 experts 44.2); GEMV (4,4,3) 39.6 (42.3), (8,4,3) 40.1-40.6,
+# (16,4,3) 41.3-41.7; ids in registers or loaded per pair within ~0.5 us (noise).
+DOWN_GEMV = (4, 4, 3)
+DOWN_GEMV_IDS_IN_REGS = True
+GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
@@ -484,6 +496,54 @@ def _moe_down_kernel(
         )  # fmt: skip
 
 
+@triton.jit
+def _moe_down_gemv_kernel(
+    inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, tw_ptr, id_ptr, act_ptr,
+    P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
+    BI: tl.constexpr, ACT_BF16: tl.constexpr, PP: tl.constexpr, IDS_IN_REGS: tl.constexpr,
+):  # fmt: skip
+    """Down GEMM + combine + cast of ONE token's ``P`` pairs: program ``j`` owns hidden columns
+    ``j·BN ..`` and, pair by pair in slot order, adds ``W_e[cols, :] * (inter[p] · w_p)`` into a
+    ``[BN, I]`` fp32 accumulator; one row sum at the end, rounded into ``act [1, H]``. Each expert
+    tile is read once; unrouted pairs (ids outside ``0..E1-1``) read and add nothing."""
+    n = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
+    n_ok = n < H
+    k = tl.arange(0, BI)  # [BI] the whole intermediate row
+    k_ok = k < I
+    acc = tl.zeros((BN, BI), dtype=tl.float32)
+    if IDS_IN_REGS:  # every pair's id and weight up front: no load -> address chain in the loop
+        jj = tl.arange(0, PP)
+        ids_v = tl.load(id_ptr + jj, mask=jj < P, other=-1)  # [PP]
+        tw_v = tl.load(tw_ptr + jj, mask=jj < P, other=0.0)  # [PP]
+    for p in range(P):
+        if IDS_IN_REGS:
+            eid = tl.sum(tl.where(jj == p, ids_v, 0), axis=0)
+            tw_p = tl.sum(tl.where(jj == p, tw_v, 0.0), axis=0)
+        else:
+            eid = tl.load(id_ptr + p)
+            tw_p = tl.load(tw_ptr + p)
+        ok = (eid >= 0) & (eid < E1)
+        e = tl.where(ok, eid, 0)
+        wb, sn, sb, sr, rb = _expert_base(
+            e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
+        )
+        ok_i = ok.to(tl.int32)
+        a_ok = k_ok & ((k * 0 + ok_i) > 0)  # [BI] (no scalar masks: the interpreter rejects them)
+        r_ok = n_ok & ((n * 0 + ok_i) > 0)  # [BN]
+        tw = tl.where(ok, tw_p, 0.0)
+        a = tl.load(inter_ptr + p * I + k, mask=a_ok, other=0.0).to(tl.float32) * tw  # [BI]
+        w_mask = r_ok[:, None] & k_ok[None, :]
+        wt = tl.load(wb + n.to(tl.int64)[:, None] * sn + k[None, :], mask=w_mask, other=0.0)  # [BN, BI]
+        wt = wt.to(tl.float32)
+        if W_FP8:
+            srow = tl.load(rb + n, mask=r_ok, other=0).to(tl.int64) * sr  # [BN]
+            wt = wt * tl.load(sb + srow[:, None] + (k // BLOCK_K)[None, :], mask=w_mask, other=0.0)
+        acc += wt * a[None, :]
+    out = _round_act(tl.sum(acc, axis=1), ACT_BF16)  # [BN]
+    tl.store(act_ptr + n, out.to(ACT), mask=n_ok)
+
+
 # ----------------------------------------------------------------------------------------------
 # host side
 
@@ -736,6 +796,21 @@ def _run_experts(
         KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET,
         num_warps=wa1, num_stages=st1,
     )  # fmt: skip
+    bi = triton.next_power_of_2(i)
+    if combine and t <= DOWN_GEMV_MAX_T and bi <= GEMV_ACC_MAX:
+        out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [1, H]
+        bn3, wa3, st3 = DOWN_GEMV
+        bn3 = min(bn3, GEMV_ACC_MAX // bi)  # the [BN, I] fp32 accumulator stays in registers
+        _moe_down_gemv_kernel[(triton.cdiv(h, bn3),)](
+            inter, w.w2, s2, rb2, sh2, shs2, shrb2, topk_w, topk_ids, out,
+            p, h, i, e, e1, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
+            sh2.stride(-2), ss(shs2, -2),
+            W_FP8=fp8, BLOCK_K=block_k or 128, ACT=_TL_DTYPE[x.dtype], BN=bn3,
+            BI=bi, ACT_BF16=x.dtype == torch.bfloat16, PP=triton.next_power_of_2(p),
+            IDS_IN_REGS=DOWN_GEMV_IDS_IN_REGS,
+            num_warps=wa3, num_stages=st3,
+        )  # fmt: skip
+        return out
     n_tiles = triton.cdiv(h, bn2)
     if combine:
         out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [T, H]
