@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deltaserve.layers.weights import make_param
+from deltaserve.ops import gemv
 
 
 class VocabEmbedding(nn.Module):
@@ -33,4 +34,4 @@ class LMHead(nn.Module):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] fp32
-        return F.linear(hidden, self.weight).float()
+        return gemv.linear(hidden, self.weight).float()

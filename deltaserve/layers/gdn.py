@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deltaserve.context import ForwardBatch
@@ -27,6 +26,7 @@ from deltaserve.layers.linear import (
 )
 from deltaserve.layers.norm import GatedRMSNorm
 from deltaserve.layers.weights import WeightShapeError, check_shape, make_param
+from deltaserve.ops import gemv
 
 
 def _interleaved_loader(group_splits: list[int], num_groups: int, shard_loader):
@@ -121,7 +121,7 @@ class GatedDeltaNet(nn.Module):
         output when the weights are fused."""
         w = self._in_proj_weight
         if w is not None and weights_fused(w, (self.in_proj_qkvz, self.in_proj_ba)):
-            return torch.split(F.linear(x, w), self._in_proj_splits, dim=-1)
+            return torch.split(gemv.linear(x, w), self._in_proj_splits, dim=-1)
         mixed_qkv, z = self.in_proj_qkvz.split(self.in_proj_qkvz(x))  # [T, conv_dim], [T, Hv*Dv]
         b, a = self.in_proj_ba.split(self.in_proj_ba(x))  # [T, Hv] each
         return mixed_qkv, z, b, a

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deltaserve.layers.weights import make_param, row_shard_loader, shard_offsets
+from deltaserve.ops import gemv
 from deltaserve.ops.fp8 import FP8_DTYPE, block_fp8_linear
 
 
@@ -43,7 +43,7 @@ class ReplicatedLinear(nn.Module):
                 self.bias,
                 block_k=self.fp8_block_k,
             )
-        return F.linear(x, self.weight, self.bias)
+        return gemv.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(ReplicatedLinear):
