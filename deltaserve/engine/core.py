@@ -229,26 +229,18 @@ class LLMEngine:
         """How many decode steps may follow the just-launched step `sched`, each launched before its
         predecessor is processed, while its sequences stay the same (0: process it now).
 
-        Only after an all-decode step, and only while the sampler needs no host token history (no
-        penalties; `min_tokens` already reached without the token in flight, so no bans) and the
-        token in flight is not a sequence's last by length: with `L` tokens on the host, the step
-        launched while token `L + j` is in flight is allowed while `L + j < max_tokens` and
-        `prompt + L + j < max_model_len`. Finishes by EOS / stop end the chain another way (the
-        running sequences change)."""
+        Only after an all-decode step, and only while the token in flight is not a sequence's last
+        by length: with `L` tokens on the host, the step launched while token `L + j` is in flight
+        is allowed while `L + j < max_tokens` and `prompt + L + j < max_model_len`. Finishes by EOS /
+        stop end the chain another way (the running sequences change). Penalties and min_tokens
+        bans count the token in flight on the device (`SamplingBatch.build(in_flight=...)`)."""
         max_len = self.config.max_model_len
         best = max_len
         for e in sched.scheduled:
             seq = e.seq
             p = seq.params
             n_host = len(seq.output_ids)
-            if (
-                e.num_new != 1
-                or not e.sample
-                or p.repetition_penalty != 1.0
-                or p.presence_penalty != 0.0
-                or p.frequency_penalty != 0.0
-                or n_host < p.min_tokens
-            ):
+            if e.num_new != 1 or not e.sample:
                 return 0
             max_tokens = p.max_tokens if p.max_tokens is not None else max_len
             best = min(best, max_tokens - 1 - n_host, max_len - 1 - len(seq.prompt_ids) - n_host)

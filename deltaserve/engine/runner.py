@@ -286,7 +286,7 @@ class ModelRunner:
         `LaunchedStep.token_ids`) replaces the host token ids of an all-decode step whose last tokens
         the host does not know yet (row i: `out.scheduled[i]`)."""
         logits, sample_seqs, prompt = self._forward(out, allow_graph=True, input_ids=input_ids)
-        step = self._sample(logits, sample_seqs) if logits is not None else LaunchedStep()
+        step = self._sample(logits, sample_seqs, input_ids) if logits is not None else LaunchedStep()
         step.prompt = prompt
         return step
 
@@ -311,8 +311,12 @@ class ModelRunner:
             result.top_logprobs = [r[3 + k :] for r in rows]
         return result
 
-    def _sample(self, logits: torch.Tensor, sample_seqs: list) -> LaunchedStep:
-        sb = SamplingBatch.build(sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling)
+    def _sample(
+        self, logits: torch.Tensor, sample_seqs: list, in_flight: torch.Tensor | None
+    ) -> LaunchedStep:
+        sb = SamplingBatch.build(
+            sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling, in_flight=in_flight
+        )
         self._sampling = sb
         so = sample(logits, sb)
         if so.sampled_logprob is None:

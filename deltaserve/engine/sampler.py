@@ -50,26 +50,36 @@ class SamplingBatch:
         device: torch.device,
         eos_ids: tuple[int, ...],
         prev: SamplingBatch | None = None,
+        in_flight: torch.Tensor | None = None,
     ) -> SamplingBatch:
         """`seqs` are the sampling `Sequence`s in row order. When `prev` was built for the same
         sequence objects in the same order (a steady decode batch), its per-request tensors are
         reused and only the per-step parts (penalty token ids, min_tokens bans) are rebuilt;
-        sequences' parameters must not change while they run."""
+        sequences' parameters must not change while they run.
+
+        `in_flight` (`[N]` int64 on `device`, overlap scheduling): each row's newest output token,
+        sampled by the step before and not in `output_ids` yet; penalties and min_tokens count it."""
         v = vocab_size
+        pending = 0 if in_flight is None else 1
+        extra = None if in_flight is None else in_flight.view(-1, 1)  # [N, 1]
         if prev is not None and len(prev.seqs) == len(seqs) and all(a is b for a, b in zip(prev.seqs, seqs)):
             b = copy.copy(prev)
         else:
             b = cls._build_static(seqs, v, device)
         seen = outs = None
         if b.repetition is not None:
-            seen = _pad([s.prompt_ids + s.output_ids for s in seqs], v, device)
+            seen = _pad([s.prompt_ids + s.output_ids for s in seqs], v, device)  # [N, Lp]
+            if extra is not None:
+                seen = torch.cat([seen, extra], dim=1)
         if b.presence is not None:
-            outs = _pad([s.output_ids for s in seqs], v, device)
+            outs = _pad([s.output_ids for s in seqs], v, device)  # [N, Lo]
+            if extra is not None:
+                outs = torch.cat([outs, extra], dim=1)
         rows, cols = [], []
         for i in b.min_token_rows:
             s = seqs[i]
             p = s.params
-            if len(s.output_ids) < p.min_tokens:
+            if len(s.output_ids) + pending < p.min_tokens:
                 banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
                 for tok in sorted(banned):
                     if 0 <= tok < v:

@@ -126,7 +126,7 @@ def test_mixed_features_equal_overlap_off(engines):
         _greedy(14, stop_token_ids=[base[2].outputs[0].token_ids[5]]),  # stops mid-batch
         _greedy(14, stop_token_ids=[base[3].outputs[0].token_ids[2]], min_tokens=4),
         SamplingParams(temperature=0.7, top_k=20, seed=3, n=2, max_tokens=9, ignore_eos=True),
-        _greedy(6, logprobs=2),  # host history needed: the synchronous path
+        _greedy(6, logprobs=2),
         _greedy(10, repetition_penalty=1.3),
         SamplingParams(temperature=1.0, seed=5, presence_penalty=0.5, max_tokens=8, ignore_eos=True),
         _greedy(1),
@@ -158,19 +158,26 @@ def test_logprobs_overlap(engines):
 @pytest.mark.parametrize(
     "params",
     [
-        _greedy(12, frequency_penalty=2.0),
+        _greedy(12, frequency_penalty=-2.0),  # negative: pulls towards the tokens already sampled,
+        _greedy(12, presence_penalty=-2.0),  # so the newest one (in flight) matters at once
         _greedy(12, repetition_penalty=2.0),
+        _greedy(12, repetition_penalty=0.3),
         SamplingParams(temperature=0.9, seed=9, presence_penalty=2.0, max_tokens=12, ignore_eos=True),
     ],
-    ids=["frequency", "repetition", "presence"],
+    ids=["frequency", "presence", "repetition", "repetition-pull", "presence-seeded"],
 )
-def test_penalties_take_the_synchronous_path(engines, params):
-    """Penalties read the host token history, which lacks the token in flight: no overlap for them."""
+def test_penalties_count_the_token_in_flight(engines, params):
+    """Penalties see the host history plus the token still in flight (on the device): overlapped
+    steps give the tokens of synchronous ones, penalties strong enough to change the greedy path."""
     on, off = engines
-    work = [(p, params, 0) for p in _prompts(4, seed=6, lengths=(8,))]
+    prompts = _prompts(4, seed=6, lengths=(8,))
+    work = [(p, params, 0) for p in prompts]
     o_on = on.num_overlapped_steps
-    _compare(on, off, work)
-    assert on.num_overlapped_steps == o_on
+    got, _ = _compare(on, off, work)
+    assert on.num_overlapped_steps - o_on == 12 - 2
+    plain = _run(off, [(p, _greedy(12), 0) for p in prompts])
+    if params.temperature == 0.0:
+        assert any(got[i].outputs[0].token_ids != plain[i].outputs[0].token_ids for i in range(len(work)))
 
 
 def test_new_request_is_admitted_without_waiting_for_the_batch(engines):

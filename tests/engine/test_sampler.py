@@ -95,6 +95,31 @@ def test_min_tokens_bans_eos_and_stop_ids():
     assert out.tolist() == [1, 0]  # row 0 still under min_tokens: eos and 3 banned
 
 
+def test_in_flight_tokens_count_like_host_tokens():
+    """Overlap scheduling: a row's newest token may still be on the device (`in_flight`); the
+    penalties and min_tokens bans must treat it exactly as if it were in `output_ids`."""
+    logits = torch.zeros(4, V)
+    logits[:, 5] = 2.0
+    logits[:, 6] = 1.9
+    logits[:, 0] = 1.95  # eos, banned while under min_tokens
+    logits[3, 0] = 2.5  # row 3: eos is the argmax once allowed
+    params = [
+        SamplingParams(temperature=0, repetition_penalty=1.2),
+        SamplingParams(temperature=0, frequency_penalty=0.2),
+        SamplingParams(temperature=0, presence_penalty=0.2, min_tokens=2),
+        SamplingParams(temperature=0, min_tokens=2),
+    ]
+    dev = torch.device("cpu")
+    host = [[7, 5], [7, 5], [7, 5], [7, 9]]
+    want = sample(logits, SamplingBatch.build(_seqs(params, outputs=host), V, dev, (0,))).token_ids
+    seqs = _seqs(params, outputs=[h[:-1] for h in host])  # the last token not on the host yet
+    in_flight = torch.tensor([h[-1] for h in host])
+    got = sample(logits, SamplingBatch.build(seqs, V, dev, (0,), in_flight=in_flight)).token_ids
+    assert got.tolist() == want.tolist() == [0, 0, 0, 0]  # 5 penalised / eos allowed at 2 tokens
+    without = sample(logits, SamplingBatch.build(seqs, V, dev, (0,))).token_ids
+    assert without.tolist() == [5, 5, 5, 5]  # what ignoring the token in flight would sample
+
+
 def test_seeded_rows_reproducible_across_batch_compositions():
     torch.manual_seed(1)
     row = torch.randn(V)
