@@ -13,7 +13,8 @@ The stub logits put one token far ahead, drawn from `--tokens`: `text` ids of th
 byte/merge vocabulary (realistic detokenization) or `notext` ids past the tokenizer (what the
 random-weight `deltaserve.bench.offline` run samples: ids that decode to nothing). Requests are
 submitted like the offline benchmark: B prompts of `--input-len` ids, `max_tokens=--output-len`,
-`ignore_eos`, `engine.step(only_finished=True)`. Numbers are microseconds per decode step (mean over
+`ignore_eos`, `engine.step(only_finished=True)` (`--stream`: `engine.step()`, building every
+request's cumulative output each step, as the server's streaming loop does). Numbers are microseconds per decode step (mean over
 the all-decode steps of a run; each phase's best of `--repeat` runs, so the columns need not add up)
 on this machine's CPU. On the CPU, "sample" also holds the sampling ops' compute (kernels on a GPU).
 """
@@ -87,6 +88,9 @@ def build_engine(max_bs: int, input_len: int, output_len: int, pool_kind: str, s
         max_num_seqs=max_bs,
         max_num_batched_tokens=max(2048, input_len * max_bs),
         seed=0,
+        # the per-phase split needs each step processed inside its own step() call; overlap hides
+        # this host work behind the GPU but does not shrink it
+        overlap_schedule=False,
     )
     engine = LLMEngine(config)
     runner = engine.runner
@@ -145,7 +149,7 @@ def run_once(engine: LLMEngine, stub: _Stub, batch: int, args, params: SamplingP
             if decode and prof is not None:
                 prof.enable()
             t = time.perf_counter()
-            engine.step(only_finished=True)
+            engine.step(only_finished=not args.stream)
             step = time.perf_counter() - t
             if decode and prof is not None:
                 prof.disable()
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stream", action="store_true", help="build every request's output each step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cprofile", type=int, default=0, help="print the top N functions (tottime)")
     ap.add_argument("--json", default=None)

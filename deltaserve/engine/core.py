@@ -400,11 +400,11 @@ class LLMEngine:
         return RequestOutput(
             request_id=req.request_id,
             prompt=req.prompt,
-            prompt_token_ids=list(req.prompt_ids),
+            prompt_token_ids=req.prompt_ids_out(),
             outputs=outs,
             finished=finished,
             metrics=RequestMetrics(req.arrival_time, req.first_token_time, req.finished_time),
-            prompt_logprobs=list(req.prompt_logprobs) if req.prompt_logprobs is not None else None,
+            prompt_logprobs=req.prompt_logprobs_out(),
         )
 
     # ---- introspection ---------------------------------------------------------------------------

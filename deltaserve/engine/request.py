@@ -87,6 +87,26 @@ class Request:
     # filled during prefill by continuation 0 when params.prompt_logprobs is set; entry k belongs to
     # prompt token k (entry 0 is None); recomputation after preemption never appends twice
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    # what outputs hand out for the prompt: one copy per request, shared by all its outputs (the
+    # engine never reads them back), so a streamed step does not copy an 8k-token prompt per request
+    _prompt_ids_out: list[int] | None = field(default=None, repr=False)
+    _prompt_logprobs_out: list | None = field(default=None, repr=False)
+
+    def prompt_ids_out(self) -> list[int]:
+        """The prompt ids for a `RequestOutput` (a copy made once, then shared)."""
+        if self._prompt_ids_out is None:
+            self._prompt_ids_out = list(self.prompt_ids)
+        return self._prompt_ids_out
+
+    def prompt_logprobs_out(self) -> list | None:
+        """The prompt logprobs for a `RequestOutput`: a fresh copy while prefill still appends to
+        them, then one copy shared by every later output."""
+        lps = self.prompt_logprobs
+        if lps is None or len(lps) < len(self.prompt_ids):
+            return None if lps is None else list(lps)
+        if self._prompt_logprobs_out is None:
+            self._prompt_logprobs_out = list(lps)
+        return self._prompt_logprobs_out
 
     def prompt_logprob_targets(self, start: int, end: int) -> tuple[int, int]:
         """Prompt tokens `[lo, hi)` whose logprob is still missing and can be computed from the hidden

@@ -133,3 +133,24 @@ def test_request_validation(engine):
     with pytest.raises(ValueError, match="prompt"):
         engine.make_request("x", 3.5, SamplingParams())
     assert not engine.has_unfinished_requests()
+
+
+def test_streamed_outputs_share_one_prompt_copy(engine):
+    """Every output of a request hands out the same prompt list (copied once, not per step) and the
+    same finished prompt logprobs; changing them does not reach the engine or other requests."""
+    p = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, prompt_logprobs=1)
+    rid = f"share-{engine.num_steps}"
+    req = engine.add_request(rid, PROMPT, p)
+    outs = []
+    while engine.has_unfinished_requests():
+        outs += [o for o in engine.step() if o.request_id == rid]
+    assert len(outs) >= 3 and outs[-1].finished
+    first = outs[0].prompt_token_ids
+    assert first == PROMPT and first is not req.prompt_ids
+    assert all(o.prompt_token_ids is first for o in outs)
+    assert all(o.prompt_logprobs is outs[0].prompt_logprobs for o in outs)
+    assert len(outs[0].prompt_logprobs) == len(PROMPT)
+    first.append(-1)  # a consumer's edit stays in its own copy
+    assert req.prompt_ids == PROMPT
+    again = _gen(engine, [(PROMPT, p)])[0]
+    assert again.prompt_token_ids == PROMPT and again.outputs[0].token_ids == outs[-1].outputs[0].token_ids
