@@ -356,11 +356,22 @@ class LLMEngine:
         )
         if not stop_token or p.include_stop_str_in_output:
             old_len = len(seq.text)
-            start = seq.detok.prefix_offset  # only the detokenizer's window, not all the ids
-            window = seq.tokens(start, len(seq.prompt_ids) + n_out)
-            seq.text += detok.decode_delta(
-                self._decode, window, seq.detok, p.skip_special_tokens, start=start, silent=self._silent
-            )
+            state, end = seq.detok, len(seq.prompt_ids) + n_out
+            silent = self._silent
+            # ids that add no text: only the unread ones are looked at (the window from prefix_offset
+            # grows while they last; building it every step would be O(output length))
+            if (
+                silent is None
+                or token not in silent
+                or not detok.read_past_silent(
+                    seq.tokens(state.read_offset, end), state, p.skip_special_tokens, silent
+                )
+            ):
+                start = state.prefix_offset  # only the detokenizer's window, not all the ids
+                window = seq.tokens(start, end)
+                seq.text += detok.decode_delta(
+                    self._decode, window, state, p.skip_special_tokens, start=start, silent=silent
+                )
             if p.stop and not stop_token and n_out >= p.min_tokens:
                 hit = detok.find_stop(seq.text, len(seq.text) - old_len, p.stop)
                 if hit is not None:

@@ -63,6 +63,23 @@ def silent_ids(tokenizer) -> SilentIds | None:
     return None
 
 
+def read_past_silent(
+    unread: list[int], state: DetokState, skip_special_tokens: bool, silent: SilentIds
+) -> bool:
+    """If the ids not yet read (`unread`, from `state.read_offset` to the end) all decode to nothing,
+    mark them read and return True: the text cannot change, and since the decoder drops them from any
+    window they sit in, reading past them gives the same text later as leaving them unread. Callers
+    can try this on the few unread ids before building the longer window `decode_delta` needs."""
+    if (
+        unread
+        and unread[-1] in silent  # cheap rejection of the usual case, a token with text
+        and silent.all(unread, skip_special_tokens)
+    ):
+        state.read_offset += len(unread)
+        return True
+    return False
+
+
 def decode_delta(
     decode,
     all_ids: list[int],
@@ -79,15 +96,7 @@ def decode_delta(
     `silent`: the decoder's `SilentIds` (`silent_ids`), to skip decoding ids that add no text.
     """
     p, r, end = state.prefix_offset - start, state.read_offset - start, start + len(all_ids)
-    if (
-        silent is not None
-        and r < len(all_ids)
-        and all_ids[-1] in silent  # cheap rejection of the usual case, a token with text
-        and silent.all(all_ids[r:], skip_special_tokens)
-    ):
-        # ids that decode to nothing: the text cannot change, and since they are dropped from any
-        # window they sit in, reading past them gives the same text later as leaving them unread
-        state.read_offset = end
+    if silent is not None and read_past_silent(all_ids[r:], state, skip_special_tokens, silent):
         return ""
     prefix = state.prefix_text
     if prefix is None:
