@@ -24,7 +24,7 @@ from typing import Any
 from deltaserve.config import EngineConfig
 from deltaserve.engine import detokenizer as detok
 from deltaserve.engine.cache import HybridCache
-from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from deltaserve.engine.outputs import CompletionOutput, GrowingPrefix, Logprob, RequestMetrics, RequestOutput
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.runner import LaunchedStep, ModelRunner, PromptChunk, StepResult, seed_for
 from deltaserve.engine.sampling_params import SamplingParams
@@ -397,13 +397,15 @@ class LLMEngine:
                 hold = detok.holdback(seq.params)
                 if hold:
                     text = text[: max(0, len(text) - hold)]
+            # running: views of the append-only lists (no per-step copy); finished: lists, once
+            snap = list if seq.is_finished else GrowingPrefix
             outs.append(
                 CompletionOutput(
                     index=seq.index,
                     text=text,
-                    token_ids=list(seq.output_ids),
+                    token_ids=snap(seq.output_ids),
                     cumulative_logprob=seq.cumulative_logprob,
-                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    logprobs=snap(seq.logprobs) if seq.logprobs is not None else None,
                     finish_reason=seq.finish_reason,
                     stop_reason=seq.stop_reason,
                 )
