@@ -16,8 +16,17 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 from deltaserve.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from deltaserve.engine.sampling_params import SamplingParams
+
+# A test module importing these helpers is skipped, with this reason, where the HTTP server packages
+# are absent (e.g. a bare GPU machine running `pytest -m gpu`); `httpx` is re-exported for its tests.
+_NO_HTTP = "the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+pytest.importorskip("fastapi", reason=_NO_HTTP)
+pytest.importorskip("uvicorn", reason=_NO_HTTP)
+httpx = pytest.importorskip("httpx", reason=_NO_HTTP)
 
 EOS_ID = 151645
 

@@ -7,20 +7,14 @@ import threading
 import time
 
 import pytest
-
-pytest.importorskip(
-    "fastapi", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-pytest.importorskip(
-    "uvicorn", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-httpx = pytest.importorskip(
-    "httpx", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
+from server_fakes import (  # skips this module without the HTTP packages
+    EOS_ID,
+    FakeEngine,
+    ThreadServer,
+    httpx,
 )
 
-from server_fakes import EOS_ID, FakeEngine, ThreadServer  # noqa: E402
-
-from deltaserve.entrypoints.openai.api_server import build_app  # noqa: E402
+from deltaserve.entrypoints.openai.api_server import build_app
 
 MODEL = "fake-model"
 MAX_LEN = 256

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from server_fakes import FakeEngine, ThreadServer, httpx  # skips this module without the HTTP packages
 
-pytest.importorskip(
-    "fastapi", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-pytest.importorskip(
-    "uvicorn", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-httpx = pytest.importorskip(
-    "httpx", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-
-from server_fakes import FakeEngine, ThreadServer  # noqa: E402
-
-from deltaserve.entrypoints.openai.api_server import build_app  # noqa: E402
-from deltaserve.entrypoints.openai.tool_parsers import HermesStreamState, HermesToolParser  # noqa: E402
+from deltaserve.entrypoints.openai.api_server import build_app
+from deltaserve.entrypoints.openai.tool_parsers import HermesStreamState, HermesToolParser
 
 CALL_A = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
 CALL_B = '<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call>'

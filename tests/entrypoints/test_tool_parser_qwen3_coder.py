@@ -8,21 +8,10 @@ import random
 
 import jinja2
 import pytest
+from server_fakes import FakeEngine, ThreadServer, httpx  # skips this module without the HTTP packages
 
-pytest.importorskip(
-    "fastapi", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-pytest.importorskip(
-    "uvicorn", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-httpx = pytest.importorskip(
-    "httpx", reason="the HTTP server packages (fastapi, uvicorn, httpx) are not installed here"
-)
-
-from server_fakes import FakeEngine, ThreadServer  # noqa: E402
-
-from deltaserve.entrypoints.openai.api_server import build_app  # noqa: E402
-from deltaserve.entrypoints.openai.tool_parsers import (  # noqa: E402
+from deltaserve.entrypoints.openai.api_server import build_app
+from deltaserve.entrypoints.openai.tool_parsers import (
     TOOL_CALL_PARSERS,
     HermesToolParser,
     Qwen3CoderToolParser,
