@@ -226,34 +226,26 @@ def main() -> None:
                     (lambda p=p: gdn_decode(q, k, v, a, b, A_log, dt_bias, state=p, state_slots=slots,
                                             state_layout=layout)) for p in pools
                 ])  # fmt: skip
-                for cfg in [(64, 4, 4, 2), (32, 4, 8, 3)]:
-                    try:
-                        test_pool = pools[0].clone()
-                        o = persistent_decode(q, k, v, a, b, A_log, dt_bias, test_pool, slots, layout, cfg)
-                        err = float((o.float() - ref_o.float()).abs().max()) + float(
-                            (test_pool.float() - ref_pool.float()).abs().max()
-                        )
-                        record(f"persistent {cfg}", [
-                            (lambda p=p, cfg=cfg: persistent_decode(q, k, v, a, b, A_log, dt_bias, p, slots,
-                                                                    layout, cfg)) for p in pools
-                        ], err)  # fmt: skip
-                    except Exception as exc:  # noqa: BLE001
-                        rows.append(dict(kind="decode", variant=f"persistent {cfg}", error=str(exc)[:300]))
-                        print(rows[-1], flush=True)
-                for cfg in [(64, 4, 4), (64, 4, 8), (32, 4, 8), (64, 8, 2), (128, 8, 2), (32, 2, 16)]:
-                    try:
-                        test_pool = pools[0].clone()
-                        o = prefetch_decode(q, k, v, a, b, A_log, dt_bias, test_pool, slots, layout, cfg)
-                        err = float((o.float() - ref_o.float()).abs().max()) + float(
-                            (test_pool.float() - ref_pool.float()).abs().max()
-                        )
-                        record(f"prefetch {cfg}", [
-                            (lambda p=p, cfg=cfg: prefetch_decode(q, k, v, a, b, A_log, dt_bias, p, slots,
-                                                                  layout, cfg)) for p in pools
-                        ], err)  # fmt: skip
-                    except Exception as exc:  # noqa: BLE001
-                        rows.append(dict(kind="decode", variant=f"prefetch {cfg}", error=str(exc)[:300]))
-                        print(rows[-1], flush=True)
+                variants = [
+                    ("persistent", persistent_decode, [(64, 4, 4, 2), (32, 4, 8, 3)]),
+                    ("prefetch", prefetch_decode,
+                     [(64, 4, 4), (64, 4, 8), (32, 4, 8), (64, 8, 2), (128, 8, 2), (32, 2, 16)]),
+                ]  # fmt: skip
+                for name, fn, cfgs in variants:
+                    for cfg in cfgs:
+                        try:
+                            test_pool = pools[0].clone()
+                            o = fn(q, k, v, a, b, A_log, dt_bias, test_pool, slots, layout, cfg)
+                            err = float((o.float() - ref_o.float()).abs().max()) + float(
+                                (test_pool.float() - ref_pool.float()).abs().max()
+                            )
+                            record(f"{name} {cfg}", [
+                                (lambda p=p, cfg=cfg, fn=fn: fn(q, k, v, a, b, A_log, dt_bias, p, slots,
+                                                                 layout, cfg)) for p in pools
+                            ], err)  # fmt: skip
+                        except Exception as exc:  # noqa: BLE001
+                            rows.append(dict(kind="decode", variant=f"{name} {cfg}", error=str(exc)[:300]))
+                            print(rows[-1], flush=True)
                 del pools
                 torch.cuda.empty_cache()
     json.dump(rows, open(sys.argv[1], "w"), indent=1)
