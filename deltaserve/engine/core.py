@@ -234,17 +234,20 @@ class LLMEngine:
         is allowed while `L + j < max_tokens` and `prompt + L + j < max_model_len`. Finishes by EOS /
         stop end the chain another way (the running sequences change). Penalties and min_tokens
         bans count the token in flight on the device (`SamplingBatch.build(in_flight=...)`)."""
-        max_len = self.config.max_model_len
-        best = max_len
+        best = self.config.max_model_len
         for e in sched.scheduled:
-            seq = e.seq
-            p = seq.params
-            n_host = len(seq.output_ids)
             if e.num_new != 1 or not e.sample:
                 return 0
-            max_tokens = p.max_tokens if p.max_tokens is not None else max_len
-            best = min(best, max_tokens - 1 - n_host, max_len - 1 - len(seq.prompt_ids) - n_host)
+            best = min(best, self._tokens_left(e.seq) - 1)  # the token in flight is not the last
         return max(0, best)
+
+    def _tokens_left(self, seq: Sequence) -> int:
+        """Output tokens `seq` may still get by length (`max_tokens`, `max_model_len`); <= 0: done."""
+        p = seq.params
+        max_len = self.config.max_model_len
+        max_tokens = p.max_tokens if p.max_tokens is not None else max_len
+        n_out = len(seq.output_ids)
+        return min(max_tokens - n_out, max_len - len(seq.prompt_ids) - n_out)
 
     def _launch_continuation(self, pending: _Pending) -> _Pending | None:
         """Launch the decode step after the pending one from its device tokens, or None when the
@@ -383,9 +386,7 @@ class LLMEngine:
             seq.finish_reason = "stop"
             seq.stop_reason = token if token in p.stop_token_ids else None
             return
-        max_len = self.config.max_model_len
-        max_tokens = p.max_tokens if p.max_tokens is not None else max_len
-        if n_out >= max_tokens or len(seq.prompt_ids) + n_out >= max_len:
+        if self._tokens_left(seq) <= 0:
             seq.finish_reason = "length"
 
     def _output(self, req: Request) -> RequestOutput:
