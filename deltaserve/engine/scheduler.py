@@ -110,12 +110,8 @@ class Scheduler:
             chosen[seq.seq_id] = ScheduledSeq(seq, n, n == left)
             budget -= n
         if not out.preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                seq = self.waiting[0]
-                n = min(seq.num_uncomputed, budget)
-                if not self.cache.can_admit(seq, seq.num_computed + n):
-                    break
-                self.waiting.popleft()
+            while n := self._admit_size(budget):
+                seq = self.waiting.popleft()
                 self.cache.admit(seq)
                 self.cache.grow(seq, seq.num_computed + n)
                 seq.status = SeqStatus.RUNNING
@@ -125,13 +121,19 @@ class Scheduler:
         out.scheduled = list(chosen.values())
         return out
 
+    def _admit_size(self, budget: int) -> int:
+        """Tokens the head of the waiting queue would be admitted with under `budget`, or 0 when it
+        cannot be now (no one waiting, no budget, `max_num_seqs` running, or no room in the cache).
+        A waiting sequence always has uncomputed tokens, so an admission is never 0 tokens."""
+        if not self.waiting or budget <= 0 or len(self.running) >= self.max_num_seqs:
+            return 0
+        seq = self.waiting[0]
+        n = min(seq.num_uncomputed, budget)
+        return n if self.cache.can_admit(seq, seq.num_computed + n) else 0
+
     def could_admit(self) -> bool:
         """Whether `schedule()` might admit a waiting sequence now (errs towards True)."""
-        if not self.waiting or len(self.running) >= self.max_num_seqs:
-            return False
-        budget = self.max_num_batched_tokens - len(self.running)  # after one token per running seq
-        seq = self.waiting[0]
-        return budget > 0 and self.cache.can_admit(seq, seq.num_computed + min(seq.num_uncomputed, budget))
+        return self._admit_size(self.max_num_batched_tokens - len(self.running)) > 0  # after 1 token each
 
     def schedule_decodes(self, rows: list[ScheduledSeq]) -> SchedulerOutput | None:
         """Decode rows `rows` (`(seq, 1, True)` of the running sequences, in order) again, for
