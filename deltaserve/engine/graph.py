@@ -12,6 +12,7 @@ import logging
 import torch
 
 from deltaserve.context import AttentionMetadata, ForwardBatch, GDNMetadata
+from deltaserve.engine.transfer import copy_into
 
 logger = logging.getLogger("deltaserve.engine")
 
@@ -33,56 +34,80 @@ class DecodeGraphs:
         self.sizes = capture_sizes(max_bs)
         dev = runner.device
         width = runner.max_blocks_per_seq
-        # two staging blocks so one step needs one H2D copy each: int64 rows (ids, positions,
-        # slot_mapping) and int32 rows (seq_lens, state_slots); the batch fields are row views
-        self.i64 = torch.zeros((3, max_bs), dtype=torch.int64, device=dev)
-        self.i32 = torch.zeros((2, max_bs), dtype=torch.int32, device=dev)
-        self.input_ids, self.positions, self.slot_mapping = self.i64[0], self.i64[1], self.i64[2]
-        self.seq_lens, self.state_slots = self.i32[0], self.i32[1]
-        self.slot_mapping.fill_(-1)
-        self.seq_lens.fill_(1)
-        self.state_slots.fill_(-1)
+        # One staging block, so a step needs one host->device copy. The graph of size s reads
+        # `words[:4s]` (int64): positions [0:s], slot_mapping [s:2s], then s words viewed as int32
+        # seq_lens and state slots, then the input ids [3s:4s]. The ids come last so a continuation
+        # step can stage the first 3s words and keep the ids the previous replay's argmax left there.
+        self.words = torch.zeros(4 * max_bs, dtype=torch.int64, device=dev)
         self.cu_seqlens = torch.arange(max_bs + 1, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros((max_bs, width), dtype=torch.int32, device=dev)
         self.has_init = torch.ones(max_bs, dtype=torch.bool, device=dev)
         # host copy of the block tables; `_table_rows[i]` is what row i holds (zeros after it). Only
-        # rows that changed are rewritten, and the device copy is skipped when nothing did. Pageable
-        # memory on purpose: its copy is staged before `copy_` returns, so rewriting it is always safe.
+        # rows that changed are rewritten, and the device copy is skipped when nothing did. Each copy
+        # goes through its own pinned snapshot (`copy_into`), so rewriting this one is always safe.
         self._host_tables = torch.zeros((max_bs, width), dtype=torch.int32)
         self._table_rows: list[list[int]] = [[] for _ in range(max_bs)]
         self._tables_on_device = (0, 0)  # (rows, cols) of block_tables known to equal the host copy
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.num_staged_copies = 0  # host->device copies of the staging block (tests)
         self.pool = None
         self.num_replays = 0
 
     def fits(self, bs: int) -> bool:
         return 0 < bs <= self.max_bs and bool(self.graphs)
 
+    def _rows(self, bs: int) -> tuple[torch.Tensor, ...]:
+        """The graph of size `bs`'s rows: ids, positions, slot_mapping (int64), seq_lens, state slots
+        (int32), each `[bs]`."""
+        w = self.words[: 4 * bs]
+        positions, slot_mapping, pairs, ids = w.view(4, bs)
+        seq_lens, slots = pairs.view(torch.int32).view(2, bs)
+        return ids, positions, slot_mapping, seq_lens, slots
+
+    def greedy_ids(self, bs: int) -> torch.Tensor:
+        """`[bs]` int64: the argmax of each row's logits, written by the last replay of size `bs` into
+        that size's input-id rows (so a chained greedy step reads them in place)."""
+        return self._rows(bs)[0]
+
+    def _stage_padding(self, bs: int) -> None:
+        """Every row of size `bs` a padding row (no state or KV touched)."""
+        ids, positions, slot_mapping, seq_lens, slots = self._rows(bs)
+        ids.zero_()
+        positions.zero_()
+        slot_mapping.fill_(-1)
+        seq_lens.fill_(1)
+        slots.fill_(-1)
+        self.block_tables[:bs].zero_()
+        self._tables_on_device = (0, 0)
+
     def _batch(self, bs: int) -> ForwardBatch:
         r = self.runner
+        _, positions, slot_mapping, seq_lens, slots = self._rows(bs)
         return ForwardBatch(
-            positions=self.positions[:bs],
+            positions=positions,
             cu_seqlens=self.cu_seqlens[: bs + 1],
-            seq_lens=self.seq_lens[:bs],
+            seq_lens=seq_lens,
             num_seqs=bs,
             max_query_len=1,
             max_seq_len=r.config.max_model_len,
             attn=AttentionMetadata(
                 block_tables=self.block_tables[:bs],
-                slot_mapping=self.slot_mapping[:bs],
+                slot_mapping=slot_mapping,
                 block_size=r.config.block_size,
             ),
-            gdn=GDNMetadata(
-                state_slots=self.state_slots[:bs], has_initial_state=self.has_init[:bs], decode_only=True
-            ),
+            gdn=GDNMetadata(state_slots=slots, has_initial_state=self.has_init[:bs], decode_only=True),
             attn_backend=r.backend,
             gdn_backend=r.backend,
         )
 
     def _forward(self, bs: int) -> torch.Tensor:
-        hidden = self.runner.model(self.input_ids[:bs], self._batch(bs))  # [bs, H]
-        return self.runner.model.compute_logits(hidden)  # [bs, V]
+        ids = self._rows(bs)[0]
+        hidden = self.runner.model(ids, self._batch(bs))  # [bs, H]
+        logits = self.runner.model.compute_logits(hidden)  # [bs, V]
+        # greedy tokens ride in the graph: written over the ids just read (the forward is done with them)
+        torch.argmax(logits, dim=-1, out=ids)
+        return logits
 
     @torch.no_grad()
     def check_graph_safe(self) -> None:
@@ -105,10 +130,12 @@ class DecodeGraphs:
 
         t0 = time.perf_counter()
         dev = self.runner.device
+        self._stage_padding(self.sizes[0])
         self._forward(self.sizes[0])  # compile kernels / settle lazy state outside the sync check
         torch.cuda.synchronize(dev)
         self.check_graph_safe()
         for bs in reversed(self.sizes):
+            self._stage_padding(bs)
             for _ in range(2):  # warm-up: Triton compilation, allocator
                 self._forward(bs)
             torch.cuda.synchronize(dev)
@@ -136,19 +163,26 @@ class DecodeGraphs:
         slots: list[int],
         *,
         input_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Replay the graph for `len(ids)` decode rows; returns their logits `[B, V]` (a view).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the graph for `len(ids)` decode rows; returns their logits `[B, V]` and greedy tokens
+        `[B]` (views, valid until the next replay; the tokens equal `logits.argmax(-1)`).
 
         `input_ids` ([B] int64 on the device), when given, replaces `ids` (then placeholders): the
-        previous step's sampled tokens, copied device-to-device after the staging copy, so the host
-        never waits for them."""
+        previous step's sampled tokens, so the host never waits for them. When they are this size's
+        `greedy_ids` (a chained greedy step) they are read in place; otherwise they are copied
+        device-to-device after the staging copy."""
         b = len(ids)
-        size = self.stage(ids, positions, slot_mapping, seq_lens, tables, slots)
-        if input_ids is not None:
-            self.input_ids[:b].copy_(input_ids, non_blocking=True)  # stream-ordered after the stage copy
+        size = next(s for s in self.sizes if s >= b)
+        ids_rows = self._rows(size)[0]
+        in_place = input_ids is not None and _same_view(input_ids, ids_rows[:b])
+        if input_ids is not None and not in_place and _overlaps(input_ids, self.words):
+            input_ids = input_ids.clone()  # another size's rows: the staging copy may overwrite them
+        self.stage(ids, positions, slot_mapping, seq_lens, tables, slots, keep_ids=in_place)
+        if input_ids is not None and not in_place:
+            ids_rows[:b].copy_(input_ids, non_blocking=True)  # stream-ordered after the staging copy
         self.graphs[size].replay()
         self.num_replays += 1
-        return self.logits[size][:b]
+        return self.logits[size][:b], ids_rows[:b]
 
     def stage(
         self,
@@ -158,24 +192,29 @@ class DecodeGraphs:
         seq_lens: list[int],
         tables: list[list[int]],
         slots: list[int],
+        *,
+        keep_ids: bool = False,
     ) -> int:
         """Write one decode batch (`B = len(ids)` rows) into the static buffers, padded to the captured
-        size it returns: ids, positions and slot_mapping in one int64 copy, seq_lens and state slots in
-        one int32 copy, and the block tables (`[:size, :width]`, zeros past each row) only if changed."""
+        size it returns: one int64 copy of the size's staging block (without the ids when `keep_ids`),
+        and the block tables (`[:size, :width]`, zeros past each row) only if changed."""
         b = len(ids)
         size = next(s for s in self.sizes if s >= b)
         pad = size - b
-        host = torch.tensor(
-            ids + [0] * pad + positions + [0] * pad + slot_mapping + [-1] * pad, dtype=torch.int64
-        ).view(3, size)
-        small = torch.tensor(seq_lens + [1] * pad + slots + [-1] * pad, dtype=torch.int32).view(2, size)
+        pairs = torch.tensor(seq_lens + [1] * pad + slots + [-1] * pad, dtype=torch.int32).view(torch.int64)
+        parts = [torch.tensor(positions + [0] * pad + slot_mapping + [-1] * pad, dtype=torch.int64), pairs]
+        if not keep_ids:
+            parts.append(torch.tensor(ids + [0] * pad, dtype=torch.int64))
+        n = (3 if keep_ids else 4) * size
+        block = torch.empty(n, dtype=torch.int64, pin_memory=self.words.is_cuda)
+        torch.cat(parts, out=block)
         width = max(len(t) for t in tables)
         changed = self._stage_tables(tables, size)
-        self.i64[:, :size].copy_(host, non_blocking=True)
-        self.i32[:, :size].copy_(small, non_blocking=True)
+        copy_into(self.words[:n], block)
+        self.num_staged_copies += 1
         rows, cols = self._tables_on_device
         if changed or size > rows or width > cols:
-            self.block_tables[:size, :width].copy_(self._host_tables[:size, :width], non_blocking=True)
+            copy_into(self.block_tables[:size, :width], self._host_tables[:size, :width])
             self._tables_on_device = (size, width)
         return size
 
@@ -205,11 +244,7 @@ class DecodeGraphs:
         Padding rows touch no state (slot -1, slot_mapping -1), so this is safe at any time.
         """
         size = next(s for s in self.sizes if s >= bs)
-        self.slot_mapping[:size].fill_(-1)
-        self.state_slots[:size].fill_(-1)
-        self.seq_lens[:size].fill_(1)
-        self.block_tables[:size].zero_()
-        self._tables_on_device = (0, 0)
+        self._stage_padding(size)
         times = []
         for _ in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -219,3 +254,14 @@ class DecodeGraphs:
             end.synchronize()
             times.append(start.elapsed_time(end))
         return sorted(times)[len(times) // 2]
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+def _overlaps(a: torch.Tensor, buf: torch.Tensor) -> bool:
+    """Whether `a`'s storage range meets contiguous `buf`'s."""
+    lo, hi = buf.data_ptr(), buf.data_ptr() + buf.numel() * buf.element_size()
+    a_lo = a.data_ptr()
+    return a.device == buf.device and a_lo < hi and a_lo + a.numel() * a.element_size() > lo

@@ -22,8 +22,9 @@ from deltaserve.config import EngineConfig
 from deltaserve.context import AttentionMetadata, ForwardBatch, GDNMetadata
 from deltaserve.engine.cache import CachePlan, CacheSpec, plan_cache
 from deltaserve.engine.graph import DecodeGraphs
-from deltaserve.engine.sampler import SamplingBatch, prompt_logprobs, sample
+from deltaserve.engine.sampler import SamplerOutput, SamplingBatch, prompt_logprobs, sample
 from deltaserve.engine.scheduler import SchedulerOutput
+from deltaserve.engine.transfer import host_to_device, to_device
 from deltaserve.models.registry import load_model
 
 logger = logging.getLogger("deltaserve.engine")
@@ -245,7 +246,7 @@ class ModelRunner:
         table = torch.tensor([row + [0] * (width - len(row)) for row in tables], dtype=torch.int32)  # [B, W]
 
         def put(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
+            return to_device(values, dtype, dev)
 
         return ForwardBatch(
             positions=put(positions, torch.int64),
@@ -255,7 +256,7 @@ class ModelRunner:
             max_query_len=max_q,
             max_seq_len=max(seq_lens),
             attn=AttentionMetadata(
-                block_tables=table.to(dev, non_blocking=True),
+                block_tables=host_to_device(table, dev),
                 slot_mapping=put(slot_mapping, torch.int64),
                 block_size=self.config.block_size,
             ),
@@ -285,8 +286,8 @@ class ModelRunner:
         gives its results. `input_ids` ([B] int64 on the device, e.g. the previous step's
         `LaunchedStep.token_ids`) replaces the host token ids of an all-decode step whose last tokens
         the host does not know yet (row i: `out.scheduled[i]`)."""
-        logits, sample_seqs, prompt = self._forward(out, allow_graph=True, input_ids=input_ids)
-        step = self._sample(logits, sample_seqs, input_ids) if logits is not None else LaunchedStep()
+        logits, sample_seqs, prompt, greedy = self._forward(out, allow_graph=True, input_ids=input_ids)
+        step = self._sample(logits, sample_seqs, input_ids, greedy) if logits is not None else LaunchedStep()
         step.prompt = prompt
         return step
 
@@ -312,13 +313,24 @@ class ModelRunner:
         return result
 
     def _sample(
-        self, logits: torch.Tensor, sample_seqs: list, in_flight: torch.Tensor | None
+        self,
+        logits: torch.Tensor,
+        sample_seqs: list,
+        in_flight: torch.Tensor | None,
+        greedy: torch.Tensor | None = None,
     ) -> LaunchedStep:
+        """Enqueue the sampling of `logits [N, V]`; `greedy` ([N], when the decode graph computed it)
+        is `logits.argmax(-1)`, taken as is when every row is plain greedy.
+
+        `in_flight` may be the previous replay's greedy rows, which this step's replay has already
+        overwritten. Only penalties read its values, and a batch with penalties is never plain greedy,
+        so its ids came from `sample` instead. Requests' sampling parameters do not change while
+        they run."""
         sb = SamplingBatch.build(
             sample_seqs, self.vocab_size, self.device, self.eos_ids, self._sampling, in_flight=in_flight
         )
         self._sampling = sb
-        so = sample(logits, sb)
+        so = SamplerOutput(token_ids=greedy) if greedy is not None and sb.plain_greedy else sample(logits, sb)
         if so.sampled_logprob is None:
             packed, k = so.token_ids, -1  # [N] int64
         else:  # logprobs wanted: pack everything into one float64 transfer (ids are exact below 2**53)
@@ -345,8 +357,8 @@ class ModelRunner:
         step = max(1, self.config.max_num_seqs)
         packed: list[list[float]] = []
         for lo in range(0, len(plan.rows), step):
-            rows = torch.tensor(plan.rows[lo : lo + step], dtype=torch.int64).to(self.device)
-            targets = torch.tensor(plan.targets[lo : lo + step], dtype=torch.int64).to(self.device)
+            rows = to_device(plan.rows[lo : lo + step], torch.int64, self.device)
+            targets = to_device(plan.targets[lo : lo + step], torch.int64, self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))  # [M, V]
             pl = prompt_logprobs(logits, targets, k)
             cols = [pl.token_logprob[:, None], pl.rank[:, None]]
@@ -377,12 +389,14 @@ class ModelRunner:
         """One forward over the scheduled tokens: fp32 logits `[N, V]` of the N sampling rows (in
         schedule order) and their sequences; `(None, [])` when no row samples. Updates the cache
         (and drops any prompt logprobs; `execute` returns those)."""
-        logits, seqs, _ = self._forward(out, allow_graph=allow_graph)
+        logits, seqs, _, _ = self._forward(out, allow_graph=allow_graph)
         return logits, seqs
 
     def _forward(
         self, out: SchedulerOutput, *, allow_graph: bool, input_ids: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | None, list, list[PromptChunk]]:
+    ) -> tuple[torch.Tensor | None, list, list[PromptChunk], torch.Tensor | None]:
+        """`(logits [N, V] of the sampling rows or None, their sequences, prompt logprobs, the rows'
+        argmax [N] when the decode graph computed it or None)`."""
         bs = self.config.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -429,10 +443,10 @@ class ModelRunner:
         if input_ids is not None and (not decode_only or len(ids) != input_ids.shape[0]):
             raise ValueError("input_ids: device token ids are only for an all-decode step, one per row")
         if graph_ok and decode_only and self.graphs.fits(num_seqs):
-            logits = self.graphs.run(
+            logits, greedy = self.graphs.run(
                 ids, positions, slot_mapping, seq_lens, tables, slots, input_ids=input_ids
             )
-            return logits, sample_seqs, []
+            return logits, sample_seqs, [], greedy
         batch = self._eager_batch(
             positions=positions,
             cu=cu,
@@ -446,12 +460,12 @@ class ModelRunner:
             decode_only=decode_only,
         )
         if input_ids is None:
-            input_ids = torch.tensor(ids, dtype=torch.int64).to(self.device, non_blocking=True)  # [T]
+            input_ids = to_device(ids, torch.int64, self.device)  # [T]
         hidden = self.model(input_ids, batch)  # [T, H]
         prompt = self._prompt_logprobs(hidden, plan) if plan.rows else []
         if not sample_seqs:
-            return None, [], prompt
+            return None, [], prompt, None
         if len(logit_rows) != hidden.shape[0]:
-            rows = torch.tensor(logit_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            rows = to_device(logit_rows, torch.int64, self.device)
             hidden = hidden.index_select(0, rows)  # [N, H]
-        return self.model.compute_logits(hidden), sample_seqs, prompt  # [N, V]
+        return self.model.compute_logits(hidden), sample_seqs, prompt, None  # [N, V]

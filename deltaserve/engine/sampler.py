@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from deltaserve.engine.transfer import to_device
+
 _NEG_INF = float("-inf")
 
 
@@ -41,6 +43,17 @@ class SamplingBatch:
     # the sequences it was built for and their rows with min_tokens (lets `build` reuse the rest)
     seqs: tuple = field(default=(), repr=False, compare=False)
     min_token_rows: list[int] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Every row's token is the argmax of the raw logits: greedy, no penalty, no ban, no logprobs."""
+        return (
+            self.all_greedy
+            and self.repetition is None
+            and self.presence is None
+            and self.ban_rows is None
+            and self.max_logprobs < 0
+        )
 
     @classmethod
     def build(
@@ -87,7 +100,7 @@ class SamplingBatch:
                         cols.append(tok)
         ban_rows = ban_cols = None
         if rows:
-            ban = torch.tensor([rows, cols], dtype=torch.int64).to(device, non_blocking=True)  # [2, K]
+            ban = to_device([rows, cols], torch.int64, device)  # [2, K]
             ban_rows, ban_cols = ban[0], ban[1]
         b.seen_ids, b.output_ids, b.ban_rows, b.ban_cols = seen, outs, ban_rows, ban_cols
         return b
@@ -123,7 +136,7 @@ class SamplingBatch:
         if want_pf:
             at["presence"] = row([p.presence_penalty for p in ps])
             at["frequency"] = row([p.frequency_penalty for p in ps])
-        packed = torch.tensor(floats, dtype=torch.float32).to(device, non_blocking=True) if floats else None
+        packed = to_device(floats, torch.float32, device) if floats else None
 
         def get(name: str) -> torch.Tensor | None:
             return packed[at[name]] if name in at else None  # [N] fp32 (a row view)
@@ -133,8 +146,7 @@ class SamplingBatch:
             greedy = greedy != 0.0  # [N] bool
         top_k = None
         if want_top_k:
-            top_k = torch.tensor([p.top_k if 0 < p.top_k < v else v for p in ps], dtype=torch.int64)
-            top_k = top_k.to(device, non_blocking=True)
+            top_k = to_device([p.top_k if 0 < p.top_k < v else v for p in ps], torch.int64, device)
         gens = [
             (i, s.generator)
             for i, s in enumerate(seqs)
@@ -150,11 +162,11 @@ class SamplingBatch:
 
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
     width = max(1, max(len(r) for r in rows))
-    out = torch.full((len(rows), width), pad, dtype=torch.int64)
+    out = torch.full((len(rows), width), pad, dtype=torch.int64, pin_memory=device.type == "cuda")
     for i, r in enumerate(rows):
         if r:
             out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    return out.to(device, non_blocking=True)
+    return out.to(device, non_blocking=True)  # pinned on CUDA: no wait for the stream (see `transfer`)
 
 
 @dataclass

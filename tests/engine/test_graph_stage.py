@@ -13,17 +13,26 @@ MAX_BS, WIDTH = 8, 6
 
 
 def _graphs() -> DecodeGraphs:
-    return DecodeGraphs(SimpleNamespace(device=torch.device("cpu"), max_blocks_per_seq=WIDTH), MAX_BS)
+    config = SimpleNamespace(max_model_len=16 * WIDTH, block_size=16)
+    runner = SimpleNamespace(
+        device=torch.device("cpu"), max_blocks_per_seq=WIDTH, config=config, backend=None
+    )
+    return DecodeGraphs(runner, MAX_BS)
 
 
 def _check(g: DecodeGraphs, size: int, batch: dict) -> None:
     """What the replay of `size` reads: the real rows, then padding rows (slot -1, page 0, length 1)."""
     b, pad = len(batch["ids"]), size - len(batch["ids"])
-    assert g.input_ids[:size].tolist() == batch["ids"] + [0] * pad
-    assert g.positions[:size].tolist() == batch["positions"] + [0] * pad
-    assert g.slot_mapping[:size].tolist() == batch["slot_mapping"] + [-1] * pad
-    assert g.seq_lens[:size].tolist() == batch["seq_lens"] + [1] * pad
-    assert g.state_slots[:size].tolist() == batch["slots"] + [-1] * pad
+    ids, positions, slot_mapping, seq_lens, slots = g._rows(size)  # the views the graph of `size` reads
+    assert ids.tolist() == batch["ids"] + [0] * pad
+    assert positions.tolist() == batch["positions"] + [0] * pad
+    assert slot_mapping.tolist() == batch["slot_mapping"] + [-1] * pad
+    assert seq_lens.tolist() == batch["seq_lens"] + [1] * pad
+    assert slots.tolist() == batch["slots"] + [-1] * pad
+    batch_view = g._batch(size)  # what the captured forward was given
+    assert batch_view.positions.data_ptr() == positions.data_ptr()
+    assert batch_view.attn.slot_mapping.data_ptr() == slot_mapping.data_ptr()
+    assert batch_view.gdn.state_slots.data_ptr() == slots.data_ptr()
     width = max(len(t) for t in batch["tables"])
     want = [t + [0] * (width - len(t)) for t in batch["tables"]] + [[0] * width] * pad
     assert g.block_tables[:size, :width].tolist() == want, (b, size)
@@ -77,3 +86,33 @@ def test_stage_skips_the_table_copy_when_no_row_changed():
     batch["tables"][1].append(4)
     g.stage(**batch)
     _check(g, 2, batch)
+
+
+def test_keep_ids_stages_everything_but_the_ids():
+    g = _graphs()
+    rng = random.Random(2)
+    batch = _batch(rng, [[1], [2, 3], [4]])
+    size = g.stage(**batch)
+    ids = g.greedy_ids(size)
+    ids.copy_(torch.tensor([70, 71, 72, 73]))  # what a replay's in-graph argmax leaves there
+    nxt = _batch(rng, [[1], [2, 3], [4, 5]])
+    assert g.stage(**nxt, keep_ids=True) == size
+    assert ids.tolist() == [70, 71, 72, 73]  # the padding row's too: ids are never read back as output
+    _, positions, slot_mapping, seq_lens, slots = g._rows(size)
+    assert positions.tolist() == nxt["positions"] + [0]
+    assert slot_mapping.tolist() == nxt["slot_mapping"] + [-1]
+    assert seq_lens.tolist() == nxt["seq_lens"] + [1]
+    assert slots.tolist() == nxt["slots"] + [-1]
+    assert g.block_tables[:size, :2].tolist() == [[1, 0], [2, 3], [4, 5], [0, 0]]
+
+
+def test_each_size_reads_its_own_contiguous_block():
+    g = _graphs()
+    for size in g.sizes:
+        views = g._rows(size)
+        assert all(v.shape == (size,) for v in views)
+        spans = sorted((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()) for v in views)
+        base = g.words.data_ptr()
+        assert spans[0][0] == base and spans[-1][1] == base + 4 * size * 8  # exactly words[:4s]
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
+        assert g._rows(size)[0].data_ptr() == base + 3 * size * 8  # ids last: a 3s-word copy keeps them

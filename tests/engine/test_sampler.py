@@ -42,6 +42,31 @@ def test_greedy_fast_path_is_argmax():
     assert torch.equal(sample(logits, b).token_ids, logits.argmax(-1))
 
 
+@pytest.mark.parametrize(
+    "other, plain",
+    [
+        (SamplingParams(temperature=0), True),
+        (SamplingParams(temperature=0, max_tokens=3, stop=["x"], seed=4), True),
+        (SamplingParams(temperature=0.5), False),
+        (SamplingParams(temperature=0, repetition_penalty=1.2), False),
+        (SamplingParams(temperature=0, presence_penalty=0.5), False),
+        (SamplingParams(temperature=0, frequency_penalty=0.5), False),
+        (SamplingParams(temperature=0, min_tokens=5), False),  # eos banned this step
+        (SamplingParams(temperature=0, logprobs=0), False),
+    ],
+)
+def test_plain_greedy_means_sample_is_the_raw_argmax(other, plain):
+    """The decode graph's in-graph argmax stands in for `sample` exactly when `plain_greedy` holds."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, V)
+    logits[:, 0] = 9.0  # eos on top: a min_tokens ban or penalty changes the token
+    seqs = _seqs([SamplingParams(temperature=0), other], outputs=[[0, 0], [0, 0]])
+    b = SamplingBatch.build(seqs, V, torch.device("cpu"), eos_ids=(0,))
+    assert b.plain_greedy is plain
+    if plain:
+        assert torch.equal(sample(logits, b).token_ids, logits.argmax(-1))
+
+
 def test_top_k_1_top_p_tiny_and_min_p_1_are_greedy():
     logits = torch.randn(6, V)
     params = [
