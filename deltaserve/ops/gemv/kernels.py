@@ -15,8 +15,10 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from deltaserve.ops.gemv.reference import check_linear
+from deltaserve.ops.pdl import use_pdl
 
 # (max N*K, BN, BK, warps, stages): the first whose bound holds. H100 sweep (scripts/gemv_probe.py,
 # 2026-11-28, CUDA graph of 8 calls on distinct weights, µs; cuBLAS in the same process):
@@ -33,14 +35,19 @@ _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, N, K, sw,
-    HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
     n_ok = n < N
     kr = tl.arange(0, BK)
     rows = w_ptr + n.to(tl.int64)[:, None] * sw  # [BN, 1]
-    acc = tl.zeros((BN, BK), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    # the first weight tile is read before waiting on the previous kernel (PDL: weights are constant)
+    w0 = tl.load(rows + kr[None, :], mask=n_ok[:, None] & (kr[None, :] < K), other=0.0)  # [BN, BK]
+    if PDL:
+        gdc_wait()
+    x0 = tl.load(x_ptr + kr, mask=kr < K, other=0.0)
+    acc = w0.to(tl.float32) * x0.to(tl.float32)[None, :]  # [BN, BK]
+    for k0 in range(BK, K, BK):
         k = k0 + kr  # [BK]
         if EVEN_K:
             xv = tl.load(x_ptr + k)
@@ -49,6 +56,8 @@ def _gemv_kernel(
             xv = tl.load(x_ptr + k, mask=k < K, other=0.0)
             wv = tl.load(rows + k[None, :], mask=n_ok[:, None] & (k[None, :] < K), other=0.0)
         acc += wv.to(tl.float32) * xv.to(tl.float32)[None, :]  # [BN, BK]
+    if PDL:
+        gdc_launch_dependents()
     y = tl.sum(acc, axis=1)  # [BN]
     if HAS_BIAS:
         y += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -77,8 +86,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return y
     bn, bk, warps, stages = _pick(n * k)
     bk = min(bk, triton.next_power_of_2(max(k, 16)))
+    pdl = use_pdl(x)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
-        HAS_BIAS=bias is not None, BN=bn, BK=bk, EVEN_K=k % bk == 0, num_warps=warps, num_stages=stages,
+        HAS_BIAS=bias is not None, BN=bn, BK=bk, EVEN_K=k % bk == 0, PDL=pdl, num_warps=warps,
+        num_stages=stages, **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return y

@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from deltaserve.ops.fp8.kernels import FP8_DTYPE, FP8_MAX, _quant_tile
 from deltaserve.ops.norm.checks import check_eps, check_fp8_group, check_same, check_weight, rows_view
 from deltaserve.ops.norm.reference import FP8_GROUP
+from deltaserve.ops.pdl import use_pdl
 
 # launch config (benchmarks may override for sweeps): elements per program tile, elements per warp
 CONFIG = {"tile": 2048, "warp_elems": 256, "max_warps": 16}
@@ -52,6 +54,7 @@ def _norm_kernel(
     FP8_MAX_C: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
     h = tl.arange(0, BLOCK_H)  # [BH]
@@ -61,6 +64,9 @@ def _norm_kernel(
     i0 = (row // N1).to(tl.int64)
     i1 = (row % N1).to(tl.int64)
     in_ty = x_ptr.dtype.element_ty
+    w = tl.load(w_ptr + h, mask=h_ok, other=0.0).to(tl.float32)  # [BH]; constant: read before the wait
+    if PDL:  # see ops/pdl.py
+        gdc_wait()
     x = tl.load(x_ptr + (i0 * sx0 + i1 * sx1)[:, None] + h[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_RES:
         res = tl.load(r_ptr + (i0 * sr0 + i1 * sr1)[:, None] + h[None, :], mask=m, other=0.0)
@@ -69,7 +75,6 @@ def _norm_kernel(
         x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / H + eps)  # [BR]
     y = x * rstd[:, None]  # [BR, BH]
-    w = tl.load(w_ptr + h, mask=h_ok, other=0.0).to(tl.float32)  # [BH]
     if HAS_GATE:
         y = y.to(in_ty).to(tl.float32) * w[None, :]  # HF rounds the normalised value first
         if ROUND_PROD:
@@ -80,6 +85,8 @@ def _norm_kernel(
         y = y * (1.0 + w[None, :])
     else:
         y = y * w[None, :]
+    if PDL:
+        gdc_launch_dependents()  # every input is read
     if QUANT:  # out_ptr: e4m3 [N, H]; s_ptr: fp32 [N, H // G]
         y = y.to(in_ty).to(tl.float32)  # the unfused norm's output, as the GEMM would quantise it
         q, sc = _quant_tile(tl.reshape(y, (BLOCK_R * (BLOCK_H // G), G)), FP8_MAX_C)  # [BR*NG, G], [BR*NG]
@@ -111,13 +118,15 @@ def _launch(x, res, z, weight, eps, zero_centered, quant=False):
     block_h = triton.next_power_of_2(h)
     block_r = max(1, min(64, CONFIG["tile"] // block_h))
     num_warps = max(1, min(CONFIG["max_warps"], block_r * block_h // CONFIG["warp_elems"]))
+    pdl = use_pdl(x)
     _norm_kernel[(triton.cdiv(n, block_r),)](
         xv, rv, zv, weight, out, new_res if new_res is not None else out, scales if quant else out,
         n, n1, h, xv.stride(0), xv.stride(1), rv.stride(0), rv.stride(1), zv.stride(0), zv.stride(1),
         float(eps),
         ZERO_CENTERED=zero_centered, HAS_RES=res is not None, HAS_GATE=z is not None,
         ROUND_PROD=weight.dtype == x.dtype and x.dtype != torch.float32,
-        QUANT=quant, G=FP8_GROUP, FP8_MAX_C=FP8_MAX, BLOCK_R=block_r, BLOCK_H=block_h, num_warps=num_warps,
+        QUANT=quant, G=FP8_GROUP, FP8_MAX_C=FP8_MAX, BLOCK_R=block_r, BLOCK_H=block_h, PDL=pdl,
+        num_warps=num_warps, **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return out, new_res, scales
 

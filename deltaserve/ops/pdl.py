@@ -1,0 +1,35 @@
+"""Programmatic dependent launch (PDL) for the decode chain's small kernels (Hopper and later).
+
+A kernel launched with ``launch_pdl=True`` may start while the kernel before it on the stream is
+still finishing, so its launch and ramp-up hide behind that kernel's tail. In a decode step (~85
+short, weight-streaming launches per CUDA graph) that tail-to-head latency is a large part of the
+step. The contract each opted-in kernel keeps (``PDL`` constexpr):
+
+- before ``gdc_wait()`` it only *reads* data no earlier kernel writes (weights), and writes nothing;
+- ``gdc_wait()`` then waits for the previous grid to complete with its writes visible. Every
+  opted-in kernel waits, so completion is transitive down the chain;
+- ``gdc_launch_dependents()`` (after its main loop) lets the next kernel launch early.
+
+Off on the CPU interpreter (inline PTX), before sm_90, and with ``DELTASERVE_PDL=0``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+ENABLED = os.environ.get("DELTASERVE_PDL", "1") != "0"  # benchmarks flip this for A/B runs
+
+
+def use_pdl(t: torch.Tensor) -> bool:
+    """Whether kernels working on `t`'s device should launch with PDL."""
+    return ENABLED and t.is_cuda and _sm90_or_later(t.device.index or 0)
+
+
+@functools.cache
+def _sm90_or_later(index: int) -> bool:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    return torch.cuda.get_device_capability(index)[0] >= 9
