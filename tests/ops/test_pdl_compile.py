@@ -29,7 +29,9 @@ def _norm_ptx(pdl: bool, gate: bool) -> str:
         ZERO_CENTERED=not gate, HAS_RES=not gate, HAS_GATE=gate, ROUND_PROD=True, QUANT=False, G=128,
         FP8_MAX_C=448.0, BLOCK_R=1, BLOCK_H=2048, PDL=pdl,
     )  # fmt: skip
-    return triton_compile.compile_for_hopper(N._norm_kernel, ptr, const, num_warps=8, launch_pdl=pdl).asm["ptx"]
+    return triton_compile.compile_for_hopper(N._norm_kernel, ptr, const, num_warps=8, launch_pdl=pdl).asm[
+        "ptx"
+    ]
 
 
 @pytest.mark.parametrize("pdl", [False, True])
