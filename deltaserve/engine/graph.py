@@ -50,7 +50,6 @@ class DecodeGraphs:
         self._tables_on_device = (0, 0)  # (rows, cols) of block_tables known to equal the host copy
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
-        self.num_staged_copies = 0  # host->device copies of the staging block (tests)
         self.pool = None
         self.num_replays = 0
 
@@ -211,7 +210,6 @@ class DecodeGraphs:
         width = max(len(t) for t in tables)
         changed = self._stage_tables(tables, size)
         copy_into(self.words[:n], block)
-        self.num_staged_copies += 1
         rows, cols = self._tables_on_device
         if changed or size > rows or width > cols:
             copy_into(self.block_tables[:size, :width], self._host_tables[:size, :width])
