@@ -65,6 +65,16 @@ _VARS: dict[str, EnvVar] = {
             "where the embedded demo model is built (default $XDG_CACHE_HOME/deltaserve or ~/.cache/deltaserve)",
         ),
         EnvVar(
+            "DELTASERVE_PDL",
+            _bool,
+            True,
+            "launch the decode chain's Triton kernels with programmatic dependent launch (sm_90+)",
+        ),
+        EnvVar(
+            "DELTASERVE_BENCH_BW", float, 3.0e12, "benchmarks: copy bandwidth (bytes/s) behind the floors"
+        ),
+        EnvVar("DELTASERVE_BENCH_FLOPS", float, 750e12, "benchmarks: bf16 dense FLOP/s behind the floors"),
+        EnvVar(
             "DELTASERVE_ENGINE_IDLE_TIMEOUT_S",
             float,
             1.0,

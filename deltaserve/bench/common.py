@@ -8,7 +8,6 @@ copy and 750 TFLOP/s bf16 matrix rate (override with DELTASERVE_BENCH_BW / DELTA
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import statistics
 import time
@@ -17,8 +16,10 @@ from typing import Any
 
 import torch
 
-COPY_BW = float(os.environ.get("DELTASERVE_BENCH_BW", 3.0e12))  # bytes/s, read + write counted
-MATMUL_RATE = float(os.environ.get("DELTASERVE_BENCH_FLOPS", 750e12))  # FLOP/s, bf16 dense
+from deltaserve import env
+
+COPY_BW: float = env.get("DELTASERVE_BENCH_BW")  # bytes/s, read + write counted
+MATMUL_RATE: float = env.get("DELTASERVE_BENCH_FLOPS")  # FLOP/s, bf16 dense
 
 
 def bytes_floor_ms(n_bytes: float) -> float:

@@ -20,7 +20,9 @@ import os
 
 import torch
 
-ENABLED = os.environ.get("DELTASERVE_PDL", "1") != "0"  # benchmarks flip this for A/B runs
+from deltaserve import env
+
+ENABLED: bool = env.get("DELTASERVE_PDL")  # benchmarks flip this for A/B runs
 
 
 def use_pdl(t: torch.Tensor) -> bool:
