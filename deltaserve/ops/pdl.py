@@ -10,7 +10,8 @@ step. The contract each opted-in kernel keeps (``PDL`` constexpr):
   opted-in kernel waits, so completion is transitive down the chain;
 - ``gdc_launch_dependents()`` (after its main loop) lets the next kernel launch early.
 
-Off on the CPU interpreter (inline PTX), before sm_90, and with ``DELTASERVE_PDL=0``.
+Off on the CPU interpreter (inline PTX), before sm_90, on CUDA builds before 12.3, and with
+``DELTASERVE_PDL=0``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import functools
 import os
 
 import torch
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from deltaserve import env
+
+__all__ = ["ENABLED", "gdc_launch_dependents", "gdc_wait", "pdl_launch", "use_pdl"]
 
 ENABLED: bool = env.get("DELTASERVE_PDL")  # benchmarks flip this for A/B runs
 
@@ -30,8 +34,15 @@ def use_pdl(t: torch.Tensor) -> bool:
     return ENABLED and t.is_cuda and _sm90_or_later(t.device.index or 0)
 
 
+def pdl_launch(pdl: bool) -> dict[str, bool]:
+    """The launch keyword for a kernel whose ``PDL`` constexpr is `pdl`."""
+    return {"launch_pdl": True} if pdl else {}
+
+
 @functools.cache
 def _sm90_or_later(index: int) -> bool:
+    """sm_90+ and a CUDA 12.3+ build (PDL inside captured CUDA graphs); never under the interpreter."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    cuda = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+    return cuda >= (12, 3) and torch.cuda.get_device_capability(index)[0] >= 9

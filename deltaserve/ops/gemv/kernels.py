@@ -15,10 +15,9 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from deltaserve.ops.gemv.reference import check_linear
-from deltaserve.ops.pdl import use_pdl
+from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
 # (max N*K, BN, BK, warps, stages): the first whose bound holds. H100 sweep (scripts/gemv_probe.py,
 # 2026-11-28, CUDA graph of 8 calls on distinct weights, µs; cuBLAS in the same process):
@@ -90,6 +89,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
         HAS_BIAS=bias is not None, BN=bn, BK=bk, EVEN_K=k % bk == 0, PDL=pdl, num_warps=warps,
-        num_stages=stages, **({"launch_pdl": True} if pdl else {}),
+        num_stages=stages, **pdl_launch(pdl),
     )  # fmt: skip
     return y

@@ -15,12 +15,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from deltaserve.ops.fp8.kernels import FP8_DTYPE, FP8_MAX, _quant_tile
 from deltaserve.ops.norm.checks import check_eps, check_fp8_group, check_same, check_weight, rows_view
 from deltaserve.ops.norm.reference import FP8_GROUP
-from deltaserve.ops.pdl import use_pdl
+from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
 # launch config (benchmarks may override for sweeps): elements per program tile, elements per warp
 CONFIG = {"tile": 2048, "warp_elems": 256, "max_warps": 16}
@@ -126,7 +125,7 @@ def _launch(x, res, z, weight, eps, zero_centered, quant=False):
         ZERO_CENTERED=zero_centered, HAS_RES=res is not None, HAS_GATE=z is not None,
         ROUND_PROD=weight.dtype == x.dtype and x.dtype != torch.float32,
         QUANT=quant, G=FP8_GROUP, FP8_MAX_C=FP8_MAX, BLOCK_R=block_r, BLOCK_H=block_h, PDL=pdl,
-        num_warps=num_warps, **({"launch_pdl": True} if pdl else {}),
+        num_warps=num_warps, **pdl_launch(pdl),
     )  # fmt: skip
     return out, new_res, scales
 
