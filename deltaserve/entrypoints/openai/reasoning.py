@@ -60,18 +60,73 @@ def split_reasoning(text: str, *, opened: bool, final: bool = True) -> tuple[str
 
 @dataclass
 class StreamingReasoningState:
-    """Per-choice state: how much reasoning and content text has been sent."""
+    """Per-choice streaming state over the cumulative output text: the deltas it returns add up to
+    `split_reasoning(text, final=True)` of the final text. Each call reads only the text added since
+    the last one (plus a tag's length), so a long stream costs O(its length) in all."""
 
     opened: bool
     sent_reasoning: int = 0
     sent_content: int = 0
+    _mode: str = "start"  # "start" (may still open with <think>), "think", "content", "after"
+    _body: int = 0  # first index of the think block's body
+    _scanned: int = 0  # `</think>` is not in text[:_scanned]
+    _lead: int = -1  # first index of reasoning (in "think") or content (in "after"); -1: not seen yet
+    _from: int = 0  # where that part starts before its leading newlines are skipped
 
     def delta(self, text: str, final: bool) -> tuple[str | None, str | None]:
         """New (reasoning, content) to send, given the cumulative output `text`."""
-        reasoning, content, _ = split_reasoning(text, opened=self.opened, final=final)
-        reasoning, content = reasoning or "", content or ""
-        dr = reasoning[self.sent_reasoning :]
-        dc = content[self.sent_content :]
-        self.sent_reasoning = max(self.sent_reasoning, len(reasoning))
-        self.sent_content = max(self.sent_content, len(content))
-        return dr or None, dc or None
+        if self._mode == "start" and not self._decide(text, final):
+            return None, None
+        n = len(text)
+        if self._mode == "content":  # no think block: everything is content (a stray </think> too)
+            return None, self._send_content(text, 0, n if final else n - _partial_suffix(text, THINK_END))
+        dr = None
+        if self._mode == "think":
+            end = text.find(THINK_END, max(self._body, self._scanned - len(THINK_END) + 1))
+            if end < 0:
+                self._scanned = n
+                hold = 0 if final else _partial_suffix(text[max(self._body, n - len(THINK_END)) :], THINK_END)
+                return self._send_reasoning(text, n - hold), None
+            dr = self._send_reasoning(text, end)
+            self._mode, self._lead, self._from = "after", -1, end + len(THINK_END)
+        return dr, self._send_content(text, self._from, n, skip_newlines=True)
+
+    def _decide(self, text: str, final: bool) -> bool:
+        """Leave "start" once the text's start is known; False while it could still become `<think>`."""
+        stripped = text.lstrip()
+        if stripped.startswith(THINK_START):
+            self._mode, self._body = "think", len(text) - len(stripped) + len(THINK_START)
+        elif not final and THINK_START.startswith(stripped):
+            return False
+        else:
+            self._mode = "think" if self.opened else "content"
+        self._scanned = self._from = self._body
+        return True
+
+    def _send_reasoning(self, text: str, limit: int) -> str | None:
+        """Reasoning is `text[body:limit]` without its leading newlines; send what is new."""
+        if self._lead < 0:
+            self._lead = _skip_newlines(text, self._body, limit)
+            if self._lead < 0:
+                return None
+        out = text[self._lead + self.sent_reasoning : limit]
+        self.sent_reasoning += len(out)
+        return out or None
+
+    def _send_content(self, text: str, start: int, limit: int, *, skip_newlines: bool = False) -> str | None:
+        """Content is `text[start:limit]` (without its leading newlines if `skip_newlines`)."""
+        if self._lead < 0:
+            self._lead = _skip_newlines(text, start, limit) if skip_newlines else start
+            if self._lead < 0:
+                return None
+        out = text[self._lead + self.sent_content : limit]
+        self.sent_content += len(out)
+        return out or None
+
+
+def _skip_newlines(text: str, start: int, limit: int) -> int:
+    """First index in `[start, limit)` that is not a newline, or -1."""
+    for i in range(start, limit):
+        if text[i] != "\n":
+            return i
+    return -1
