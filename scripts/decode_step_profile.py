@@ -37,24 +37,13 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--engine-steps", type=int, default=0, help="also profile this many engine.step() calls")
     args = ap.parse_args()
-    from deltaserve.config import EngineConfig
-    from deltaserve.engine.core import LLMEngine
-
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ds-prof-")))
-        hf, cfg_dir = offline.build_random("qwen3-next-80b-a3b", args.layers, torch.bfloat16, "cuda", workdir)
-        model = offline.our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda")
-        del hf
-        torch.cuda.empty_cache()
-        config = EngineConfig.create(
-            cfg_dir, device="cuda", dtype="bfloat16", max_model_len=256, max_num_seqs=max(args.batch, 1),
-            max_num_batched_tokens=2048, gpu_memory_utilization=0.9, enforce_eager=False, seed=0,
-        )  # fmt: skip
-        engine = LLMEngine(config, model=model)
+        engine, model = offline.graphed_random_engine(
+            workdir, args.layers, max_model_len=256, max_num_seqs=max(args.batch, 1)
+        )
         offline.run_ours(engine, [[11 + i for i in range(16)]] * args.batch, 4)
         graphs = engine.runner.graphs
-        if graphs is None:
-            raise SystemExit(f"no CUDA graphs: {engine.runner.graph_error}")
         step_ms = graphs.time_replay(args.batch)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             graphs.time_replay(args.batch, iters=args.replays)

@@ -54,23 +54,10 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=200)
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
-    from deltaserve.config import EngineConfig
-    from deltaserve.engine.core import LLMEngine
-
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ds-pdl-")))
-        hf, cfg_dir = offline.build_random("qwen3-next-80b-a3b", args.layers, torch.bfloat16, "cuda", workdir)
-        model = offline.our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda")
-        del hf
-        torch.cuda.empty_cache()
-        config = EngineConfig.create(
-            cfg_dir, device="cuda", dtype="bfloat16", max_model_len=512, max_num_seqs=1,
-            max_num_batched_tokens=2048, gpu_memory_utilization=0.9, enforce_eager=False, seed=0,
-        )  # fmt: skip
-        engine = LLMEngine(config, model=model)
+        engine, model = offline.graphed_random_engine(workdir, args.layers, max_model_len=512, max_num_seqs=1)
         graphs = engine.runner.graphs
-        if graphs is None:
-            raise SystemExit(f"no CUDA graphs: {engine.runner.graph_error}")
         floor_ms = bytes_floor_ms(offline.decode_bytes_per_token(model))
         rows = []
         for rnd in range(args.rounds):

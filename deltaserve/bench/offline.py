@@ -122,6 +122,26 @@ def our_model_from_hf(hf, config_dir: Path, dtype: torch.dtype, device: str):
     return model.eval()
 
 
+def graphed_random_engine(workdir: Path, layers: int, *, max_model_len: int, max_num_seqs: int):
+    """`(engine, model)`: real-width random Qwen3-Next (bf16, `layers` layers) in an engine with its
+    CUDA decode graphs captured (the GPU probes' set-up; SystemExit naming the reason if capture failed)."""
+    from deltaserve.config import EngineConfig
+    from deltaserve.engine.core import LLMEngine
+
+    hf, cfg_dir = build_random("qwen3-next-80b-a3b", layers, torch.bfloat16, "cuda", workdir)
+    model = our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda")
+    del hf
+    torch.cuda.empty_cache()
+    config = EngineConfig.create(
+        cfg_dir, device="cuda", dtype="bfloat16", max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=2048, gpu_memory_utilization=0.9, enforce_eager=False, seed=0,
+    )  # fmt: skip
+    engine = LLMEngine(config, model=model)
+    if engine.runner.graphs is None:
+        raise SystemExit(f"no CUDA graphs: {engine.runner.graph_error}")
+    return engine, model
+
+
 def decode_bytes_per_token(model) -> int:
     """Weight bytes one batch-1 decode token reads: all but the embedding table and unused experts."""
     cfg = model.config
