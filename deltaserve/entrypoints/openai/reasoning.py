@@ -23,7 +23,7 @@ def prompt_opens_think(prompt_text: str) -> bool:
     return start >= 0 and prompt_text.find(THINK_END, start) < 0
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest proper prefix of `tag` that `text` ends with."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:k]):
@@ -48,7 +48,7 @@ def split_reasoning(text: str, *, opened: bool, final: bool = True) -> tuple[str
     if end >= 0:
         reasoning, content = body[:end].lstrip("\n"), body[end + len(THINK_END) :].lstrip("\n")
         return reasoning or None, content or None, len(text)
-    hold = 0 if final else _partial_suffix(body, THINK_END)
+    hold = 0 if final else partial_suffix(body, THINK_END)
     if opened:
         reasoning = body[: len(body) - hold]
         return reasoning.lstrip("\n") or None, None, skipped + len(reasoning)
@@ -70,8 +70,8 @@ class StreamingReasoningState:
     _mode: str = "start"  # "start" (may still open with <think>), "think", "content", "after"
     _body: int = 0  # first index of the think block's body
     _scanned: int = 0  # `</think>` is not in text[:_scanned]
-    _lead: int = -1  # first index of reasoning (in "think") or content (in "after"); -1: not seen yet
-    _from: int = 0  # where that part starts before its leading newlines are skipped
+    _from: int = 0  # where the part being sent starts (think body, or just past `</think>`)
+    _lead: int = -1  # where it starts after its leading newlines are skipped; -1: not seen yet
 
     def delta(self, text: str, final: bool) -> tuple[str | None, str | None]:
         """New (reasoning, content) to send, given the cumulative output `text`."""
@@ -79,17 +79,18 @@ class StreamingReasoningState:
             return None, None
         n = len(text)
         if self._mode == "content":  # no think block: everything is content (a stray </think> too)
-            return None, self._send_content(text, 0, n if final else n - _partial_suffix(text, THINK_END))
+            limit = n if final else n - partial_suffix(text, THINK_END)
+            return None, self._send(text, limit, reasoning=False, skip_newlines=False)
         dr = None
         if self._mode == "think":
             end = text.find(THINK_END, max(self._body, self._scanned - len(THINK_END) + 1))
             if end < 0:
                 self._scanned = n
-                hold = 0 if final else _partial_suffix(text[max(self._body, n - len(THINK_END)) :], THINK_END)
-                return self._send_reasoning(text, n - hold), None
-            dr = self._send_reasoning(text, end)
+                hold = 0 if final else partial_suffix(text[max(self._body, n - len(THINK_END)) :], THINK_END)
+                return self._send(text, n - hold, reasoning=True), None
+            dr = self._send(text, end, reasoning=True)
             self._mode, self._lead, self._from = "after", -1, end + len(THINK_END)
-        return dr, self._send_content(text, self._from, n, skip_newlines=True)
+        return dr, self._send(text, n, reasoning=False)
 
     def _decide(self, text: str, final: bool) -> bool:
         """Leave "start" once the text's start is known; False while it could still become `<think>`."""
@@ -103,24 +104,19 @@ class StreamingReasoningState:
         self._scanned = self._from = self._body
         return True
 
-    def _send_reasoning(self, text: str, limit: int) -> str | None:
-        """Reasoning is `text[body:limit]` without its leading newlines; send what is new."""
+    def _send(self, text: str, limit: int, *, reasoning: bool, skip_newlines: bool = True) -> str | None:
+        """The current part is `text[_from:limit]` (without its leading newlines if `skip_newlines`);
+        count and return what was not sent yet."""
         if self._lead < 0:
-            self._lead = _skip_newlines(text, self._body, limit)
+            self._lead = _skip_newlines(text, self._from, limit) if skip_newlines else self._from
             if self._lead < 0:
                 return None
-        out = text[self._lead + self.sent_reasoning : limit]
-        self.sent_reasoning += len(out)
-        return out or None
-
-    def _send_content(self, text: str, start: int, limit: int, *, skip_newlines: bool = False) -> str | None:
-        """Content is `text[start:limit]` (without its leading newlines if `skip_newlines`)."""
-        if self._lead < 0:
-            self._lead = _skip_newlines(text, start, limit) if skip_newlines else start
-            if self._lead < 0:
-                return None
-        out = text[self._lead + self.sent_content : limit]
-        self.sent_content += len(out)
+        sent = self.sent_reasoning if reasoning else self.sent_content
+        out = text[self._lead + sent : limit]
+        if reasoning:
+            self.sent_reasoning += len(out)
+        else:
+            self.sent_content += len(out)
         return out or None
 
 

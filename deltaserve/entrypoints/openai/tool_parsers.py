@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deltaserve.entrypoints.openai.reasoning import partial_suffix
+
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
 FUNCTION_PREFIX = "<function="
@@ -43,14 +45,6 @@ BodyParser = Callable[[str], list[Call] | None]  # a block body -> its calls, No
 
 def tool_call_id() -> str:
     return f"chatcmpl-tool-{uuid.uuid4().hex}"
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest proper prefix of `tag` that `text` ends with."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
 
 
 def parse_call_body(body: str) -> tuple[str, str] | None:
@@ -97,7 +91,7 @@ def _scan(text: str, state: _Scan, final: bool, parse: BodyParser) -> tuple[str,
         if start < 0:
             tail = text[state.pos :]
             if not final:
-                tail = tail[: len(tail) - _partial_suffix(tail, TOOL_CALL_START)]
+                tail = tail[: len(tail) - partial_suffix(tail, TOOL_CALL_START)]
             return tail, []
         body_at = start + len(TOOL_CALL_START)
         end = text.find(TOOL_CALL_END, body_at)
