@@ -172,7 +172,7 @@ class DecodeGraphs:
         device-to-device after the staging copy."""
         b = len(ids)
         size = next(s for s in self.sizes if s >= b)
-        ids_rows = self._rows(size)[0]
+        ids_rows = self.greedy_ids(size)  # also where the previous replay of this size left its argmax
         in_place = input_ids is not None and _same_view(input_ids, ids_rows[:b])
         if input_ids is not None and not in_place and _overlaps(input_ids, self.words):
             input_ids = input_ids.clone()  # another size's rows: the staging copy may overwrite them
