@@ -92,7 +92,7 @@ def test_gemv_kernel_compiles(bias, even):
 
     _, bn, bk, warps, stages = K.CONFIGS[0]
     ptr = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16")
-    const = dict(HAS_BIAS=bias, BN=bn, BK=bk, EVEN_K=even)
+    const = dict(HAS_BIAS=bias, BN=bn, BK=bk, EVEN_K=even, PDL=False)
     k = triton_compile.compile_for_hopper(K._gemv_kernel, ptr, const, num_warps=warps, num_stages=stages)
     ptx = k.asm["ptx"]
     assert ".local" not in ptx and "st.global" in ptx

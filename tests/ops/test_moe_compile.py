@@ -16,8 +16,9 @@ ACQ_REL = "atom.global.gpu.acq_rel.add"
 RESET = "atom.global.gpu.relaxed.exch"
 
 
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("t,shared,dtype", [(1, True, "bf16"), (5, True, "bf16"), (16, False, "fp16")])
-def test_router_setup_kernel_compiles(t, shared, dtype):
+def test_router_setup_kernel_compiles(t, shared, dtype, pdl):
     kt = 10 + shared
     tp = 1 << (t - 1).bit_length()
     ptr = {n: f"*{dtype}" for n in ("x_ptr", "rw_ptr", "g_ptr", "lg_ptr")}
@@ -26,12 +27,18 @@ def test_router_setup_kernel_compiles(t, shared, dtype):
     const = dict(
         TOPK=10, KT=kt, KP=16, RENORM=True, HAS_SHARED=shared, BE=512, BH=1024, BM=16,
         PP=1 << (t * kt - 1).bit_length(), CH=K.ALIGN_CHUNK, TP=tp, BEG=K.ROUTER_EXPERTS_PER_PROGRAM,
-        BK=max(16, K.ROUTER_TILE // (tp * K.ROUTER_EXPERTS_PER_PROGRAM)), IS_BF16=dtype == "bf16",
+        BK=max(16, K.ROUTER_TILE // (tp * K.ROUTER_EXPERTS_PER_PROGRAM)), IS_BF16=dtype == "bf16", PDL=pdl,
     )  # fmt: skip
+    opts = {"launch_pdl": True} if pdl else {}
     ptx = triton_compile.compile_for_hopper(
-        K._router_setup_small_kernel, ptr, const, num_warps=K.SMALL_SETUP_WARPS
+        K._router_setup_small_kernel, ptr, const, num_warps=K.SMALL_SETUP_WARPS, **opts
     ).asm["ptx"]
     assert ACQ_REL in ptx and RESET in ptx and "ld.global.cg" in ptx
+    # ops/pdl.py: the wait comes before any load and before the arrival counter
+    assert ("griddepcontrol.wait" in ptx) == pdl
+    if pdl:
+        pre = ptx[: ptx.index("griddepcontrol.wait")]
+        assert "ld.global" not in pre and ACQ_REL not in pre
 
 
 @pytest.mark.parametrize("fp8", [False, True])
@@ -70,9 +77,10 @@ def test_route_align_small_kernel_compiles(route):
     assert "ld.global" in k.asm["ptx"]
 
 
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("regs", [False, True])
 @pytest.mark.parametrize("fp8", [False, True])
-def test_down_gemv_kernel_compiles(fp8, regs):
+def test_down_gemv_kernel_compiles(fp8, regs, pdl):
     """The one-token down GEMV: no atomics, no counters, no local-memory arrays."""
     w = "*fp8e4nv" if fp8 else "*bf16"
     ptr = dict(
@@ -81,12 +89,22 @@ def test_down_gemv_kernel_compiles(fp8, regs):
     )  # fmt: skip
     bn, warps, stages = K.DOWN_GEMV
     const = dict(
-        W_FP8=fp8, BLOCK_K=128, ACT=tl.bfloat16, BN=bn, BI=512, ACT_BF16=True, PP=16, IDS_IN_REGS=regs
+        W_FP8=fp8,
+        BLOCK_K=128,
+        ACT=tl.bfloat16,
+        BN=bn,
+        BI=512,
+        ACT_BF16=True,
+        PP=16,
+        IDS_IN_REGS=regs,
+        PDL=pdl,
     )
+    opts = {"launch_pdl": True} if pdl else {}
     k = triton_compile.compile_for_hopper(
-        K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages
+        K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages, **opts
     )
     ptx = k.asm["ptx"]
+    assert ("griddepcontrol.wait" in ptx) == pdl
     assert re.search(r"\b(red|atom)\.global", ptx) is None
     assert "st.global" in ptx
     assert ".local" not in ptx

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from deltaserve.ops.attention.reference import check_paged_attention, check_write_kv_cache
+from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
 
 __all__ = ["AttnConfig", "paged_attention", "pick_config", "write_kv_cache"]
 
@@ -139,7 +140,10 @@ def _attn_fwd_kernel(
     NUM_SPLITS: tl.constexpr,
     HAS_GATE: tl.constexpr,
     PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     pid = tl.program_id(0)
     hkv = tl.program_id(1)
     split = tl.program_id(2)
@@ -236,8 +240,11 @@ def _combine_kernel(
     BLOCK_D: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     HAS_GATE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Merge the split-K partials of one query token x the G heads of one kv head."""
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     pid = tl.program_id(0)
     hkv = tl.program_id(1)
     b = pid // max_q
@@ -306,7 +313,10 @@ def _write_kv_kernel(
     H_PAD: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:
@@ -340,11 +350,12 @@ def write_kv_cache(
     if t == 0:
         return
     _, page, h, d = k_cache.shape
+    pdl = use_pdl(k)
     _write_kv_kernel[(t,)](
         k, v, k_cache, v_cache, slot_mapping, 1.0 / k_scale, 1.0 / v_scale,
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
-        H=h, D=d, H_PAD=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d), PAGE=page,
-        num_warps=4 if h * d >= 1024 else 1,
+        H=h, D=d, H_PAD=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d), PAGE=page, PDL=pdl,
+        num_warps=4 if h * d >= 1024 else 1, **pdl_launch(pdl),
     )  # fmt: skip
 
 
@@ -458,6 +469,7 @@ def paged_attention(
         part_acc = part_m = part_l = out  # unused
     g = gate if gate is not None else q
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    pdl = use_pdl(q)
     _attn_fwd_kernel[(batch * n_q_tiles, hkv, splits)](
         q, k_cache, v_cache, g, out, part_acc, part_m, part_l,
         block_tables, cu_seqlens_q, seq_lens,
@@ -466,13 +478,13 @@ def paged_attention(
         block_tables.stride(0),
         G=group, G_PAD=g_pad, BLOCK_Q=cfg.block_q, BLOCK_N=cfg.block_n, D=d,
         BLOCK_D=triton.next_power_of_2(d), PAGE=page, NUM_SPLITS=splits, HAS_GATE=gate is not None,
-        PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PRECISION=precision, PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(pdl),
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(batch * max_seqlen_q, hkv)](
             out, g, part_acc, part_m, part_l, cu_seqlens_q, max_seqlen_q, hq,
             *g.stride(), out.stride(0), out.stride(1),
             G=group, G_PAD=g_pad, D=d, BLOCK_D=triton.next_power_of_2(d), NUM_SPLITS=splits,
-            HAS_GATE=gate is not None, num_warps=4,
+            HAS_GATE=gate is not None, PDL=pdl, num_warps=4, **pdl_launch(pdl),
         )  # fmt: skip
     return out

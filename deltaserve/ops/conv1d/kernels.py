@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from deltaserve.ops.conv1d.checks import check_decode, check_prefill
+from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
 # launch configs (tuned on H100; benchmarks may override for sweeps)
 PREFILL_CONFIG = {"block_t": 16, "block_d": 128, "num_warps": 4}
@@ -209,30 +210,36 @@ def _conv_decode_kernel(
     HAS_BIAS: tl.constexpr,
     ACT: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
     d_ok = d < D
-    slot = tl.load(slot_ptr + b).to(tl.int64)
-    ok = d_ok & _bcast(slot >= 0, d)
-    base = state_ptr + slot * ss_s + d * ss_d
-    # history oldest -> newest: h0 (k=W-4), h1 (k=W-3), h2 (k=W-2); taps wa..wd (wd on the new input)
-    h2 = tl.load(base + (W - 2) * ss_w, mask=ok, other=0.0).to(tl.float32)
+    # taps wa..wd (wd on the new input) and bias: constant, read before the wait (ops/pdl.py)
     wc = tl.load(w_ptr + d * sw_d + (W - 2) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
     wd = tl.load(w_ptr + d * sw_d + (W - 1) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
-    h1 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
     wb = tl.zeros([BLOCK_D], dtype=tl.float32)
     wa = tl.zeros([BLOCK_D], dtype=tl.float32)
     if W >= 3:
-        h1 = tl.load(base + (W - 3) * ss_w, mask=ok, other=0.0).to(tl.float32)
         wb = tl.load(w_ptr + d * sw_d + (W - 3) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
     if W >= 4:
-        h0 = tl.load(base + (W - 4) * ss_w, mask=ok, other=0.0).to(tl.float32)
         wa = tl.load(w_ptr + d * sw_d + (W - 4) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_wait()
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    ok = d_ok & _bcast(slot >= 0, d)
+    base = state_ptr + slot * ss_s + d * ss_d
+    # history oldest -> newest: h0 (k=W-4), h1 (k=W-3), h2 (k=W-2)
+    h2 = tl.load(base + (W - 2) * ss_w, mask=ok, other=0.0).to(tl.float32)
+    h1 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if W >= 3:
+        h1 = tl.load(base + (W - 3) * ss_w, mask=ok, other=0.0).to(tl.float32)
+    if W >= 4:
+        h0 = tl.load(base + (W - 4) * ss_w, mask=ok, other=0.0).to(tl.float32)
     x_row = x_ptr + b.to(tl.int64) * sx_b + d * sx_d
     o_row = out_ptr + b.to(tl.int64) * so_b + d * so_d
     for t in range(T):
@@ -245,6 +252,8 @@ def _conv_decode_kernel(
         h0 = h1
         h1 = h2
         h2 = xv
+    if PDL:
+        gdc_launch_dependents()
     ty = state_ptr.dtype.element_ty
     tl.store(base + (W - 2) * ss_w, h2.to(ty), mask=ok)
     if W >= 3:
@@ -313,13 +322,14 @@ def causal_conv1d_decode_multi(
     if bsz == 0 or t == 0 or d == 0:
         return out.zero_()
     block_d = min(DECODE_CONFIG["block_d"], triton.next_power_of_2(d))
+    pdl = use_pdl(x)
     _conv_decode_kernel[(bsz, triton.cdiv(d, block_d))](
         x, weight, bias if bias is not None else weight, out, conv_state, state_slots,
         d, t, x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        W=w, HAS_BIAS=bias is not None, ACT=_act_flag(activation), BLOCK_D=block_d,
-        num_warps=DECODE_CONFIG["num_warps"],
+        W=w, HAS_BIAS=bias is not None, ACT=_act_flag(activation), BLOCK_D=block_d, PDL=pdl,
+        num_warps=DECODE_CONFIG["num_warps"], **pdl_launch(pdl),
     )  # fmt: skip
     return out
 

@@ -101,6 +101,17 @@ def _scale_rows(rb_ptr, offs_n, n_ok, PLAIN: tl.constexpr, PLAIN_BN_C: tl.conste
 
 
 @triton.jit
+def _grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of program `pid` in grouped order: GROUP_M row tiles walk the column
+    tiles together, so each weight tile is read from L2 by GROUP_M programs in a row."""
+    n_m = tl.cdiv(M, BM)
+    width = GROUP_M * tl.cdiv(N, BN)
+    first_m = (pid // width) * GROUP_M
+    gm = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (pid % width) % gm, (pid % width) // gm
+
+
+@triton.jit
 def _fp8_gemm_kernel(
     a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr,
     M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_m,
@@ -110,14 +121,7 @@ def _fp8_gemm_kernel(
 ):  # fmt: skip
     """One [BM, BN] output tile over all of K (modes 0 and 1). With ``PLAIN`` (BN divides 128) the
     tile's weight scale is one scalar per K step."""
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BM)
-    n_n = tl.cdiv(N, BN)
-    width = GROUP_M * n_n  # grouped ordering: GROUP_M row tiles share each weight tile in L2
-    first_m = (pid // width) * GROUP_M
-    gm = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gm
-    pid_n = (pid % width) // gm
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)  # [BM]
     offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
     m_ok = offs_m < M
@@ -156,14 +160,7 @@ def _fp8_gemm_tma_kernel(
 ):  # fmt: skip
     """Large-M W8A8 with the plain row map: A [BM, BK] and W [BN, BK] e4m3 tiles by TMA (out-of-range
     rows and K read as zeros), one scalar weight scale per tile and K step (BN divides 128)."""
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BM)
-    n_n = tl.cdiv(N, BN)
-    width = GROUP_M * n_n
-    first_m = (pid // width) * GROUP_M
-    gm = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gm
-    pid_n = (pid % width) // gm
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     off_m = pid_m * BM
     off_n = pid_n * BN
     offs_m = off_m + tl.arange(0, BM)  # [BM]

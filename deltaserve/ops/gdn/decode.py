@@ -14,6 +14,7 @@ import triton.language as tl
 
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
+from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
 
 @triton.jit
@@ -62,7 +63,10 @@ def _decode_kernel(
     DV: tl.constexpr,
     BV: tl.constexpr,
     HAS_INTER: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # see ops/pdl.py: nothing is read before the previous kernel completes
+        gdc_wait()
     pid_bh = tl.program_id(0)
     pid_v = tl.program_id(1)
     i_b = pid_bh // HV
@@ -110,6 +114,8 @@ def _decode_kernel(
                 + offs_v[None, :] * si_v
             )
             tl.store(i_ptrs, s.to(inter_ptr.dtype.element_ty))
+    if PDL:
+        gdc_launch_dependents()
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
 
 
@@ -141,6 +147,7 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     else:
         si = (0, 0, 0, 0, 0)
     grid = (nb * hv, dv // bv)
+    pdl = use_pdl(q)
     _decode_kernel[grid](
         q, k, v, a, b, A_log, dt_bias, state, state_slots, o, inter if inter is not None else o, t, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -151,8 +158,8 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
         *ss,
         *si,
         o.stride(0), o.stride(1), o.stride(2),
-        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, HAS_INTER=inter is not None,
-        num_warps=warps,
+        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, HAS_INTER=inter is not None, PDL=pdl,
+        num_warps=warps, **pdl_launch(pdl),
     )  # fmt: skip
     return o
 

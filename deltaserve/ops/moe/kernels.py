@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from deltaserve.ops.moe.reference import ExpertWeights, SharedExpertWeights
+from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
 
 FP8_DTYPE = torch.float8_e4m3fn
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # see ops/fp8/kernels.py: fp32 dots there
@@ -245,7 +246,7 @@ def _router_setup_small_kernel(
     TOPK: tl.constexpr, KT: tl.constexpr, KP: tl.constexpr, RENORM: tl.constexpr,
     HAS_SHARED: tl.constexpr, BE: tl.constexpr, BH: tl.constexpr,
     BM: tl.constexpr, PP: tl.constexpr, CH: tl.constexpr,
-    TP: tl.constexpr, BEG: tl.constexpr, BK: tl.constexpr, IS_BF16: tl.constexpr,
+    TP: tl.constexpr, BEG: tl.constexpr, BK: tl.constexpr, IS_BF16: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Router GEMM + decode-sized set-up in one launch of ``G = cdiv(E, BEG) + 1`` programs.
 
@@ -255,6 +256,8 @@ def _router_setup_small_kernel(
     program then arrives at ``cnt`` (acq_rel); the last one routes every token from ``lg``, aligns
     the pairs and resets ``cnt`` to 0 for the next launch (and CUDA-graph replays).
     """
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     if pid < n_prog - 1:
@@ -349,8 +352,10 @@ def _moe_up_kernel(
     x_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, bexp_ptr, inter_ptr,
     P, H, I, E_SH, sx, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     pid_m = tl.program_id(0)
     e = tl.load(bexp_ptr + pid_m)
     if e < 0:
@@ -501,12 +506,14 @@ def _moe_down_gemv_kernel(
     inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, tw_ptr, id_ptr, act_ptr,
     P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
-    BI: tl.constexpr, ACT_BF16: tl.constexpr, PP: tl.constexpr, IDS_IN_REGS: tl.constexpr,
+    BI: tl.constexpr, ACT_BF16: tl.constexpr, PP: tl.constexpr, IDS_IN_REGS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Down GEMM + combine + cast of ONE token's ``P`` pairs: program ``j`` owns hidden columns
     ``j·BN ..`` and, pair by pair in slot order, adds ``W_e[cols, :] * (inter[p] · w_p)`` into a
     ``[BN, I]`` fp32 accumulator; one row sum at the end, rounded into ``act [1, H]``. Each expert
     tile is read once; unrouted pairs (ids outside ``0..E1-1``) read and add nothing."""
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     n = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
     n_ok = n < H
     k = tl.arange(0, BI)  # [BI] the whole intermediate row
@@ -679,6 +686,7 @@ def _setup_small_router(x, route: _Route, ids, w, e1: int, bm: int, out32: torch
     tp = triton.next_power_of_2(t)
     beg = ROUTER_EXPERTS_PER_PROGRAM
     bk = max(16, min(triton.next_power_of_2(h), ROUTER_TILE // (tp * beg)))
+    pdl = use_pdl(x)
     _router_setup_small_kernel[(triton.cdiv(e, beg) + 1,)](
         x, route.weight, route.gate_weight if has_sh else x, logits, gates, w, ids, sorted_ids, bexp,
         out32, _arrival_counters(x.device),
@@ -686,7 +694,8 @@ def _setup_small_router(x, route: _Route, ids, w, e1: int, bm: int, out32: torch
         TOPK=route.top_k, KT=kt, KP=triton.next_power_of_2(kt), RENORM=route.renormalize,
         HAS_SHARED=has_sh, BE=triton.next_power_of_2(e), BH=1024,
         BM=bm, PP=triton.next_power_of_2(p), CH=ALIGN_CHUNK,
-        TP=tp, BEG=beg, BK=bk, IS_BF16=x.dtype == torch.bfloat16, num_warps=SMALL_SETUP_WARPS,
+        TP=tp, BEG=beg, BK=bk, IS_BF16=x.dtype == torch.bfloat16, PDL=pdl, num_warps=SMALL_SETUP_WARPS,
+        **pdl_launch(pdl),
     )  # fmt: skip
     return sorted_ids, bexp, nb, logits
 
@@ -748,6 +757,7 @@ def _run_experts(
     if t == 0:
         return torch.zeros(0, h, dtype=x.dtype, device=x.device) if cast else out32
     bm, (bn1, bk1, wa1, st1), (bn2, bk2, wa2, st2) = _pick(p / min(e1, p))
+    pdl = use_pdl(x)
     if p <= SMALL_PAIRS:
         if route is not None:
             topk_w = torch.empty(t, kt, dtype=torch.float32, device=x.device)
@@ -793,8 +803,8 @@ def _run_experts(
         x, w.w13, s13, rb13, sh13, shs13, shrb13, sorted_ids, bexp, inter,
         p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
         sh13.stride(-2), ss(shs13, -2),
-        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET,
-        num_warps=wa1, num_stages=st1,
+        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET, PDL=pdl,
+        num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
     )  # fmt: skip
     bi = triton.next_power_of_2(i)
     if combine and t <= DOWN_GEMV_MAX_T and bi <= GEMV_ACC_MAX:
@@ -807,8 +817,8 @@ def _run_experts(
             sh2.stride(-2), ss(shs2, -2),
             W_FP8=fp8, BLOCK_K=block_k or 128, ACT=_TL_DTYPE[x.dtype], BN=bn3,
             BI=bi, ACT_BF16=x.dtype == torch.bfloat16, PP=triton.next_power_of_2(p),
-            IDS_IN_REGS=DOWN_GEMV_IDS_IN_REGS,
-            num_warps=wa3, num_stages=st3,
+            IDS_IN_REGS=DOWN_GEMV_IDS_IN_REGS, PDL=pdl,
+            num_warps=wa3, num_stages=st3, **pdl_launch(pdl),
         )  # fmt: skip
         return out
     n_tiles = triton.cdiv(h, bn2)

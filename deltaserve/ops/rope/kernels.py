@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
 from deltaserve.ops.rope.checks import (
     check_cache,
     check_cos_sin,
@@ -63,8 +64,10 @@ def _qk_norm_rope_kernel(
     skc_b, skc_o, skc_h, svc_b, svc_o, svc_h, BS,
     NQB,
     HAS_NORM: tl.constexpr, ZERO_CENTERED: tl.constexpr, HAS_CACHE: tl.constexpr, RD: tl.constexpr,
-    BH_Q: tl.constexpr, BH_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BH_Q: tl.constexpr, BH_K: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
     t = tl.program_id(0)
     j = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
@@ -132,6 +135,7 @@ def _launch(
     vc = v_cache if has_cache else q_out
     kc_s = k_cache.stride()[:3] if has_cache else (0, 0, 0)
     vc_s = v_cache.stride()[:3] if has_cache else (0, 0, 0)
+    pdl = use_pdl(q)
     _qk_norm_rope_kernel[(t, nqb + nkb)](
         q, kk, vv, q_weight if has_norm else q, k_weight if has_norm else q, cos, sin, q_out,
         k_out if k_out is not None else q_out, kc, vc, slot_mapping if has_cache else cos,
@@ -140,7 +144,7 @@ def _launch(
         cos.stride(0), sin.stride(0), *kc_s, *vc_s, k_cache.shape[1] if has_cache else 1,
         nqb,
         HAS_NORM=has_norm, ZERO_CENTERED=zero_centered, HAS_CACHE=has_cache, RD=rd,
-        BH_Q=bh_q, BH_K=bh_k, BLOCK_D=block_d, num_warps=CONFIG["num_warps"],
+        BH_Q=bh_q, BH_K=bh_k, BLOCK_D=block_d, PDL=pdl, num_warps=CONFIG["num_warps"], **pdl_launch(pdl),
     )  # fmt: skip
     return q_out, k_out
 
