@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from deltaserve.ops.conv1d.checks import check_decode, check_prefill
-from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
+from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
 
 # launch configs (tuned on H100; benchmarks may override for sweeps)
 PREFILL_CONFIG = {"block_t": 16, "block_d": 128, "num_warps": 4}
@@ -215,7 +215,11 @@ def _conv_decode_kernel(
     b = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
     d_ok = d < D
-    # taps wa..wd (wd on the new input) and bias: constant, read before the wait (ops/pdl.py)
+    if PDL:
+        # wait first, no early trigger: reading the taps before the wait and triggering dependents
+        # after the loop made B=256 decode 1.6x slower on an H100 (BENCHMARKS.md, 2026-11-28)
+        gdc_wait()
+    # taps wa..wd (wd on the new input) and bias
     wc = tl.load(w_ptr + d * sw_d + (W - 2) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
     wd = tl.load(w_ptr + d * sw_d + (W - 1) * sw_w, mask=d_ok, other=0.0).to(tl.float32)
     wb = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -227,8 +231,6 @@ def _conv_decode_kernel(
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    if PDL:
-        gdc_wait()
     slot = tl.load(slot_ptr + b).to(tl.int64)
     ok = d_ok & _bcast(slot >= 0, d)
     base = state_ptr + slot * ss_s + d * ss_d
@@ -252,8 +254,6 @@ def _conv_decode_kernel(
         h0 = h1
         h1 = h2
         h2 = xv
-    if PDL:
-        gdc_launch_dependents()
     ty = state_ptr.dtype.element_ty
     tl.store(base + (W - 2) * ss_w, h2.to(ty), mask=ok)
     if W >= 3:
