@@ -119,11 +119,45 @@ def check_split_k(device, m, n, k, layout="plain"):
     b = torch.randn(n, device=device).to(torch.bfloat16)
     tiles = -(-m // kernels.CONFIG["small"][0]) * -(-n // kernels.CONFIG["small"][1])
     assert tiles < kernels.CONFIG["target_programs"] and k // kernels.BK >= 4  # so split > 1
-    check_gemm(device, m, n, k, layout, bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
-    first = kernels.block_fp8_linear(x, q, s, rb, b)
-    again = kernels.block_fp8_linear(x, q, s, rb, b)
+    saved = kernels.CONFIG["gemv"]
+    kernels.CONFIG["gemv"] = None  # the plain row map would take the GEMV at M=1
+    try:
+        check_gemm(device, m, n, k, layout, bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
+        first = kernels.block_fp8_linear(x, q, s, rb, b)
+        again = kernels.block_fp8_linear(x, q, s, rb, b)
+    finally:
+        kernels.CONFIG["gemv"] = saved
     assert torch.equal(first, again)
     assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
+
+
+def check_gemv(device, n, k, block_k=128, config=None):
+    """The one-row streaming GEMV (plain rows) for bf16 and pre-quantised activations, against the
+    references and against the swap-AB kernel on the same call; ``config`` overrides
+    ``CONFIG["gemv"]``."""
+    from deltaserve.ops.fp8 import kernels, reference
+
+    q, s = reference.quantize_block_fp8(torch.randn(n, k, device=device) * 0.05, 128, block_k)
+    x = torch.randn(1, k, device=device).to(torch.bfloat16)
+    b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
+    xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
+    saved = kernels.CONFIG["gemv"]
+    kernels.CONFIG["gemv"] = config or saved
+    assert kernels.gemv.supports(0, block_k, kernels.CONFIG["gemv"], 128)
+    outs = {}
+    try:
+        for name, xin, kw in (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs))):
+            outs[name] = kernels.block_fp8_linear(xin, q, s, None, b, block_k=block_k, **kw)
+            ref = reference.block_fp8_linear(xin, q, s, None, b, block_k=block_k, **kw)
+            assert outs[name].shape == (1, n) and not outs[name].isnan().any()
+            assert rel_err(outs[name], ref) < 1e-2, (n, k, name, rel_err(outs[name], ref))
+        kernels.CONFIG["gemv"] = None
+        swap_ab = kernels.block_fp8_linear(x, q, s, None, b, block_k=block_k)
+        swap_ab_pre = kernels.block_fp8_linear(xq, q, s, None, b, block_k=block_k, x_scale=xs)
+    finally:
+        kernels.CONFIG["gemv"] = saved
+    assert rel_err(outs["w8a16"], swap_ab) < 5e-3, rel_err(outs["w8a16"], swap_ab)
+    assert rel_err(outs["pre"], swap_ab_pre) < 2e-3, rel_err(outs["pre"], swap_ab_pre)
 
 
 def run_small(device: str) -> None:
@@ -145,6 +179,9 @@ def run_small(device: str) -> None:
         check_gemm(device, 9, 200, 300, "perm", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
     finally:
         kernels.CONFIG["dequant_m_min"] = saved
+    check_gemv(device, 201, 300)
+    check_gemv(device, 130, 1024, config=(8, 256, 4, 2))
+    check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1))
     check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
     check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
 
@@ -215,6 +252,18 @@ def test_block_fp8_linear_fp16_gpu():
 @pytest.mark.parametrize("layout", ["plain", "none"])
 def test_split_k_gpu(layout):
     check_split_k("cuda", 4, 2048, 4096, layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(2048, 4096), (12288, 2048), (201, 300), (1000, 4100), (130, 8)])
+def test_gemv_gpu(n, k):
+    check_gemv("cuda", n, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [(1, 512, 4, 3), (8, 512, 8, 2), (2, 2048, 8, 3), (128, 128, 4, 1)])
+def test_gemv_configs_gpu(cfg):
+    check_gemv("cuda", 1000, 4100, config=cfg)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,162 @@
+"""Block-FP8 at decode sizes, same process, CUDA graphs of 8 calls on 8 weight copies (µs per call), bf16
+cuBLAS beside every row: "gemv" sweeps the one-row streaming GEMV's configs (ops/fp8/gemv.py), "small"
+the swap-AB kernel's configs at M=16, "bench" runs `python -m deltaserve.bench.ops fp8`'s rows, "pdl"
+a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), alternating rounds.
+
+    python scripts/fp8_gemv_probe.py OUT.json [gemv] [small] [bench] [pdl]   (default: the first three)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from deltaserve.bench.common import device_record, measure_copy_bw, time_cuda_graph
+from deltaserve.ops import pdl
+from deltaserve.ops.fp8 import kernels, reference
+
+SHAPES = [(12288, 2048), (2048, 4096), (2048, 6144)]
+CONFIGS = [  # one-row GEMV (BN, BK, warps, stages)
+    (2, 1024, 4, 3), (2, 2048, 4, 3), (4, 1024, 4, 3), (4, 1024, 4, 1), (2, 512, 4, 3), (2, 1024, 2, 3),
+]  # fmt: skip
+SMALL = [  # swap-AB kernel (BMT, BN, warps, stages) x target programs, at M = 16
+    (c, t) for c in [(16, 64, 4, 4), (16, 64, 4, 6), (16, 64, 4, 8), (16, 32, 2, 6), (16, 32, 4, 6),
+                     (16, 16, 1, 6), (16, 16, 1, 8), (16, 16, 2, 8), (16, 32, 2, 8), (16, 128, 4, 4)]
+    for t in (132, 264, 528)
+]  # fmt: skip
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _weights(n: int, k: int) -> list:
+    ws = []
+    for _ in range(8):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        ws.append((w, *reference.quantize_block_fp8(w)))
+    return ws
+
+
+def _measure(rows: list[dict], base: dict, name: str, fns: list, ref: torch.Tensor) -> None:
+    r = dict(base, kernel=name)
+    try:
+        r["err"] = rel(fns[0](), ref)
+        r["us"] = time_cuda_graph(fns) * 1e3
+        r["ratio"] = r["bf16_us"] / r["us"]
+    except Exception as exc:  # noqa: BLE001 - a config that fails is a row
+        r["error"] = f"{type(exc).__name__}: {exc}"[:200]
+    rows.append(r)
+    print(json.dumps(r), flush=True)
+
+
+def _calls(mode: str, x, xq, xs, ws) -> list:
+    if mode == "pre":
+        return [(lambda q=q, s=s: kernels.block_fp8_linear(xq, q, s, None, x_scale=xs)) for _, q, s in ws]
+    qa = mode == "w8a8"
+    return [
+        (lambda q=q, s=s: kernels.block_fp8_linear(x, q, s, None, quantize_activation=qa)) for _, q, s in ws
+    ]
+
+
+def fp8_rows(sections: set[str]) -> list[dict]:
+    rows: list[dict] = []
+    saved = dict(kernels.CONFIG)
+    for n, k in SHAPES:
+        ws = _weights(n, k)
+        for m in (1, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            xq, xs = kernels.per_token_group_quant_fp8(x)
+            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+            q0, s0 = ws[0][1], ws[0][2]
+            refs = {
+                "w8a16": reference.block_fp8_linear(x, q0, s0, None),
+                "w8a8": reference.block_fp8_linear(x, q0, s0, None, quantize_activation=True),
+                "pre": reference.block_fp8_linear(xq, q0, s0, None, x_scale=xs),
+            }
+            for mode, ref in refs.items():
+                base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
+                calls = _calls(mode, x, xq, xs, ws)
+                kernels.CONFIG.update(saved)
+                _measure(rows, dict(base, cfg=None), "default", calls, ref)
+                if "gemv" in sections and m == 1 and mode != "w8a8":
+                    for cfg in CONFIGS:
+                        kernels.CONFIG["gemv"] = cfg
+                        _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
+                if "small" in sections and m == 16 and mode != "pre":
+                    for cfg, tp in SMALL:
+                        kernels.CONFIG.update(small=cfg, target_programs=tp)
+                        _measure(rows, dict(base, cfg=(*cfg, tp)), "swap-AB", calls, ref)
+    kernels.CONFIG.clear()
+    kernels.CONFIG.update(saved)
+    return rows
+
+
+def pdl_rows() -> list[dict]:
+    from deltaserve.bench import op_conv1d, op_gdn
+
+    copy_bw = measure_copy_bw()
+    rows = []
+    for rnd in range(2):
+        for on in (False, True):
+            pdl.ENABLED = on
+            for nb, sdt, lay in [(1, torch.bfloat16, "kv"), (64, torch.bfloat16, "kv"), (256, torch.bfloat16, "kv"),
+                                 (256, torch.float32, "kv"), (256, torch.bfloat16, "vk")]:  # fmt: skip
+                r = op_gdn.bench_decode(nb, sdt, lay, None, True, copy_bw)
+                r.update(round=rnd, pdl=on)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                torch.cuda.empty_cache()
+            for lay in ("vllm", "sglang"):
+                r = op_conv1d._decode_rows(256, lay, with_base=False)[0]
+                r.update(round=rnd, pdl=on)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    pdl.ENABLED = True
+    return rows
+
+
+def main() -> None:
+    from deltaserve.bench import op_fp8
+
+    out = sys.argv[1]
+    sections = set(sys.argv[2:]) or {"gemv", "small", "bench"}
+    res = dict(device=device_record(), fp8=fp8_rows(sections))
+    json.dump(res, open(out, "w"), indent=1)
+    res["bench_fp8"] = op_fp8.run() if "bench" in sections else []
+    res["pdl"] = pdl_rows() if "pdl" in sections else []
+    json.dump(res, open(out, "w"), indent=1)
+    best: dict = {}
+    for r in res["fp8"]:
+        key = (r["N"], r["K"], r["M"], r["mode"], r["kernel"])
+        if "us" in r and r["err"] < 2e-2 and (key not in best or r["us"] < best[key]["us"]):
+            best[key] = r
+    for key, r in sorted(best.items()):
+        print(
+            f"N={key[0]} K={key[1]} M={key[2]} {key[3]:5s} {key[4]:8s} {r['cfg']}: {r['us']:.2f} us, "
+            f"bf16 {r['bf16_us']:.2f}, {r['ratio']:.2f}x, err {r['err']:.1e}"
+        )
+    for r in res["bench_fp8"]:
+        print(
+            r["op"],
+            r["shape"],
+            f"{r['ours_ms'] * 1e3:.2f} us",
+            f"bf16 {r['base_ms'] * 1e3:.2f} us",
+            f"{r['speedup']:.2f}x",
+            r["achieved"],
+        )
+    for r in res["pdl"]:
+        print(
+            r["round"],
+            "pdl" if r["pdl"] else "   ",
+            r["op"],
+            r["shape"],
+            f"{r['ours_ms'] * 1e3:.1f} us",
+            r["achieved"],
+        )
+
+
+if __name__ == "__main__":
+    main()
