@@ -49,22 +49,24 @@ def test_tma_kernel_compiles_with_tma_and_wgmma():
     assert "cp.async.bulk.tensor" in k.asm["ptx"] and "wgmma" in k.asm["ptx"]
 
 
-@pytest.mark.parametrize("mode,pdl", [(0, True), (1, False), (1, True)])
-def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl):
+@pytest.mark.parametrize(
+    "mode,pdl,plain", [(0, True, True), (1, False, True), (1, True, True), (0, True, False)]
+)
+def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain):
     from deltaserve.ops.fp8 import gemv
 
     a = "*fp8e4nv" if mode == 1 else "*bf16"
     ptr = dict(x_ptr=a, xs_ptr="*fp32" if mode == 1 else a, w_ptr="*fp8e4nv", s_ptr="*fp32")
-    ptr.update(bias_ptr="*bf16", y_ptr="*bf16")
+    ptr.update(bias_ptr="*bf16", y_ptr="*bf16", rb_ptr="*i64")
     const = dict(
-        A_MODE=mode, HAS_BIAS=mode == 0, BN=2, BK=1024, BLOCK_K=128, PLAIN_BN_C=128, PDL=pdl
+        A_MODE=mode, HAS_BIAS=mode == 0, PLAIN=plain, BN=2, BK=1024, BLOCK_K=128, PLAIN_BN_C=128, PDL=pdl
     )  # fmt: skip
     k = compile_for_hopper(gemv._fp8_gemv_kernel, ptr, const, num_warps=4, num_stages=3)
     ptx = k.asm["ptx"]
     assert ("griddepcontrol.wait" in ptx) == pdl
-    if pdl:  # the first weight tile (bytes) is read before the wait, nothing else
-        pre = ptx[: ptx.index("griddepcontrol.wait")]
-        assert "ld.global" in pre and all(".b8" in ln for ln in pre.splitlines() if "ld.global" in ln)
+    if pdl:  # the first weight tile (bytes) and the row map (constant) are read before the wait
+        pre = [ln for ln in ptx[: ptx.index("griddepcontrol.wait")].splitlines() if "ld.global" in ln]
+        assert pre and all(".b8" in ln or (not plain and ".b64" in ln) for ln in pre)
     # the weight tile is used in the layout it was loaded in (no shared-memory round trip per K step)
     loop = k.asm["ttgir"].split("scf.for")[1].split("scf.yield")[0]
     assert not any("convert_layout" in ln and "f8E4M3FN" in ln for ln in loop.splitlines())

@@ -131,29 +131,33 @@ def check_split_k(device, m, n, k, layout="plain"):
     assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
 
 
-def check_gemv(device, n, k, block_k=128, config=None):
-    """The one-row streaming GEMV (plain rows) for bf16 and pre-quantised activations, against the
-    references and against the swap-AB kernel on the same call; ``config`` overrides
-    ``CONFIG["gemv"]``."""
+def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
+    """The one-row streaming GEMV for bf16 and pre-quantised activations, against the references and
+    against the swap-AB kernel on the same call; ``config`` overrides ``CONFIG["gemv"]``; ``layout`` as
+    in ``make_weight`` (block_k 128 there)."""
     from deltaserve.ops.fp8 import kernels, reference
 
-    q, s = reference.quantize_block_fp8(torch.randn(n, k, device=device) * 0.05, 128, block_k)
+    if layout == "none":
+        q, s = reference.quantize_block_fp8(torch.randn(n, k, device=device) * 0.05, 128, block_k)
+        rb = None
+    else:
+        q, s, rb = make_weight(n, k, layout, device, seed=n + k)
     x = torch.randn(1, k, device=device).to(torch.bfloat16)
     b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
     xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
     saved = kernels.CONFIG["gemv"]
     kernels.CONFIG["gemv"] = config or saved
-    assert kernels.gemv.supports(0, block_k, kernels.CONFIG["gemv"], 128)
+    assert kernels.gemv.supports(0, block_k, kernels.CONFIG["gemv"])
     outs = {}
     try:
         for name, xin, kw in (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs))):
-            outs[name] = kernels.block_fp8_linear(xin, q, s, None, b, block_k=block_k, **kw)
-            ref = reference.block_fp8_linear(xin, q, s, None, b, block_k=block_k, **kw)
+            outs[name] = kernels.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
+            ref = reference.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
             assert outs[name].shape == (1, n) and not outs[name].isnan().any()
             assert rel_err(outs[name], ref) < 1e-2, (n, k, name, rel_err(outs[name], ref))
         kernels.CONFIG["gemv"] = None
-        swap_ab = kernels.block_fp8_linear(x, q, s, None, b, block_k=block_k)
-        swap_ab_pre = kernels.block_fp8_linear(xq, q, s, None, b, block_k=block_k, x_scale=xs)
+        swap_ab = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
+        swap_ab_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
     finally:
         kernels.CONFIG["gemv"] = saved
     assert rel_err(outs["w8a16"], swap_ab) < 5e-3, rel_err(outs["w8a16"], swap_ab)
@@ -181,6 +185,8 @@ def run_small(device: str) -> None:
         kernels.CONFIG["dequant_m_min"] = saved
     check_gemv(device, 201, 300)
     check_gemv(device, 130, 1024, config=(8, 256, 4, 2))
+    check_gemv(device, 200, 384, layout="perm")
+    check_gemv(device, 256, 256, layout="shards", config=(4, 128, 2, 1))
     check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1))
     check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
     check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
@@ -255,9 +261,13 @@ def test_split_k_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n,k", [(2048, 4096), (12288, 2048), (201, 300), (1000, 4100), (130, 8)])
-def test_gemv_gpu(n, k):
-    check_gemv("cuda", n, k)
+@pytest.mark.parametrize(
+    "n,k,layout",
+    [(2048, 4096, "none"), (12288, 2048, "none"), (201, 300, "none"), (1000, 4100, "none"), (130, 8, "none"),
+     (12288, 2048, "perm"), (12288, 2048, "shards"), (640, 4096, "plain"), (1000, 512, "perm")],
+)  # fmt: skip
+def test_gemv_gpu(n, k, layout):
+    check_gemv("cuda", n, k, layout=layout)
 
 
 @pytest.mark.gpu

@@ -1,17 +1,16 @@
-"""Triton block-FP8 GEMV for one row: ``y [1, N] = x [1, K] Wᵀ (+ b)``, plain row map.
+"""Triton block-FP8 GEMV for one row: ``y [1, N] = x [1, K] Wᵀ (+ b)``, any row map.
 
 At one token the block-FP8 GEMM is a weight read, and the MMA kernel's fixed costs (split-K partials,
 the arrival counter, a shared-memory round trip per K step) are most of its time. This kernel
-streams instead: a program owns ``BN`` weight rows (inside one 128-row scale block, so one scale row
-per program) and walks K in ``BK``-wide steps, widening each e4m3 tile in registers into an fp32
-accumulator; one row sum at the end, no split, no second pass. The weight scales of a step multiply
-the activations (one scale per ``BLOCK_K`` columns, shared by the program's rows).
+streams instead: a program owns ``BN`` weight rows and walks K in ``BK``-wide steps, widening each
+e4m3 tile in registers into an fp32 accumulator; one row sum at the end, no split, no second pass.
+Each step gathers its ``[BN, BK/8]`` weight scales (row ``row_block[n]``, or ``n // 128`` for the
+plain map; one per 8-column chunk, from L1).
 
 Layout trap: tiles are ``[BN, BK/8, 8]`` and the activation row is loaded broadcast to that shape
-(the rows hit L1), the scales as one value per 8-column chunk. Weight and activations then share one
-register layout (8 elements per thread). With ``[BN, BK]`` tiles Triton gives the e4m3 weight 16-wide
-and the bf16 activations 8-wide vectors and converts one through shared memory every step; a
-per-column scale gather does the same.
+(the rows hit L1). Weight and activations then share one register layout (8 elements per thread).
+With ``[BN, BK]`` tiles Triton gives the e4m3 weight 16-wide and the bf16 activations 8-wide vectors
+and converts one through shared memory every step; a per-column scale gather does the same.
 
 Activations (constexpr ``A_MODE``, as in ``kernels.py``): 0 bf16/fp16 (W8A16), 1 e4m3 with
 per-token-group scales (pre-quantised). Mode 2 (W8A8 quantising in the kernel) stays on the swap-AB
@@ -29,29 +28,34 @@ from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_
 
 
 @triton.jit
-def _products(w, x_ptr, xs_ptr, s_row, k0, kr, K, A_MODE: tl.constexpr, BK: tl.constexpr,
+def _products(w, x_ptr, xs_ptr, s_rows, k0, kr, K, A_MODE: tl.constexpr, BK: tl.constexpr,
               BLOCK_K: tl.constexpr):  # fmt: skip
-    """The K step at ``k0``: ``w · x · scales`` as a ``[BN, BK/8, 8]`` fp32 tile (``w`` its e4m3 weights)."""
+    """The K step at ``k0``: ``w · x · scales`` as a ``[BN, BK/8, 8]`` fp32 tile (``w`` its e4m3 weights,
+    ``s_rows [BN, 1]`` the rows' scale-row pointers)."""
     k = k0 + kr  # [BN, BK/8, 8]
     xv = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)  # the same row in every tile row
-    grp = (k0 + tl.arange(0, BK // 8) * 8) // BLOCK_K  # [BK/8] scale group of each 8-column chunk
+    grp = ((k0 + tl.arange(0, BK // 8) * 8) // BLOCK_K)[None, :]  # [1, BK/8] group of each 8-column chunk
     g_ok = grp < tl.cdiv(K, BLOCK_K)
-    scale = tl.load(s_row + grp, mask=g_ok, other=0.0)  # [BK/8]
+    scale = tl.load(s_rows + grp, mask=g_ok, other=0.0)  # [BN, BK/8]
     if A_MODE == 1:
         scale *= tl.load(xs_ptr + grp, mask=g_ok, other=0.0)
-    return w.to(tl.float32) * (xv * scale[None, :, None])
+    return w.to(tl.float32) * (xv * scale[:, :, None])
 
 
 @triton.jit
 def _fp8_gemv_kernel(
-    x_ptr, xs_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, N, K, sw_n, ss_r,
-    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK_K: tl.constexpr,
-    PLAIN_BN_C: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, xs_ptr, w_ptr, s_ptr, rb_ptr, bias_ptr, y_ptr, N, K, sw_n, ss_r,
+    A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BLOCK_K: tl.constexpr, PLAIN_BN_C: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     n = pid * BN + tl.arange(0, BN)  # [BN]
     n_ok = n < N
-    s_row = s_ptr + ((pid * BN) // PLAIN_BN_C).to(tl.int64) * ss_r  # BN divides 128: one scale row
+    if PLAIN:
+        srow = n // PLAIN_BN_C
+    else:
+        srow = tl.load(rb_ptr + n, mask=n_ok, other=0)
+    s_rows = s_ptr + srow.to(tl.int64)[:, None] * ss_r  # [BN, 1]
     kc = tl.arange(0, BK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]  # [BK/8, 8]
     kr = kc[None, :, :] + 0 * n[:, None, None]  # [BN, BK/8, 8]
     w_rows = w_ptr + n.to(tl.int64)[:, None, None] * sw_n  # [BN, 1, 1]
@@ -60,10 +64,10 @@ def _fp8_gemv_kernel(
     w = tl.load(w_rows + kr, mask=w_ok & (kr < K), other=0.0)  # [BN, BK/8, 8]
     if PDL:
         gdc_wait()
-    acc = _products(w, x_ptr, xs_ptr, s_row, 0, kr, K, A_MODE, BK, BLOCK_K)
+    acc = _products(w, x_ptr, xs_ptr, s_rows, 0, kr, K, A_MODE, BK, BLOCK_K)
     for k0 in range(BK, K, BK):
         w = tl.load(w_rows + (k0 + kr), mask=w_ok & (k0 + kr < K), other=0.0)
-        acc += _products(w, x_ptr, xs_ptr, s_row, k0, kr, K, A_MODE, BK, BLOCK_K)
+        acc += _products(w, x_ptr, xs_ptr, s_rows, k0, kr, K, A_MODE, BK, BLOCK_K)
     if PDL:
         gdc_launch_dependents()
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
@@ -72,11 +76,10 @@ def _fp8_gemv_kernel(
     tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
-def supports(mode: int, block_k: int, config: tuple[int, int, int, int], plain_bn: int) -> bool:
-    """Whether `gemv` can run a call: activation modes 0 and 1, one scale row per program, scale
-    groups of whole 8-column chunks."""
-    bn, bk = config[0], config[1]
-    return mode in (0, 1) and plain_bn % bn == 0 and block_k % 8 == 0 and bk >= 8 and bk & (bk - 1) == 0
+def supports(mode: int, block_k: int, config: tuple[int, int, int, int]) -> bool:
+    """Whether `gemv` can run a call: activation modes 0 and 1, scale groups of whole 8-column chunks."""
+    bk = config[1]
+    return mode in (0, 1) and block_k % 8 == 0 and bk >= 8 and bk & (bk - 1) == 0
 
 
 def gemv(
@@ -84,6 +87,7 @@ def gemv(
     x_scale: torch.Tensor | None,
     w_q: torch.Tensor,
     scale_inv: torch.Tensor,
+    row_block: torch.Tensor | None,
     bias: torch.Tensor | None,
     out: torch.Tensor,
     *,
@@ -92,16 +96,17 @@ def gemv(
     config: tuple[int, int, int, int],
     plain_bn: int,
 ) -> torch.Tensor:
-    """``out [1, N] = x [1, K] · dequant(w_q)ᵀ (+ bias)``, plain row map; arguments checked by the caller
-    (``supports`` says whether ``config`` = (BN, BK, warps, stages) fits the call)."""
+    """``out [1, N] = x [1, K] · dequant(w_q)ᵀ (+ bias)``; arguments checked by the caller (``supports``
+    says whether ``config`` = (BN, BK, warps, stages) fits the call)."""
     k = x.shape[1]
     n = w_q.shape[0]
     bn, bk, warps, stages = config
     bk = max(min(bk, triton.next_power_of_2(k)), 8)
     pdl = use_pdl(x)
     _fp8_gemv_kernel[(triton.cdiv(n, bn),)](
-        x, x if x_scale is None else x_scale, w_q, scale_inv, out if bias is None else bias, out,
-        n, k, w_q.stride(0), scale_inv.stride(0),
-        A_MODE=mode, HAS_BIAS=bias is not None, BN=bn, BK=bk, BLOCK_K=block_k, PLAIN_BN_C=plain_bn, PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
+        x, x if x_scale is None else x_scale, w_q, scale_inv, w_q if row_block is None else row_block,
+        out if bias is None else bias, out, n, k, w_q.stride(0), scale_inv.stride(0),
+        A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, BN=bn, BK=bk, BLOCK_K=block_k,
+        PLAIN_BN_C=plain_bn, PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
     )  # fmt: skip
     return out

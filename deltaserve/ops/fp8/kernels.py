@@ -15,7 +15,7 @@ Activation modes (constexpr ``A_MODE``):
   arithmetic as the quant kernel, one launch fewer).
 
 GEMM kernels:
-- one row on the plain row map, modes 0 and 1 (``CONFIG["gemv"]``): the streaming GEMV in ``gemv.py``;
+- one row, modes 0 and 1 (``CONFIG["gemv"]``): the streaming GEMV in ``gemv.py``;
 - other small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
   activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
   split over programs so that about two programs per SM stream the weight; the last split to finish
@@ -57,9 +57,9 @@ CONFIG = {
     "medium_m_max": 256,
     "target_programs": 264,
     "dequant_m_min": 512,  # W8A16 from this M on: dequantise to a bf16 scratch + cuBLAS
-    # the one-row streaming GEMV (plain row map, W8A16 or pre-quantised W8A8; gemv.py): (BN, BK, warps,
+    # the one-row streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py): (BN, BK, warps,
     # stages), None: the swap-AB kernel. H100 sweep: scripts/fp8_gemv_probe.py
-    "gemv": (2, 1024, 4, 3),
+    "gemv": (2, 2048, 4, 3),
 }
 
 
@@ -451,9 +451,9 @@ def block_fp8_linear(
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
         cfg = CONFIG["gemv"]
-        if m == 1 and row_block is None and cfg is not None and gemv.supports(mode, block_k, cfg, PLAIN_BN):
+        if m == 1 and cfg is not None and gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
-                x, x_scale, w_q, scale_inv, bias, out, mode=mode, block_k=block_k, config=cfg,
+                x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
                 plain_bn=PLAIN_BN,
             )  # fmt: skip
         return _gemm_small(
