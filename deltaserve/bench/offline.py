@@ -4,6 +4,7 @@
         --batch 1,16 --input-len 128 --output-len 128 --json out.json
     python -m deltaserve.bench.offline --model /path/to/checkpoint --batch 1,16
     python -m deltaserve.bench.offline --model tiny:qwen3-next-a --device cpu --batch 1,4   # smoke test
+    python -m deltaserve.bench.offline --model qwen3-next-80b-a3b --layers 8 --fp8 --batch 1   # block FP8
 
 `--model` is a checkpoint directory, a named random-weight config at real widths
 (`qwen3-next-80b-a3b`, with `--layers N` of its 48 layers) or `tiny:<preset>` (deltaserve.testing).
@@ -111,14 +112,26 @@ def build_random(name: str, layers: int | None, dtype: torch.dtype, device: str,
     return hf.eval(), workdir
 
 
-def our_model_from_hf(hf, config_dir: Path, dtype: torch.dtype, device: str):
+def our_model_from_hf(hf, config_dir: Path, dtype: torch.dtype, device: str, *, fp8: bool = False):
+    """Our model with `hf`'s weights. `fp8`: the weights go through the official block-FP8 layout
+    (quantised on the device, `quantization_config` added to `config_dir`) and load like an `-FP8`
+    checkpoint would."""
     from deltaserve.models.config import ModelConfig
     from deltaserve.models.registry import model_class
 
+    weights = ((n, p.detach()) for n, p in hf.named_parameters())
+    if fp8:
+        from deltaserve.testing.fp8 import official_fp8_tensors, quantization_config_for
+
+        path = config_dir / "config.json"
+        raw = json.loads(path.read_text())
+        raw["quantization_config"] = quantization_config_for(n for n, _ in hf.named_parameters())
+        path.write_text(json.dumps(raw, indent=2) + "\n")
+        weights = official_fp8_tensors(hf.named_parameters())
     cfg = ModelConfig.from_hf(config_dir)
     with torch.device(device):
         model = model_class(cfg.architecture)(cfg, dtype=dtype, device=device)
-    model.load_weights((n, p.detach()) for n, p in hf.named_parameters())
+    model.load_weights(weights)
     return model.eval()
 
 
@@ -226,11 +239,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument(
+        "--fp8",
+        action="store_true",
+        help="random configs: serve the weights as a block-FP8 checkpoint (quantised on load; no HF baseline)",
+    )
     ap.add_argument("--hf-output-len", type=int, default=None, help="output length for HF (default: same)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.fp8 and Path(args.model).is_dir():
+        ap.error("--fp8: only for random configs (a checkpoint directory brings its own quantization_config)")
+    if args.fp8:
+        args.no_hf = True  # transformers would run the bf16 weights: not the same model
 
     from deltaserve.config import EngineConfig
     from deltaserve.engine.core import LLMEngine
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = None
     else:
         hf, cfg_dir = build_random(args.model, args.layers, dtype, args.device, workdir)
-        model = our_model_from_hf(hf, cfg_dir, dtype, args.device)
+        model = our_model_from_hf(hf, cfg_dir, dtype, args.device, fp8=args.fp8)
     build_s = time.perf_counter() - t
     from deltaserve.models.config import ModelConfig
 
@@ -281,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "layers": args.layers,
         "dtype": args.dtype,
+        "fp8": args.fp8,
         "input_len": args.input_len,
         "output_len": args.output_len,
         "enforce_eager": args.enforce_eager,

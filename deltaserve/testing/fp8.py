@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -89,8 +90,13 @@ def quantize_checkpoint(ckpt_dir: Path) -> None:
 
 def quantization_config(ckpt_dir: Path) -> dict:
     """The config.json `quantization_config` of an FP8 checkpoint (lists every unconverted module)."""
-    index = shards.tensor_index(ckpt_dir)
-    keep = sorted({n.rsplit(".", 1)[0] for n in index if n.endswith(".weight") and not is_quantised_name(n)})
+    return quantization_config_for(shards.tensor_index(ckpt_dir))
+
+
+def quantization_config_for(names: Iterable[str]) -> dict:
+    """`quantization_config` for a checkpoint holding these tensor names (official FP8 layout; names of
+    transformers' fused experts, which are always converted, may be among them)."""
+    keep = sorted({n.rsplit(".", 1)[0] for n in names if n.endswith(".weight") and not is_quantised_name(n)})
     return {
         "activation_scheme": "dynamic",
         "fmt": "e4m3",
@@ -98,6 +104,34 @@ def quantization_config(ckpt_dir: Path) -> dict:
         "quant_method": "fp8",
         "weight_block_size": [BLOCK, BLOCK],
     }
+
+
+def official_fp8_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """HF-model tensors as an official block-FP8 checkpoint stores them, quantised on their own device
+    (real-width random models for benchmarks, without writing a checkpoint). transformers' fused
+    experts (`experts.gate_up_proj [E, 2I, H]`, gate rows first; `experts.down_proj [E, H, I]`) come
+    out per expert, as the official releases hold them."""
+    from deltaserve.ops.fp8.reference import quantize_block_fp8 as quantize  # batched, any device
+
+    for name, t in named:
+        t = t.detach()
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            prefix, leaf = name.rsplit(".", 1)
+            i = t.shape[1] // 2
+            parts = (
+                {"gate_proj": t[:, :i], "up_proj": t[:, i:]} if leaf == "gate_up_proj" else {"down_proj": t}
+            )
+            for part, w in parts.items():
+                q, s = quantize(w, BLOCK, BLOCK)  # [E, N, K], [E, NB, KB]
+                for e in range(w.shape[0]):
+                    yield f"{prefix}.{e}.{part}.weight", q[e]
+                    yield f"{prefix}.{e}.{part}.weight_scale_inv", s[e]
+        elif is_quantised_name(name):
+            q, s = quantize(t, BLOCK, BLOCK)
+            yield name, q
+            yield name + "_scale_inv", s
+        else:
+            yield name, t
 
 
 def dequantized_copy(src: Path, dst: Path) -> Path:
