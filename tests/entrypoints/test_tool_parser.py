@@ -88,6 +88,41 @@ def test_stream_holds_partial_tag():
     )
 
 
+_ATOMS = [
+    "x", "Hi", " ", "\n", "  \n ", "<", "<tool", "<tool_c", "</tool", "</tool_call", "<tool_call>", "</tool_call>",
+    '{"name": "f", "arguments": {"a": 1}}', '\n{"name": "g", "arguments": {}}\n', "{not json}", '"', "a < b",
+    CALL_A, CALL_B, BAD,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_stream_equals_extract_on_random_texts(seed):
+    """Random mixes of tags, tag prefixes, bodies, whitespace and text, fed in random cuts: the streamed
+    content and calls equal the non-streaming parse, and a repeated final call adds nothing."""
+    import random
+
+    rng = random.Random(seed)
+    text = "".join(rng.choice(_ATOMS) for _ in range(rng.randint(1, 30)))
+    ref_content, ref_calls = HermesToolParser.extract(text)
+    cuts = sorted(rng.randint(0, len(text)) for _ in range(rng.randint(0, 10)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    got_content, got_calls, _ = _stream(pieces)
+    assert got_content == ref_content and _calls(got_calls) == _calls(ref_calls), (text, cuts)
+    st = HermesStreamState()
+    st.delta(text, final=True)
+    assert st.delta(text, final=True) == (None, [])
+
+
+def test_stream_reads_each_character_a_bounded_number_of_times():
+    """A long call-free stream: the scan position follows the text, so a step reads only what is new
+    (plus at most a held tag prefix), not the whole text again."""
+    st, text = HermesStreamState(), ""
+    for k in range(2000):
+        text += "word < " if k % 7 else "<tool"
+        st.delta(text, final=False)
+        assert st.scan.pos >= len(text) - len("<tool_call>")
+
+
 # ---- server --------------------------------------------------------------------------------------------
 TOOLS = [
     {

@@ -81,23 +81,30 @@ class _Scan:
 
 
 def _scan(text: str, state: _Scan, final: bool, parse: BodyParser) -> tuple[str, list[Call]]:
-    """Advance `state` over `text` past every settled piece (text before a `<tool_call>`, closed blocks).
+    """Advance `state` over `text` past every settled piece: text that can no longer start a
+    `<tool_call>`, closed blocks, and (not `final`) the text before an open block.
 
-    Returns the unsettled tail's (content, calls): with `final`, the tail's content/calls; otherwise the
-    tail's content that is safe to show (no possible tag prefix) and no calls.
+    Returns the unsettled tail's (content, calls): with `final`, the tail's content/calls; otherwise
+    ("", []) (what is safe to show has been settled into `state.outside`). Each call reads `text` from
+    `state.pos` on, so a stream costs O(its length), not O(length) per step.
     """
     while True:
         start = text.find(TOOL_CALL_START, state.pos)
         if start < 0:
             tail = text[state.pos :]
-            if not final:
-                tail = tail[: len(tail) - partial_suffix(tail, TOOL_CALL_START)]
-            return tail, []
+            if final:
+                return tail, []
+            safe = tail[: len(tail) - partial_suffix(tail, TOOL_CALL_START)]
+            state.outside.append(safe)
+            state.pos += len(safe)
+            return "", []
         body_at = start + len(TOOL_CALL_START)
         end = text.find(TOOL_CALL_END, body_at)
         if end < 0:
             if not final:
-                return text[state.pos : start], []
+                state.outside.append(text[state.pos : start])
+                state.pos = start
+                return "", []
             calls = parse(text[body_at:])
             return (text[state.pos : start], calls) if calls else (text[state.pos :], [])
         state.outside.append(text[state.pos : start])
@@ -118,12 +125,17 @@ def _extract(text: str, parse: BodyParser) -> tuple[str | None, list[dict[str, A
 
 @dataclass
 class ToolStreamState:
-    """Per-choice streaming state over the cumulative content text; `parse` reads one block body."""
+    """Per-choice streaming state over the cumulative content text; `parse` reads one block body.
+
+    Content goes out as `_scan` settles it, stripped like the non-streaming content: leading
+    whitespace is dropped, trailing whitespace waits (it is content only if more text follows)."""
 
     parse: BodyParser = _hermes_body
     scan: _Scan = field(default_factory=_Scan)
-    sent_content: int = 0
     sent_calls: int = 0
+    taken: int = 0  # settled pieces (`scan.outside`) already turned into deltas
+    started: bool = False  # a non-whitespace character has been sent
+    held: str = ""  # trailing whitespace not sent yet
 
     def delta(self, text: str, final: bool) -> tuple[str | None, list[dict[str, Any]]]:
         """New (content, tool_call deltas) given the cumulative content `text`.
@@ -131,11 +143,23 @@ class ToolStreamState:
         Each tool-call delta is `{index, id, type, function: {name, arguments}}` (a whole call).
         """
         tail, tail_calls = _scan(text, self.scan, final, self.parse)
-        # trailing whitespace waits: it is content only if more text follows
-        content = ("".join(self.scan.outside) + tail).strip()
-        calls = self.scan.calls + tail_calls
-        dc = content[self.sent_content :]
-        self.sent_content = max(self.sent_content, len(content))
+        if final:  # the rest settles too (a repeated final call then adds nothing)
+            self.scan.outside.append(tail)
+            self.scan.calls.extend(tail_calls)
+            self.scan.pos = len(text)
+        pieces = self.scan.outside[self.taken :]
+        self.taken = len(self.scan.outside)
+        sent = []
+        for piece in pieces:
+            if not self.started:
+                piece = piece.lstrip()
+                self.started = bool(piece)
+            piece = self.held + piece
+            body = piece.rstrip()
+            self.held = piece[len(body) :]
+            sent.append(body)
+        dc = "".join(sent)
+        calls = self.scan.calls
         out = []
         for k in range(self.sent_calls, len(calls)):
             out.append({"index": k, **make_tool_call(*calls[k])})
