@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from deltaserve.ops.fp8.reference import dequant_block_fp8, quantize_block_fp8
 from deltaserve.testing import shards
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 BLOCK = 128
 _QUANTISED_LEAVES = frozenset(
     {
@@ -46,29 +46,6 @@ def is_quantised_name(name: str) -> bool:
     return name[: -len(".weight")].rsplit(".", 1)[-1] in _QUANTISED_LEAVES
 
 
-def quantize_block_fp8(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (q [N, K] float8_e4m3fn, scale_inv [ceil(N/block), ceil(K/block)] float32)."""
-    if w.ndim != 2:
-        raise ValueError(f"w: expected a 2-D weight, got shape {tuple(w.shape)}")
-    n, k = w.shape
-    nb, kb = -(-n // block), -(-k // block)
-    padded = torch.zeros(nb * block, kb * block, dtype=torch.float32)
-    padded[:n, :k] = w.float()
-    blocks = padded.view(nb, block, kb, block)  # [nb, B, kb, B]
-    amax = blocks.abs().amax(dim=(1, 3))  # [nb, kb]
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))  # [nb, kb]
-    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
-    q = q.view(nb * block, kb * block)[:n, :k].to(torch.float8_e4m3fn)
-    return q.contiguous(), scale.contiguous()
-
-
-def dequantize_block_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """q [N, K] fp8, scale_inv [ceil(N/block), ceil(K/block)] -> fp32 [N, K]."""
-    n, k = q.shape
-    expanded = scale_inv.float().repeat_interleave(block, 0).repeat_interleave(block, 1)[:n, :k]  # [N, K]
-    return q.float() * expanded
-
-
 def quantize_checkpoint(ckpt_dir: Path) -> None:
     """Rewrite every quantisable weight of a checkpoint as FP8 + `weight_scale_inv` (same shard)."""
     if any(n.endswith(("experts.gate_up_proj", "experts.down_proj")) for n in shards.tensor_index(ckpt_dir)):
@@ -78,7 +55,7 @@ def quantize_checkpoint(ckpt_dir: Path) -> None:
         out: dict[str, torch.Tensor] = {}
         for name, t in tensors.items():
             if is_quantised_name(name):
-                q, s = quantize_block_fp8(t)
+                q, s = quantize_block_fp8(t, BLOCK, BLOCK)
                 out[name] = q
                 out[name + "_scale_inv"] = s
             else:
@@ -111,8 +88,6 @@ def official_fp8_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[
     (real-width random models for benchmarks, without writing a checkpoint). transformers' fused
     experts (`experts.gate_up_proj [E, 2I, H]`, gate rows first; `experts.down_proj [E, H, I]`) come
     out per expert, as the official releases hold them."""
-    from deltaserve.ops.fp8.reference import quantize_block_fp8 as quantize  # batched, any device
-
     for name, t in named:
         t = t.detach()
         if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
@@ -122,12 +97,12 @@ def official_fp8_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[
                 {"gate_proj": t[:, :i], "up_proj": t[:, i:]} if leaf == "gate_up_proj" else {"down_proj": t}
             )
             for part, w in parts.items():
-                q, s = quantize(w, BLOCK, BLOCK)  # [E, N, K], [E, NB, KB]
+                q, s = quantize_block_fp8(w, BLOCK, BLOCK)  # batched: [E, N, K], [E, NB, KB]
                 for e in range(w.shape[0]):
                     yield f"{prefix}.{e}.{part}.weight", q[e]
                     yield f"{prefix}.{e}.{part}.weight_scale_inv", s[e]
         elif is_quantised_name(name):
-            q, s = quantize(t, BLOCK, BLOCK)
+            q, s = quantize_block_fp8(t, BLOCK, BLOCK)
             yield name, q
             yield name + "_scale_inv", s
         else:
@@ -148,7 +123,9 @@ def dequantized_copy(src: Path, dst: Path) -> Path:
             if name.endswith("_scale_inv"):
                 continue
             scale = tensors.get(name + "_scale_inv")
-            out[name] = dequantize_block_fp8(t, scale) if scale is not None else t
+            if scale is not None:
+                t = dequant_block_fp8(t, scale, torch.arange(t.shape[0]) // BLOCK, BLOCK)  # fp32 [N, K]
+            out[name] = t
         return out
 
     shards.rewrite_checkpoint(dst, edit)
