@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from deltaserve.ops.fp8 import kernels as K
+from deltaserve.ops.pdl import pdl_launch
 from deltaserve.testing.triton_compile import compile_for_hopper
 
 BASE = dict(bias_ptr="*bf16", c_ptr="*bf16", bs_ptr="*fp32", b_ptr="*fp8e4nv")
@@ -61,7 +62,7 @@ def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain):
     const = dict(
         A_MODE=mode, HAS_BIAS=mode == 0, PLAIN=plain, BN=2, BK=1024, BLOCK_K=128, PLAIN_BN_C=128, PDL=pdl
     )  # fmt: skip
-    k = compile_for_hopper(gemv._fp8_gemv_kernel, ptr, const, num_warps=4, num_stages=3)
+    k = compile_for_hopper(gemv._fp8_gemv_kernel, ptr, const, num_warps=4, num_stages=3, **pdl_launch(pdl))
     ptx = k.asm["ptx"]
     assert ("griddepcontrol.wait" in ptx) == pdl
     if pdl:  # the first weight tile (bytes) and the row map (constant) are read before the wait

@@ -9,6 +9,7 @@ import pytest
 import triton.language as tl
 
 from deltaserve.ops.moe import kernels as K
+from deltaserve.ops.pdl import pdl_launch
 
 triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
 
@@ -29,9 +30,8 @@ def test_router_setup_kernel_compiles(t, shared, dtype, pdl):
         PP=1 << (t * kt - 1).bit_length(), CH=K.ALIGN_CHUNK, TP=tp, BEG=K.ROUTER_EXPERTS_PER_PROGRAM,
         BK=max(16, K.ROUTER_TILE // (tp * K.ROUTER_EXPERTS_PER_PROGRAM)), IS_BF16=dtype == "bf16", PDL=pdl,
     )  # fmt: skip
-    opts = {"launch_pdl": True} if pdl else {}
     ptx = triton_compile.compile_for_hopper(
-        K._router_setup_small_kernel, ptr, const, num_warps=K.SMALL_SETUP_WARPS, **opts
+        K._router_setup_small_kernel, ptr, const, num_warps=K.SMALL_SETUP_WARPS, **pdl_launch(pdl)
     ).asm["ptx"]
     assert ACQ_REL in ptx and RESET in ptx and "ld.global.cg" in ptx
     # ops/pdl.py: the wait comes before any load and before the arrival counter
@@ -89,19 +89,10 @@ def test_down_gemv_kernel_compiles(fp8, regs, pdl):
     )  # fmt: skip
     bn, warps, stages = K.DOWN_GEMV
     const = dict(
-        W_FP8=fp8,
-        BLOCK_K=128,
-        ACT=tl.bfloat16,
-        BN=bn,
-        BI=512,
-        ACT_BF16=True,
-        PP=16,
-        IDS_IN_REGS=regs,
-        PDL=pdl,
-    )
-    opts = {"launch_pdl": True} if pdl else {}
+        W_FP8=fp8, BLOCK_K=128, ACT=tl.bfloat16, BN=bn, BI=512, ACT_BF16=True, PP=16, IDS_IN_REGS=regs, PDL=pdl
+    )  # fmt: skip
     k = triton_compile.compile_for_hopper(
-        K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages, **opts
+        K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages, **pdl_launch(pdl)
     )
     ptx = k.asm["ptx"]
     assert ("griddepcontrol.wait" in ptx) == pdl

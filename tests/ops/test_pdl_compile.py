@@ -8,6 +8,7 @@ import pytest
 
 from deltaserve.ops.gemv import kernels as G
 from deltaserve.ops.norm import kernels as N
+from deltaserve.ops.pdl import pdl_launch
 
 triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
 
@@ -18,7 +19,7 @@ def _gemv_ptx(pdl: bool) -> str:
     ptr = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16")
     const = dict(HAS_BIAS=False, BN=2, BK=1024, EVEN_K=True, PDL=pdl)
     return triton_compile.compile_for_hopper(
-        G._gemv_kernel, ptr, const, num_warps=4, num_stages=3, launch_pdl=pdl
+        G._gemv_kernel, ptr, const, num_warps=4, num_stages=3, **pdl_launch(pdl)
     ).asm["ptx"]
 
 
@@ -29,7 +30,7 @@ def _norm_ptx(pdl: bool, gate: bool) -> str:
         ZERO_CENTERED=not gate, HAS_RES=not gate, HAS_GATE=gate, ROUND_PROD=True, QUANT=False, G=128,
         FP8_MAX_C=448.0, BLOCK_R=1, BLOCK_H=2048, PDL=pdl,
     )  # fmt: skip
-    return triton_compile.compile_for_hopper(N._norm_kernel, ptr, const, num_warps=8, launch_pdl=pdl).asm[
+    return triton_compile.compile_for_hopper(N._norm_kernel, ptr, const, num_warps=8, **pdl_launch(pdl)).asm[
         "ptx"
     ]
 
@@ -97,7 +98,7 @@ def test_other_decode_kernels_wait_first(name, pdl):
         ptr.update(part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32")
     if name == "moe_up":
         ptr.update(s_ptr="*fp32", shs_ptr="*fp32", inter_ptr="*fp32")
-    opts = dict(options, launch_pdl=pdl) if pdl else options
+    opts = dict(options, **pdl_launch(pdl))
     ptx = triton_compile.compile_for_hopper(kernel, ptr, dict(const, PDL=pdl), **opts).asm["ptx"]
     assert (WAIT in ptx) == pdl
     if pdl:
