@@ -56,6 +56,10 @@ class DecodeGraphs:
     def fits(self, bs: int) -> bool:
         return 0 < bs <= self.max_bs and bool(self.graphs)
 
+    def _size(self, bs: int) -> int:
+        """The smallest captured size that holds `bs` rows."""
+        return next(s for s in self.sizes if s >= bs)
+
     def _rows(self, bs: int) -> tuple[torch.Tensor, ...]:
         """The graph of size `bs`'s rows: ids, positions, slot_mapping (int64), seq_lens, state slots
         (int32), each `[bs]`."""
@@ -171,7 +175,7 @@ class DecodeGraphs:
         `greedy_ids` (a chained greedy step) they are read in place; otherwise they are copied
         device-to-device after the staging copy."""
         b = len(ids)
-        size = next(s for s in self.sizes if s >= b)
+        size = self._size(b)
         ids_rows = self.greedy_ids(size)  # also where the previous replay of this size left its argmax
         in_place = input_ids is not None and _same_view(input_ids, ids_rows[:b])
         if input_ids is not None and not in_place and _overlaps(input_ids, self.words):
@@ -198,7 +202,7 @@ class DecodeGraphs:
         size it returns: one int64 copy of the size's staging block (without the ids when `keep_ids`),
         and the block tables (`[:size, :width]`, zeros past each row) only if changed."""
         b = len(ids)
-        size = next(s for s in self.sizes if s >= b)
+        size = self._size(b)
         pad = size - b
         pairs = torch.tensor(seq_lens + [1] * pad + slots + [-1] * pad, dtype=torch.int32).view(torch.int64)
         parts = [torch.tensor(positions + [0] * pad + slot_mapping + [-1] * pad, dtype=torch.int64), pairs]
@@ -241,7 +245,7 @@ class DecodeGraphs:
 
         Padding rows touch no state (slot -1, slot_mapping -1), so this is safe at any time.
         """
-        size = next(s for s in self.sizes if s >= bs)
+        size = self._size(bs)
         self._stage_padding(size)
         times = []
         for _ in range(iters):
