@@ -1,18 +1,23 @@
 """Triton GDN chunked prefill over varlen sequences, state through a pool.
 
-Two launches (C = 64 tokens per chunk, d = Dk = Dv):
+Three launches (C = 64 tokens per chunk, d = Dk = Dv):
 
 1. ``_chunk_prep_kernel`` — one program per (chunk, value head), fully parallel. Gating (g, beta from
    a, b, A_log, dt_bias), in-chunk cumulative log-decay G, l2 normalisation, and per (chunk, value
-   head) two [C, C] fp16 matrices for the scan:
-       Tb  = (I + A)^-1 diag(beta),  A = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)  (unit k)
-       Aqk = causal (q_i . k_j) exp(G_i - G_j)                                            (unit q, k; scale)
-   The Gram matrices are full [C, C] tensor-core products; the inverse works on 16x16 blocks read back
-   from an fp32 scratch: diagonal blocks by the exact nilpotent product
+   head)
+       A   = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)   (unit k; fp32, 10 lower 16x16 blocks)
+       Aqk = causal (q_i . k_j) exp(G_i - G_j)                  (unit q, k; scale; fp16 for the scan)
+   as full [C, C] tensor-core Gram products. Once per key head it also writes the normalised q (times
+   scale) and k as fp16 [T, Hk, Dk] for the scan.
+2. ``_chunk_inverse_kernel`` — one two-warp program per (chunk, value head):
+       Tb = (I + A)^-1 diag(beta)   (fp16 for the scan)
+   by 16x16 blocks: diagonal blocks by the exact nilpotent product
    (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the six others by block forward substitution
-   T_ij = -T_ii sum_k A_ik T_kj, all as exact fp32 FMA products. Once per key head it also writes the
-   normalised q (times scale) and k as fp16 [T, Hk, Dk] for the scan.
-2. ``_chunk_scan_kernel`` — one program per (sequence, value head, BV columns of the state). The
+   T_ij = -T_ii sum_k A_ik T_kj, all as exact fp32 FMA products. Its own launch because these small
+   FMA products want few warps while the Gram products want a warpgroup, and the prep kernel without
+   them holds 186 registers instead of 255 with spills (H200, 16/32 x 32k: prep + inverse
+   0.48 + 0.43-0.45 ms against 1.09 ms as one kernel; scripts/gdn_prep_probe.py).
+3. ``_chunk_scan_kernel`` — one program per (sequence, value head, BV columns of the state). The
    state tile S [Dk, BV] stays in fp32 registers across the sequence's chunks; per chunk
        X  = V - diag(exp(G)) (Kn S)
        Vn = Tb X                               ("u - w S" of the WY form)
@@ -24,8 +29,8 @@ Two launches (C = 64 tokens per chunk, d = Dk = Dv):
    X and Vn scale with |v|, so values must stay below ~1e4.
 
 Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
-intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B)
-and Tb, Aqk (8 KB each) go through HBM.
+intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B),
+A (10 KB fp32) and Tb, Aqk (8 KB each) go through HBM.
 """
 
 from __future__ import annotations
@@ -91,9 +96,11 @@ def _mm(a, b):
 
 
 @triton.jit
-def _block(base, bi: tl.constexpr, bj: tl.constexpr, C: tl.constexpr):
+def _lower_block(base, bi: tl.constexpr, bj: tl.constexpr):
+    """Pointers to block (bi, bj), bj <= bi, of a [64, 64] lower-triangular matrix stored as its ten
+    16x16 lower blocks, row-major by block (block (bi, bj) at bi (bi + 1) / 2 + bj)."""
     r = tl.arange(0, 16)
-    return base + (bi * 16 + r)[:, None] * C + bj * 16 + r[None, :]
+    return base + (bi * (bi + 1) // 2 + bj) * 256 + r[:, None] * 16 + r[None, :]
 
 
 @triton.jit
@@ -109,7 +116,7 @@ def _chunk_prep_kernel(
     kn_out_ptr,
     qn_out_ptr,
     tq_out_ptr,
-    scr_ptr,
+    a_out_ptr,
     NB,
     scale,
     sq_t,
@@ -125,13 +132,11 @@ def _chunk_prep_kernel(
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """G, Tb and Aqk for one (chunk, value head), plus the fp16 normalised q (times scale) and k once
-    per key head. Gram matrices as full [C, C] products (one warpgroup MMA each on Hopper); A goes
-    through an fp32 scratch (aliasing this chunk's own [2, C, C] fp16 output) to be read back as 16x16
-    blocks for the blockwise inverse."""
+    """G, A (fp32 lower blocks) and Aqk (fp16, plane 1 of the chunk's [2, C, C] pair) for one (chunk,
+    value head), plus the fp16 normalised q (times scale) and k once per key head. Gram matrices as
+    full [C, C] products (one warpgroup MMA each on Hopper)."""
     pid_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    cu0 = tl.load(cu_ptr)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
@@ -143,6 +148,10 @@ def _chunk_prep_kernel(
     k_ptrs = k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :]
     kc = tl.load(k_ptrs, mask=m[:, None], other=0.0)  # [C, DK]
     rk = tl.rsqrt(tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1) + 1e-6)  # [C]
+    # unit-norm k and scale-norm q rows in fp16 for the scan's tensor-core operands, once per key head
+    n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
+    m_lead = m & ((offs_c * 0 + i_h % GROUP) == 0)  # [C] (a tensor compare: the interpreter wants one)
+    tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m_lead[:, None])
     a = tl.load(a_ptr + rows * sa_t + i_h, mask=m, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
     g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
@@ -150,82 +159,77 @@ def _chunk_prep_kernel(
     beta = tl.where(m, beta, 0.0)
     G = tl.cumsum(g, 0)  # [C]
     tl.store(g_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * C + offs_c, G)
-    # A = beta_i (k_i . k_j) exp(G_i - G_j) / (|k_i| |k_j|), strictly lower
-    lower = offs_c[:, None] > offs_c[None, :]
+    # A = beta_i (k_i . k_j) exp(G_i - G_j) / (|k_i| |k_j|), strictly lower (zero above the diagonal
+    # inside the diagonal blocks, which are stored whole)
     A = tl.dot(kc, tl.trans(kc)) * ((beta * rk)[:, None] * rk[None, :])
-    A = A * tl.exp(tl.where(lower, G[:, None] - G[None, :], float("-inf")))  # [C, C]
-    tb = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
-    tile = offs_c[:, None] * C + offs_c[None, :]
-    # T by 16x16 blocks read back from an fp32 scratch: diagonal blocks by the nilpotent product,
-    # the rest by block forward substitution T_ij = -T_ii sum_k A_ik T_kj
-    scr = scr_ptr + (pid_c.to(tl.int64) * HV + i_h) * C * C
-    tl.store(scr + tile, A)
-    tl.debug_barrier()
-    t00 = _unit_lower_inverse(tl.load(_block(scr, 0, 0, C)))
-    # barriers between the block products: one chain at a time keeps fewer registers live (H100:
-    # prep 1.23 -> 1.11 ms at 16/32 x 32k together with the late offsets below)
-    tl.debug_barrier()
-    t11 = _unit_lower_inverse(tl.load(_block(scr, 1, 1, C)))
-    tl.debug_barrier()
-    t22 = _unit_lower_inverse(tl.load(_block(scr, 2, 2, C)))
-    tl.debug_barrier()
-    t33 = _unit_lower_inverse(tl.load(_block(scr, 3, 3, C)))
-    tl.debug_barrier()
-    a10 = tl.load(_block(scr, 1, 0, C))
-    a21 = tl.load(_block(scr, 2, 1, C))
-    a32 = tl.load(_block(scr, 3, 2, C))
+    A = A * tl.exp(tl.where(offs_c[:, None] > offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
+    bi = offs_c // 16
+    blk = (bi * (bi + 1) // 2)[:, None] + bi[None, :]
+    a_off = blk * 256 + (offs_c % 16)[:, None] * 16 + (offs_c % 16)[None, :]
+    tl.store(a_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2560 + a_off, A, mask=bi[:, None] >= bi[None, :])
+    # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale / (|q_i| |k_j|) -> plane 1
+    qc = tl.load(q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :], mask=m[:, None], other=0.0)
+    qf = qc.to(tl.float32)
+    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale  # [C]
+    tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m_lead[:, None])
+    aqk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])
+    aqk = aqk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
+    tq = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
+    tl.store(tq + C * C + offs_c[:, None] * C + offs_c[None, :], aqk.to(tl.float16))
+
+
+@triton.jit
+def _chunk_inverse_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, NB, sb_t, HV: tl.constexpr, C: tl.constexpr,
+                          BLOCK_B: tl.constexpr):  # fmt: skip
+    """Tb = (I + A)^-1 diag(beta) for one (chunk, value head) into plane 0 of its [2, C, C] pair (fp16,
+    zero above the diagonal blocks), from the prep kernel's fp32 lower blocks of A."""
+    pid_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
+    if i_n >= NB:
+        return
+    base = a_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2560
+    t00 = _unit_lower_inverse(tl.load(_lower_block(base, 0, 0)))
+    t11 = _unit_lower_inverse(tl.load(_lower_block(base, 1, 1)))
+    t22 = _unit_lower_inverse(tl.load(_lower_block(base, 2, 2)))
+    t33 = _unit_lower_inverse(tl.load(_lower_block(base, 3, 3)))
+    a10 = tl.load(_lower_block(base, 1, 0))
+    a21 = tl.load(_lower_block(base, 2, 1))
+    a32 = tl.load(_lower_block(base, 3, 2))
     t10 = -_mm(t11, _mm(a10, t00))
-    tl.debug_barrier()
     t21 = -_mm(t22, _mm(a21, t11))
-    tl.debug_barrier()
     t32 = -_mm(t33, _mm(a32, t22))
-    tl.debug_barrier()
-    a20 = tl.load(_block(scr, 2, 0, C))
+    a20 = tl.load(_lower_block(base, 2, 0))
     t20 = -_mm(t22, _mm(a20, t00) + _mm(a21, t10))
-    tl.debug_barrier()
-    a31 = tl.load(_block(scr, 3, 1, C))
+    a31 = tl.load(_lower_block(base, 3, 1))
     t31 = -_mm(t33, _mm(a31, t11) + _mm(a32, t21))
-    tl.debug_barrier()
-    a30 = tl.load(_block(scr, 3, 0, C))
+    a30 = tl.load(_lower_block(base, 3, 0))
     t30 = -_mm(t33, _mm(a30, t00) + _mm(a31, t10) + _mm(a32, t20))
-    tl.debug_barrier()  # the outputs alias the scratch: every thread is done reading it
-    # Offsets used after the inverse are rebuilt from an opaque zero (cu_seqlens[0] reloaded after the
-    # stores above, minus its first load) so the compiler cannot keep the early [C, C] / [C, DK] offset
-    # and pointer tensors alive through the inverse (registers).
-    z = (tl.load(cu_ptr) - cu0).to(tl.int32)
-    rows = rows + z
-    tile = (offs_c + z)[:, None] * C + offs_c[None, :]
-    tl.store(tb + tile, tl.zeros([C, C], dtype=tl.float16))  # zero above the diagonal blocks
-    tl.debug_barrier()
+    tb = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
+    for bi in tl.static_range(4):  # zero above the diagonal blocks
+        for bj in tl.static_range(bi + 1, 4):
+            tl.store(_square_block(tb, bi, bj, C), tl.zeros([16, 16], dtype=tl.float16))
     be0 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 0)
     be1 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 1)
     be2 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 2)
     be3 = _beta_block(b_ptr, bos, eos, sb_t, i_h, 3)
-    tl.store(_block(tb, 0, 0, C), (t00 * be0[None, :]).to(tl.float16))
-    tl.store(_block(tb, 1, 0, C), (t10 * be0[None, :]).to(tl.float16))
-    tl.store(_block(tb, 1, 1, C), (t11 * be1[None, :]).to(tl.float16))
-    tl.store(_block(tb, 2, 0, C), (t20 * be0[None, :]).to(tl.float16))
-    tl.store(_block(tb, 2, 1, C), (t21 * be1[None, :]).to(tl.float16))
-    tl.store(_block(tb, 2, 2, C), (t22 * be2[None, :]).to(tl.float16))
-    tl.store(_block(tb, 3, 0, C), (t30 * be0[None, :]).to(tl.float16))
-    tl.store(_block(tb, 3, 1, C), (t31 * be1[None, :]).to(tl.float16))
-    tl.store(_block(tb, 3, 2, C), (t32 * be2[None, :]).to(tl.float16))
-    tl.store(_block(tb, 3, 3, C), (t33 * be3[None, :]).to(tl.float16))
-    # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale / (|q_i| |k_j|) -> plane 1; k reloaded (L2) rather
-    # than kept live through the inverse
-    q_ptrs = q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :]
-    qc = tl.load(q_ptrs, mask=m[:, None], other=0.0)  # [C, DK]
-    qf = qc.to(tl.float32)
-    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale  # [C]
-    kc = tl.load(k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :], mask=m[:, None], other=0.0)
-    aqk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])
-    aqk = aqk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
-    tl.store(tb + C * C + tile, aqk.to(tl.float16))
-    if i_h % GROUP == 0:
-        # unit-norm k and scale-norm q rows in fp16 for the scan's tensor-core operands
-        n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
-        tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m[:, None])
-        tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m[:, None])
+    tl.store(_square_block(tb, 0, 0, C), (t00 * be0[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 1, 0, C), (t10 * be0[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 1, 1, C), (t11 * be1[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 2, 0, C), (t20 * be0[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 2, 1, C), (t21 * be1[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 2, 2, C), (t22 * be2[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 3, 0, C), (t30 * be0[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 3, 1, C), (t31 * be1[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 3, 2, C), (t32 * be2[None, :]).to(tl.float16))
+    tl.store(_square_block(tb, 3, 3, C), (t33 * be3[None, :]).to(tl.float16))
+
+
+@triton.jit
+def _square_block(base, bi: tl.constexpr, bj: tl.constexpr, C: tl.constexpr):
+    """Pointers to 16x16 block (bi, bj) of a row-major [C, C] matrix."""
+    r = tl.arange(0, 16)
+    return base + (bi * 16 + r)[:, None] * C + bj * 16 + r[None, :]
 
 
 @triton.jit
@@ -360,7 +364,7 @@ def gdn_prefill(
     # BV 32 halves the programs' shared q/k traffic but leaves too few programs to fill the card
     # for one sequence with few heads (e.g. Hv 8)
     wide = hv * nb * max(1, dv // 32) >= 96
-    cfg = {"BV": 32 if wide else 16, "num_warps": 4, "num_stages": 3, "prep_warps": 4}
+    cfg = {"BV": 32 if wide else 16, "num_warps": 4, "num_stages": 3, "prep_warps": 4, "inverse_warps": 2}
     if _config:
         unknown = sorted(set(_config) - set(cfg))
         if unknown:
@@ -377,19 +381,24 @@ def gdn_prefill(
     kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
-    _chunk_prep_kernel[(n_chunk_max, hv)](
-        q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, tq_buf.view(torch.float32),
-        nb, scale,
+    a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=torch.float32, device=q.device)  # A's lower blocks
+    grid = (n_chunk_max, hv)
+    block_b = _next_pow2(nb + 1)
+    _chunk_prep_kernel[grid](
+        q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
-        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=_next_pow2(nb + 1),
-        num_warps=cfg["prep_warps"],
+        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, num_warps=cfg["prep_warps"],
+    )  # fmt: skip
+    _chunk_inverse_kernel[grid](
+        a_buf, b, cu_seqlens, tq_buf, nb, b.stride(0), HV=hv, C=c, BLOCK_B=block_b,
+        num_warps=cfg["inverse_warps"],
     )  # fmt: skip
     ss = logical_state_strides(state, state_layout, 1)
     _chunk_scan_kernel[(dv // bv, hv, nb)](
         qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state,
         v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), *ss,
-        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c, BLOCK_B=_next_pow2(nb + 1),
+        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c, BLOCK_B=block_b,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return o
