@@ -26,7 +26,7 @@ SHAPES = [("hk16/hv32 1x32768", 16, 32, 32768), ("hk2/hv8 1x32768", 2, 8, 32768)
 
 def _kernel_stats() -> list[dict]:
     out = []
-    for fn in (prefill._chunk_prep_kernel, prefill._chunk_scan_kernel):
+    for fn in (prefill._chunk_prep_kernel, prefill._chunk_inverse_kernel, prefill._chunk_scan_kernel):
         for dev_cache in getattr(fn, "device_caches", {}).values():
             for key, k in dev_cache[0].items():
                 out.append(
