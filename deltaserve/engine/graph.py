@@ -240,13 +240,24 @@ class DecodeGraphs:
         return changed
 
     @torch.no_grad()
-    def time_replay(self, bs: int, iters: int = 50) -> float:
-        """Median GPU ms of one replay of the graph for `bs` on all-padding inputs (benchmarks).
+    def _stage_timing_rows(self, bs: int) -> None:
+        """Padding rows (no state or KV touched) that carry distinct token ids, fixed by a seed.
 
-        Padding rows touch no state (slot -1, slot_mapping -1), so this is safe at any time.
+        Trap: with one id in every row (plain padding) every row routes to the same top-k experts, so
+        a replay of a MoE model reads a fraction of the expert weights a real batch of `bs` tokens
+        does (Qwen3-Next at 16 rows: 10 experts instead of ~144).
+        """
+        self._stage_padding(bs)
+        gen = torch.Generator().manual_seed(bs)
+        ids = torch.randint(self.runner.vocab_size, (bs,), generator=gen)
+        self._rows(bs)[0].copy_(ids)
+
+    def time_replay(self, bs: int, iters: int = 50) -> float:
+        """Median GPU ms of one replay of the graph for `bs` (benchmarks), on padding rows with
+        distinct token ids (`_stage_timing_rows`); they touch no state, so this is safe at any time.
         """
         size = self._size(bs)
-        self._stage_padding(size)
+        self._stage_timing_rows(size)
         times = []
         for _ in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

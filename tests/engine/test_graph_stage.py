@@ -15,7 +15,7 @@ MAX_BS, WIDTH = 8, 6
 def _graphs() -> DecodeGraphs:
     config = SimpleNamespace(max_model_len=16 * WIDTH, block_size=16)
     runner = SimpleNamespace(
-        device=torch.device("cpu"), max_blocks_per_seq=WIDTH, config=config, backend=None
+        device=torch.device("cpu"), max_blocks_per_seq=WIDTH, config=config, backend=None, vocab_size=1000
     )
     return DecodeGraphs(runner, MAX_BS)
 
@@ -116,3 +116,17 @@ def test_each_size_reads_its_own_contiguous_block():
         assert spans[0][0] == base and spans[-1][1] == base + 4 * size * 8  # exactly words[:4s]
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
         assert g._rows(size)[0].data_ptr() == base + 3 * size * 8  # ids last: a 3s-word copy keeps them
+
+
+def test_timing_rows_are_padding_with_distinct_token_ids():
+    """`time_replay`'s rows touch no state or KV, and their ids differ (a MoE routes them apart)."""
+    g = _graphs()
+    _, positions, slot_mapping, seq_lens, slots = g._rows(MAX_BS)
+    g._stage_timing_rows(MAX_BS)
+    ids = g._rows(MAX_BS)[0].tolist()
+    assert len(set(ids)) == MAX_BS and all(0 <= i < 1000 for i in ids)
+    assert slot_mapping.tolist() == [-1] * MAX_BS and slots.tolist() == [-1] * MAX_BS
+    assert seq_lens.tolist() == [1] * MAX_BS and positions.tolist() == [0] * MAX_BS
+    assert not g.block_tables.any()
+    g._stage_timing_rows(MAX_BS)
+    assert g._rows(MAX_BS)[0].tolist() == ids  # the same rows every time (seeded)
