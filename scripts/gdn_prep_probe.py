@@ -1,12 +1,16 @@
-"""GDN prefill prep-kernel probe (device machine): where the prep kernel's time goes and whether the
-(I + A)^-1 inverse is cheaper by forward substitution or in its own few-warp kernel.
+"""GDN prefill prep/inverse probe (device machine): where the prep and inverse time goes and which
+variant of them is fastest, each feeding the shipped scan kernel.
 
-Variants of ``prefill._chunk_prep_kernel`` (INV): 0 no inverse (A blocks stored as they are; timing
-only), 1 nilpotent diagonal blocks (the shipped kernel's math), 2 diagonal blocks by forward
-substitution, 3 prep without the inverse plus a separate inverse kernel (DIAG 0 nilpotent / 1 forward
-substitution; 1, 2 or 4 warps). Each variant feeds the shipped scan kernel; accuracy is checked
-against the fp32 reference on plain and ill-conditioned inputs; device times per kernel by
-torch.profiler; fla 0.6.0's kernel sum in the same process.
+Variants: INV 0 no inverse (A blocks stored as they are; timing only), 1 nilpotent diagonal blocks in
+the old fused prep kernel, 2 the same with forward substitution, 3 the old fused prep without the
+inverse plus a separate inverse kernel (DIAG 0 nilpotent / 1 forward substitution; warps; BAR:
+register barriers between the product chains), 4 the shipped prep (or ``_prep_grouped_kernel``: one
+program per key head, q/k and the Gram products once for its value heads) followed by the shipped
+inverse or ``_inverse_batched_kernel`` (the 16x16 products batched over the four block diagonals:
+15 dependent [4, 16, 16] products instead of 40 single ones). Accuracy against the fp32 reference on
+plain and ill-conditioned inputs for the ACCURACY set; device times per kernel by torch.profiler;
+fla 0.6.0's kernel sum in the same process; then the shipped kernels under other scan launch configs.
+2026-11-28 H200 results: BENCHMARKS.md ("the first runs on an H200").
 
 python scripts/gdn_prep_probe.py OUT.json
 """
@@ -196,6 +200,151 @@ def _inverse_kernel(scr_ptr, b_ptr, cu_ptr, tq_out_ptr, NB, sb_t, HV: tl.constex
     _inverse_store(scr, tb, b_ptr, bos, eos, sb_t, i_h, C, DIAG, BAR)
 
 
+@triton.jit
+def _bmm(a, b):
+    """Exact fp32 batched product of [4, 16, 16] tiles."""
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _lower_blocks(base, bi, bj, ok):
+    """[4, 16, 16] blocks (bi[b], bj[b]) of the shipped compact lower-block A (zero where not ok)."""
+    r = tl.arange(0, 16)
+    idx = tl.where(ok, bi * (bi + 1) // 2 + bj, 0)
+    ptrs = base + idx[:, None, None] * 256 + r[None, :, None] * 16 + r[None, None, :]
+    return tl.load(ptrs, mask=ok[:, None, None], other=0.0)
+
+
+@triton.jit
+def _inverse_batched_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, scr_ptr, NB, sb_t, HV: tl.constexpr,
+                            C: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
+    """Tb like prefill._chunk_inverse_kernel, with the 16x16 products batched over the four block
+    diagonals: the diagonal inverses as one [4, 16, 16] nilpotent chain (6 products), then the first,
+    second and third sub-diagonals (2, 3 and 4 batched products). Shifted diagonal blocks go through
+    an fp32 scratch aliasing this chunk's Tb plane."""
+    pid_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
+    if i_n >= NB:
+        return
+    pair = pid_c.to(tl.int64) * HV + i_h
+    base = a_ptr + pair * 2560
+    scr = scr_ptr + pair * C * C  # fp32 view of the [2, C, C] fp16 pair: plane 0 holds 1024 floats
+    bb = tl.arange(0, 4)
+    r = tl.arange(0, 16)
+    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)[None, :, :]  # [1, 16, 16]
+    every = bb < 4
+    D = _lower_blocks(base, bb, bb, every)  # [4, 16, 16] strictly lower diagonal blocks
+    d2 = _bmm(D, D)
+    d4 = _bmm(d2, d2)
+    d8 = _bmm(d4, d4)
+    T = _bmm(_bmm(_bmm(eye - D, eye + d2), eye + d4), eye + d8)  # T[b] = (I + A_bb)^-1
+    blk = bb[:, None, None] * 256 + r[None, :, None] * 16 + r[None, None, :]
+    tl.store(scr + blk, T)
+    tl.debug_barrier()
+    ok1 = bb < 3
+    ok2 = bb < 2
+    ok3 = bb < 1
+    t1 = tl.load(scr + blk + 256, mask=ok1[:, None, None], other=0.0)  # T[b + 1]
+    t2 = tl.load(scr + blk + 512, mask=ok2[:, None, None], other=0.0)  # T[b + 2]
+    t3 = tl.load(scr + blk + 768, mask=ok3[:, None, None], other=0.0)  # T[b + 3]
+    l1 = -_bmm(t1, _bmm(_lower_blocks(base, bb + 1, bb, ok1), T))  # [b] = T_{b+1, b}
+    l2 = -_bmm(
+        t2, _bmm(_lower_blocks(base, bb + 2, bb, ok2), T) + _bmm(_lower_blocks(base, bb + 2, bb + 1, ok2), l1)
+    )
+    l3 = -_bmm(
+        t3,
+        _bmm(_lower_blocks(base, bb + 3, bb, ok3), T)
+        + _bmm(_lower_blocks(base, bb + 3, bb + 1, ok3), l1)
+        + _bmm(_lower_blocks(base, bb + 3, bb + 2, ok3), l2),
+    )
+    tl.debug_barrier()  # every scratch read is done before the plane is overwritten
+    rows = bos + bb[:, None] * 16 + r[None, :]  # [4, 16] rows of column block b
+    bm = rows < eos
+    be = tl.where(
+        bm, 1.0 / (1.0 + tl.exp(-tl.load(b_ptr + rows * sb_t + i_h, mask=bm, other=0.0).to(tl.float32))), 0.0
+    )
+    tb = tq_out_ptr + pair * 2 * C * C
+    col = bb[:, None, None] * 16 + r[None, None, :]  # column of block column b
+    row_in = r[None, :, None]
+    zeros = tl.zeros([4, 16, 16], dtype=tl.float16)
+    for up in tl.static_range(1, 4):  # zero the blocks above the diagonal: (b, b + up)
+        tl.store(
+            tb + (bb[:, None, None] * 16 + row_in) * C + col + up * 16,
+            zeros,
+            mask=(bb + up < 4)[:, None, None],
+        )
+    scale = be[:, None, :]
+    tl.store(tb + (bb[:, None, None] * 16 + row_in) * C + col, (T * scale).to(tl.float16))
+    tl.store(
+        tb + ((bb[:, None, None] + 1) * 16 + row_in) * C + col,
+        (l1 * scale).to(tl.float16),
+        mask=ok1[:, None, None],
+    )
+    tl.store(
+        tb + ((bb[:, None, None] + 2) * 16 + row_in) * C + col,
+        (l2 * scale).to(tl.float16),
+        mask=ok2[:, None, None],
+    )
+    tl.store(
+        tb + ((bb[:, None, None] + 3) * 16 + row_in) * C + col,
+        (l3 * scale).to(tl.float16),
+        mask=ok3[:, None, None],
+    )
+
+
+@triton.jit
+def _prep_grouped_kernel(
+    q_ptr, k_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, cu_ptr, g_out_ptr, kn_out_ptr, qn_out_ptr, tq_out_ptr,
+    a_out_ptr, NB, scale, sq_t, sq_h, sk_t, sk_h, sa_t, sb_t,
+    HV: tl.constexpr, HK: tl.constexpr, GROUP: tl.constexpr, DK: tl.constexpr, C: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """The shipped prep's outputs from one program per (chunk, key head): q/k loads, norms and the two
+    Gram products once, then G, A and Aqk for each of the GROUP value heads."""
+    pid_c = tl.program_id(0)
+    i_kh = tl.program_id(1)
+    i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
+    if i_n >= NB:
+        return
+    offs_c = tl.arange(0, C)
+    offs_d = tl.arange(0, DK)
+    rows = bos + offs_c
+    m = rows < eos
+    kc = tl.load(k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :], mask=m[:, None], other=0.0)
+    rk = tl.rsqrt(tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1) + 1e-6)
+    n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
+    tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m[:, None])
+    qc = tl.load(q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :], mask=m[:, None], other=0.0)
+    qf = qc.to(tl.float32)
+    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale
+    tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m[:, None])
+    kk = tl.dot(kc, tl.trans(kc)) * (rk[:, None] * rk[None, :])  # [C, C] unit-key Gram
+    qk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])
+    bi = offs_c // 16
+    blk = (bi * (bi + 1) // 2)[:, None] + bi[None, :]
+    a_off = blk * 256 + (offs_c % 16)[:, None] * 16 + (offs_c % 16)[None, :]
+    a_mask = bi[:, None] >= bi[None, :]
+    tile = offs_c[:, None] * C + offs_c[None, :]
+    for j in tl.static_range(GROUP):
+        i_h = i_kh * GROUP + j
+        a = tl.load(a_ptr + rows * sa_t + i_h, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
+        g, beta = gate_scalar(
+            a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32)
+        )
+        g = tl.where(m, g, 0.0)
+        beta = tl.where(m, beta, 0.0)
+        G = tl.cumsum(g, 0)
+        pair = pid_c.to(tl.int64) * HV + i_h
+        tl.store(g_out_ptr + pair * C + offs_c, G)
+        dg = G[:, None] - G[None, :]
+        A = kk * beta[:, None] * tl.exp(tl.where(offs_c[:, None] > offs_c[None, :], dg, float("-inf")))
+        tl.store(a_out_ptr + pair * 2560 + a_off, A, mask=a_mask)
+        aqk = qk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], dg, float("-inf")))
+        tl.store(tq_out_ptr + pair * 2 * C * C + C * C + tile, aqk.to(tl.float16))
+
+
 def run_variant(x, cu, pool, sl, hi, variant: dict) -> torch.Tensor:
     """gdn_prefill with the prep swapped for a variant; ``variant`` {"inv": 0-3, "diag": 0/1, "inv_warps": n}."""
     q, k, v, a, b = x["q"], x["k"], x["v"], x["a"], x["b"]
@@ -211,6 +360,25 @@ def run_variant(x, cu, pool, sl, hi, variant: dict) -> torch.Tensor:
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(nmax, hv, 2, c, c, dtype=torch.float16, device=q.device)
     inv = variant["inv"]
+    if inv == 4:  # the shipped prep (or the grouped one), then the shipped or the batched inverse
+        a_buf = torch.empty(nmax, hv, 10, 16, 16, dtype=torch.float32, device=q.device)
+        grouped = variant.get("grouped", False)
+        prep = _prep_grouped_kernel if grouped else prefill._chunk_prep_kernel
+        prep[(nmax, hk if grouped else hv)](
+            q, k, a, b, x["A_log"], x["dt_bias"], cu, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, dk**-0.5,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=bb, num_warps=variant.get("prep_warps", 4),
+        )  # fmt: skip
+        if variant.get("batched", True):
+            _inverse_batched_kernel[(nmax, hv)](
+                a_buf, b, cu, tq_buf, tq_buf.view(torch.float32), nb, b.stride(0), HV=hv, C=c, BLOCK_B=bb,
+                num_warps=variant["inv_warps"],
+            )  # fmt: skip
+        else:
+            prefill._chunk_inverse_kernel[(nmax, hv)](
+                a_buf, b, cu, tq_buf, nb, b.stride(0), HV=hv, C=c, BLOCK_B=bb, num_warps=variant["inv_warps"]
+            )
+        return _scan(x, cu, pool, sl, hi, qn_buf, kn_buf, g_buf, tq_buf, o, bb)
     scr = (
         torch.empty(nmax, hv, c, c, dtype=torch.float32, device=q.device)
         if inv == 3
@@ -226,6 +394,14 @@ def run_variant(x, cu, pool, sl, hi, variant: dict) -> torch.Tensor:
             scr, b, cu, tq_buf, nb, b.stride(0), HV=hv, C=c, BLOCK_B=bb, DIAG=variant["diag"],
             BAR=variant.get("bar", True), num_warps=variant["inv_warps"],
         )  # fmt: skip
+    return _scan(x, cu, pool, sl, hi, qn_buf, kn_buf, g_buf, tq_buf, o, bb)
+
+
+def _scan(x, cu, pool, sl, hi, qn_buf, kn_buf, g_buf, tq_buf, o, bb) -> torch.Tensor:
+    v = x["v"]
+    hk, dk = x["q"].shape[1], x["q"].shape[2]
+    hv, dv = v.shape[1], v.shape[2]
+    nb, c = cu.numel() - 1, prefill.CHUNK
     ss = logical_state_strides(pool, "kv", 1)
     bv = 32
     prefill._chunk_scan_kernel[(dv // bv, hv, nb)](
@@ -238,13 +414,14 @@ def run_variant(x, cu, pool, sl, hi, variant: dict) -> torch.Tensor:
 VARIANTS = [
     {"name": "shipped"},
     {"name": "no-inverse (timing only)", "inv": 0},
-    {"name": "fused nilpotent", "inv": 1},
-    {"name": "split nilpotent w2", "inv": 3, "diag": 0, "inv_warps": 2},
-    {"name": "split nilpotent w1 nobar", "inv": 3, "diag": 0, "inv_warps": 1, "bar": False},
-    {"name": "split nilpotent w2 nobar", "inv": 3, "diag": 0, "inv_warps": 2, "bar": False},
-    {"name": "split nilpotent w4 nobar", "inv": 3, "diag": 0, "inv_warps": 4, "bar": False},
+    {"name": "batched inverse w2", "inv": 4, "inv_warps": 2},
+    {"name": "batched inverse w4", "inv": 4, "inv_warps": 4},
+    {"name": "batched inverse w8", "inv": 4, "inv_warps": 8},
+    {"name": "grouped prep w4", "inv": 4, "inv_warps": 2, "batched": False, "grouped": True},
+    {"name": "grouped prep w8", "inv": 4, "inv_warps": 2, "batched": False, "grouped": True, "prep_warps": 8},
+    {"name": "grouped prep w4 + batched inverse w4", "inv": 4, "inv_warps": 4, "grouped": True},
 ]
-ACCURACY = {"shipped", "split nilpotent w2", "split nilpotent w2 nobar"}
+ACCURACY = {"shipped", "batched inverse w4", "grouped prep w4"}
 # the shipped kernels under other launch configs (gdn_prefill's _config)
 SCAN_CONFIGS = [
     {"BV": 16},
