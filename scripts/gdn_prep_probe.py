@@ -208,89 +208,81 @@ def _bmm(a, b):
 
 @triton.jit
 def _lower_blocks(base, bi, bj, ok):
-    """[4, 16, 16] blocks (bi[b], bj[b]) of the shipped compact lower-block A (zero where not ok)."""
+    """[B, 16, 16] blocks (bi[b], bj[b]) of the shipped compact lower-block A at base[b] (zero where
+    not ok)."""
     r = tl.arange(0, 16)
     idx = tl.where(ok, bi * (bi + 1) // 2 + bj, 0)
-    ptrs = base + idx[:, None, None] * 256 + r[None, :, None] * 16 + r[None, None, :]
+    ptrs = base[:, None, None] + idx[:, None, None] * 256 + r[None, :, None] * 16 + r[None, None, :]
     return tl.load(ptrs, mask=ok[:, None, None], other=0.0)
 
 
 @triton.jit
 def _inverse_batched_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, scr_ptr, NB, sb_t, HV: tl.constexpr,
-                            C: tl.constexpr, BLOCK_B: tl.constexpr):  # fmt: skip
-    """Tb like prefill._chunk_inverse_kernel, with the 16x16 products batched over the four block
-    diagonals: the diagonal inverses as one [4, 16, 16] nilpotent chain (6 products), then the first,
-    second and third sub-diagonals (2, 3 and 4 batched products). Shifted diagonal blocks go through
-    an fp32 scratch aliasing this chunk's Tb plane."""
+                            C: tl.constexpr, BLOCK_B: tl.constexpr, NH: tl.constexpr):  # fmt: skip
+    """Tb like prefill._chunk_inverse_kernel for NH value heads of one chunk, with the 16x16 products
+    batched over the heads' four block diagonals (batch index = 4 head + block): the diagonal
+    inverses as one [4 NH, 16, 16] nilpotent chain (6 products), then the first, second and third
+    sub-diagonals (2, 3 and 4 batched products). Shifted diagonal blocks go through an fp32 scratch
+    aliasing each chunk's Tb plane."""
     pid_c = tl.program_id(0)
-    i_h = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
-    pair = pid_c.to(tl.int64) * HV + i_h
+    bb = tl.arange(0, 4 * NH)
+    blk = bb % 4  # block index on the diagonal
+    head = tl.program_id(1) * NH + bb // 4
+    pair = pid_c.to(tl.int64) * HV + head  # [4 NH]
     base = a_ptr + pair * 2560
     scr = scr_ptr + pair * C * C  # fp32 view of the [2, C, C] fp16 pair: plane 0 holds 1024 floats
-    bb = tl.arange(0, 4)
     r = tl.arange(0, 16)
     eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)[None, :, :]  # [1, 16, 16]
-    every = bb < 4
-    D = _lower_blocks(base, bb, bb, every)  # [4, 16, 16] strictly lower diagonal blocks
+    D = _lower_blocks(base, blk, blk, blk < 4)  # [4 NH, 16, 16] strictly lower diagonal blocks
     d2 = _bmm(D, D)
     d4 = _bmm(d2, d2)
     d8 = _bmm(d4, d4)
-    T = _bmm(_bmm(_bmm(eye - D, eye + d2), eye + d4), eye + d8)  # T[b] = (I + A_bb)^-1
-    blk = bb[:, None, None] * 256 + r[None, :, None] * 16 + r[None, None, :]
-    tl.store(scr + blk, T)
+    T = _bmm(_bmm(_bmm(eye - D, eye + d2), eye + d4), eye + d8)  # (I + A_bb)^-1
+    in_blk = r[None, :, None] * 16 + r[None, None, :]
+    s_ptrs = scr[:, None, None] + blk[:, None, None] * 256 + in_blk
+    tl.store(s_ptrs, T)
     tl.debug_barrier()
-    ok1 = bb < 3
-    ok2 = bb < 2
-    ok3 = bb < 1
-    t1 = tl.load(scr + blk + 256, mask=ok1[:, None, None], other=0.0)  # T[b + 1]
-    t2 = tl.load(scr + blk + 512, mask=ok2[:, None, None], other=0.0)  # T[b + 2]
-    t3 = tl.load(scr + blk + 768, mask=ok3[:, None, None], other=0.0)  # T[b + 3]
-    l1 = -_bmm(t1, _bmm(_lower_blocks(base, bb + 1, bb, ok1), T))  # [b] = T_{b+1, b}
+    ok1 = blk < 3
+    ok2 = blk < 2
+    ok3 = blk < 1
+    t1 = tl.load(s_ptrs + 256, mask=ok1[:, None, None], other=0.0)  # T of block b + 1
+    t2 = tl.load(s_ptrs + 512, mask=ok2[:, None, None], other=0.0)
+    t3 = tl.load(s_ptrs + 768, mask=ok3[:, None, None], other=0.0)
+    l1 = -_bmm(t1, _bmm(_lower_blocks(base, blk + 1, blk, ok1), T))  # T_{b+1, b}
     l2 = -_bmm(
-        t2, _bmm(_lower_blocks(base, bb + 2, bb, ok2), T) + _bmm(_lower_blocks(base, bb + 2, bb + 1, ok2), l1)
+        t2,
+        _bmm(_lower_blocks(base, blk + 2, blk, ok2), T)
+        + _bmm(_lower_blocks(base, blk + 2, blk + 1, ok2), l1),
     )
     l3 = -_bmm(
         t3,
-        _bmm(_lower_blocks(base, bb + 3, bb, ok3), T)
-        + _bmm(_lower_blocks(base, bb + 3, bb + 1, ok3), l1)
-        + _bmm(_lower_blocks(base, bb + 3, bb + 2, ok3), l2),
+        _bmm(_lower_blocks(base, blk + 3, blk, ok3), T)
+        + _bmm(_lower_blocks(base, blk + 3, blk + 1, ok3), l1)
+        + _bmm(_lower_blocks(base, blk + 3, blk + 2, ok3), l2),
     )
-    tl.debug_barrier()  # every scratch read is done before the plane is overwritten
-    rows = bos + bb[:, None] * 16 + r[None, :]  # [4, 16] rows of column block b
+    tl.debug_barrier()  # every scratch read is done before the planes are overwritten
+    rows = bos + blk[:, None] * 16 + r[None, :]  # [4 NH, 16] rows of column block b
     bm = rows < eos
-    be = tl.where(
-        bm, 1.0 / (1.0 + tl.exp(-tl.load(b_ptr + rows * sb_t + i_h, mask=bm, other=0.0).to(tl.float32))), 0.0
-    )
+    b_raw = tl.load(b_ptr + rows * sb_t + head[:, None], mask=bm, other=0.0).to(tl.float32)
+    scale = tl.where(bm, 1.0 / (1.0 + tl.exp(-b_raw)), 0.0)[:, None, :]  # beta of column block b
     tb = tq_out_ptr + pair * 2 * C * C
-    col = bb[:, None, None] * 16 + r[None, None, :]  # column of block column b
-    row_in = r[None, :, None]
-    zeros = tl.zeros([4, 16, 16], dtype=tl.float16)
+    # block (i, j) of the [C, C] plane: tb + (16 i + row) C + 16 j + col
+    rc = (
+        tb[:, None, None]
+        + (blk[:, None, None] * 16 + r[None, :, None]) * C
+        + blk[:, None, None] * 16
+        + r[None, None, :]
+    )
+    zeros = tl.zeros([4 * NH, 16, 16], dtype=tl.float16)
     for up in tl.static_range(1, 4):  # zero the blocks above the diagonal: (b, b + up)
-        tl.store(
-            tb + (bb[:, None, None] * 16 + row_in) * C + col + up * 16,
-            zeros,
-            mask=(bb + up < 4)[:, None, None],
-        )
-    scale = be[:, None, :]
-    tl.store(tb + (bb[:, None, None] * 16 + row_in) * C + col, (T * scale).to(tl.float16))
-    tl.store(
-        tb + ((bb[:, None, None] + 1) * 16 + row_in) * C + col,
-        (l1 * scale).to(tl.float16),
-        mask=ok1[:, None, None],
-    )
-    tl.store(
-        tb + ((bb[:, None, None] + 2) * 16 + row_in) * C + col,
-        (l2 * scale).to(tl.float16),
-        mask=ok2[:, None, None],
-    )
-    tl.store(
-        tb + ((bb[:, None, None] + 3) * 16 + row_in) * C + col,
-        (l3 * scale).to(tl.float16),
-        mask=ok3[:, None, None],
-    )
+        tl.store(rc + up * 16, zeros, mask=(blk + up < 4)[:, None, None])
+    tl.store(rc, (T * scale).to(tl.float16))
+    tl.store(rc + 16 * C, (l1 * scale).to(tl.float16), mask=ok1[:, None, None])
+    tl.store(rc + 32 * C, (l2 * scale).to(tl.float16), mask=ok2[:, None, None])
+    tl.store(rc + 48 * C, (l3 * scale).to(tl.float16), mask=ok3[:, None, None])
 
 
 @triton.jit
@@ -370,9 +362,10 @@ def run_variant(x, cu, pool, sl, hi, variant: dict) -> torch.Tensor:
             HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=bb, num_warps=variant.get("prep_warps", 4),
         )  # fmt: skip
         if variant.get("batched", True):
-            _inverse_batched_kernel[(nmax, hv)](
+            nh = variant.get("heads", 1)
+            _inverse_batched_kernel[(nmax, hv // nh)](
                 a_buf, b, cu, tq_buf, tq_buf.view(torch.float32), nb, b.stride(0), HV=hv, C=c, BLOCK_B=bb,
-                num_warps=variant["inv_warps"],
+                NH=nh, num_warps=variant["inv_warps"],
             )  # fmt: skip
         else:
             prefill._chunk_inverse_kernel[(nmax, hv)](
@@ -417,11 +410,13 @@ VARIANTS = [
     {"name": "batched inverse w2", "inv": 4, "inv_warps": 2},
     {"name": "batched inverse w4", "inv": 4, "inv_warps": 4},
     {"name": "batched inverse w8", "inv": 4, "inv_warps": 8},
+    {"name": "batched inverse 2 heads w4", "inv": 4, "inv_warps": 4, "heads": 2},
+    {"name": "batched inverse 2 heads w8", "inv": 4, "inv_warps": 8, "heads": 2},
     {"name": "grouped prep w4", "inv": 4, "inv_warps": 2, "batched": False, "grouped": True},
     {"name": "grouped prep w8", "inv": 4, "inv_warps": 2, "batched": False, "grouped": True, "prep_warps": 8},
     {"name": "grouped prep w4 + batched inverse w4", "inv": 4, "inv_warps": 4, "grouped": True},
 ]
-ACCURACY = {"shipped", "batched inverse w4", "grouped prep w4"}
+ACCURACY = {"shipped", "batched inverse w4", "batched inverse 2 heads w8", "grouped prep w4"}
 # the shipped kernels under other launch configs (gdn_prefill's _config)
 SCAN_CONFIGS = [
     {"BV": 16},
