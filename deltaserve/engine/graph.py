@@ -239,7 +239,6 @@ class DecodeGraphs:
             held[i] = list(row)
         return changed
 
-    @torch.no_grad()
     def _stage_timing_rows(self, bs: int) -> None:
         """Padding rows (no state or KV touched) that carry distinct token ids, fixed by a seed.
 
@@ -252,6 +251,7 @@ class DecodeGraphs:
         ids = torch.randint(self.runner.vocab_size, (bs,), generator=gen)
         self._rows(bs)[0].copy_(ids)
 
+    @torch.no_grad()
     def time_replay(self, bs: int, iters: int = 50) -> float:
         """Median GPU ms of one replay of the graph for `bs` (benchmarks), on padding rows with
         distinct token ids (`_stage_timing_rows`); they touch no state, so this is safe at any time.
