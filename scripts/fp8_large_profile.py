@@ -6,12 +6,11 @@ python3 scripts/fp8_large_profile.py OUT.json
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 
 import torch
 
-from deltaserve.bench.common import device_record, host_us, kernel_device_us, time_cuda
+from deltaserve.bench.common import device_record, host_us, kernel_medians_us, time_cuda
 from deltaserve.ops.fp8 import kernels as K
 from deltaserve.ops.fp8.reference import quantize_block_fp8
 
@@ -36,13 +35,7 @@ def main() -> None:
             xq, xs = K.per_token_group_quant_fp8(x, 128)
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             for name, fn in _calls(x, w, q, s, xq, xs, out).items():
-                fn()
-                torch.cuda.synchronize()
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                    for _ in range(10):
-                        fn()
-                    torch.cuda.synchronize()
-                kern = {kk: statistics.median(v) for kk, v in kernel_device_us(prof).items()}
+                kern = kernel_medians_us(fn, calls=10)
                 r = dict(
                     shape=f"M={m} N={n} K={k}",
                     call=name,

@@ -11,7 +11,6 @@ ops (sum of kernels << graph time) from kernel-bound ones.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,17 +18,17 @@ from typing import Any
 
 import torch
 
-from deltaserve.bench.common import device_record, host_us, kernel_device_us, measure_copy_bw, time_cuda_graph
+from deltaserve.bench.common import (
+    device_record,
+    host_us,
+    kernel_medians_us,
+    measure_copy_bw,
+    time_cuda_graph,
+)
 
 
 def _kernels(fn: Callable[[], Any], calls: int = 10) -> dict[str, float]:
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    return {k[:60]: round(statistics.median(v), 2) for k, v in kernel_device_us(prof).items()}
+    return {k[:60]: round(v, 2) for k, v in kernel_medians_us(fn, calls).items()}
 
 
 def _case(name: str, fn: Callable[[], Any], graph: bool, res: dict) -> None:

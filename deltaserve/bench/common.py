@@ -107,6 +107,18 @@ def kernel_device_us(prof: Any) -> dict[str, list[float]]:
     return out
 
 
+def kernel_medians_us(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
+    """Median device µs per CUDA kernel name over ``calls`` calls of ``fn`` (after one warm-up call),
+    by torch.profiler."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return {name: statistics.median(ts) for name, ts in kernel_device_us(prof).items()}
+
+
 def measure_copy_bw(n_bytes: int = 1 << 30) -> float:
     """Device-to-device copy rate in bytes/s, counting bytes read plus written."""
     src = torch.empty(n_bytes // 2, dtype=torch.uint8, device="cuda")
