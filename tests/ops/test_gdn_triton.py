@@ -104,6 +104,44 @@ def test_prefill_matches_reference(lens, layout, sdtype, ratio):
 
 
 @gpu
+@pytest.mark.parametrize(
+    "layout, sdtype", [("kv", torch.float32), ("vk", torch.bfloat16)], ids=["kv-f32", "vk-bf16"]
+)
+def test_prefill_pipelined_segments_equal_one_pass(layout, sdtype):
+    """The pipelined path (prep on this stream, scans of chunk segments on a side stream, fp32 state
+    carried between segments) gives exactly the one-pass result, eagerly and inside a CUDA graph."""
+    from deltaserve.ops.gdn.prefill import gdn_prefill
+
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    lens = [1, 3000, 0, 65, 1000]
+    t, nb = sum(lens), len(lens)
+    q, k, v, a, b, A_log, dt_bias = _inputs(t, 2, 4, gen)
+    full, pool = _pool(nb + 2, 4, layout, sdtype, gen, transposed=False)
+    slots = torch.tensor([5, 0, 2, 6, 3], device="cuda", dtype=torch.int32)
+    has_init = torch.tensor([True, True, False, False, True], device="cuda")
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    seg = {"segment_chunks": 8, "first_segment": 3}
+
+    def run(config, pool_copy):
+        return gdn_prefill(
+            q, k, v, a, b, A_log, dt_bias, cu_seqlens=cu, state=pool_copy, state_slots=slots,
+            has_initial_state=has_init, state_layout=layout, _config=config,
+        )  # fmt: skip
+
+    one_pool, seg_pool, graph_pool = pool.clone(), pool.clone(), pool.clone()
+    o_one = run(None, one_pool)
+    o_seg = run(seg, seg_pool)
+    torch.cuda.synchronize()
+    assert torch.equal(o_one, o_seg) and torch.equal(one_pool, seg_pool)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph = run(seg, graph_pool)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_graph, o_one) and torch.equal(graph_pool, one_pool)
+
+
+@gpu
 def test_prefill_deterministic_and_zero_length_sequence():
     from deltaserve.ops.gdn.prefill import gdn_prefill
 
@@ -290,6 +328,18 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
         assert rel(full[1, slots], s_r) < 1e-3, rel(full[1, slots], s_r)
         assert torch.equal(full[1, [1, 3]], before[1, [1, 3]]) and torch.equal(full[0], before[0])
+    # the pipelined path's segments (on CPU they run in order on one stream): one-chunk segments, so the
+    # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
+    cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
+    full = torch.randn(5, hv, dk, dv)
+    before = full.clone()
+    o = prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu2, state=full, state_slots=slots2,
+                            has_initial_state=init2.bool(), _config={"segment_chunks": 1})
+    h0 = torch.stack([before[int(s)] * bool(i) for s, i in zip(slots2, init2)])
+    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu2, initial_state=h0)
+    assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
+    assert rel(full[slots2], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots2], s_r)
+    assert torch.equal(full[1], before[1])
     try:  # a misspelt launch-config key is an error, not a silently ignored sweep point
         prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
                             has_initial_state=init, state_layout="vk", _config={"bv": 32})
@@ -316,6 +366,16 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     print("OK")
     """
 )
+
+
+def test_prefill_segments_cover_the_chunks_once():
+    pytest.importorskip("triton")
+    from deltaserve.ops.gdn.prefill import _pipelined, _segments
+
+    assert _segments(513, 16, 128) == [(0, 16), (16, 144), (144, 272), (272, 400), (400, 513)]
+    assert _segments(513, 0, 0) == [(0, 513)] and _segments(100, 16, 128) == [(0, 100)]
+    assert _segments(20, 0, 8) == [(0, 8), (8, 16), (16, 20)]
+    assert not _pipelined(torch.device("cpu"), 513, 1, 32, 4)  # no side streams off CUDA
 
 
 def test_kernels_under_triton_interpreter():

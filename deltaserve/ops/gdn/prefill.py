@@ -1,22 +1,22 @@
 """Triton GDN chunked prefill over varlen sequences, state through a pool.
 
-Three launches (C = 64 tokens per chunk, d = Dk = Dv):
+Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
 
-1. ``_chunk_prep_kernel`` — one program per (chunk, value head), fully parallel. Gating (g, beta from
-   a, b, A_log, dt_bias), in-chunk cumulative log-decay G, l2 normalisation, and per (chunk, value
-   head)
+1. ``_chunk_prep_kernel`` — one program per (chunk, key head), fully parallel. l2 normalisation and
+   the two Gram products q k^T, k k^T once (full [C, C] tensor-core products), the fp16 normalised q
+   (times scale) and k as [T, Hk, Dk] for the scan, then for each of the key head's value heads:
+   gating (g, beta from a, b, A_log, dt_bias), the in-chunk cumulative log-decay G and
        A   = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)   (unit k; fp32, 10 lower 16x16 blocks)
        Aqk = causal (q_i . k_j) exp(G_i - G_j)                  (unit q, k; scale; fp16 for the scan)
-   as full [C, C] tensor-core Gram products. Once per key head it also writes the normalised q (times
-   scale) and k as fp16 [T, Hk, Dk] for the scan.
+   (H200, 16/32 x 32k: 0.37 ms against 0.48 ms with one program per value head.)
 2. ``_chunk_inverse_kernel`` — one two-warp program per (chunk, value head):
        Tb = (I + A)^-1 diag(beta)   (fp16 for the scan)
-   by 16x16 blocks: diagonal blocks by the exact nilpotent product
-   (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the six others by block forward substitution
-   T_ij = -T_ii sum_k A_ik T_kj, all as exact fp32 FMA products. Its own launch because these small
-   FMA products want few warps while the Gram products want a warpgroup, and the prep kernel without
-   them holds 186 registers instead of 255 with spills (H200, 16/32 x 32k: prep + inverse
-   0.48 + 0.43-0.45 ms against 1.09 ms as one kernel; scripts/gdn_prep_probe.py).
+   by 16x16 blocks: diagonal blocks by merging 2 -> 4 -> 8 -> 16 blocks (``_unit_lower_inverse``),
+   the six others by block forward substitution T_ij = -T_ii sum_k A_ik T_kj. The products run on
+   tf32 tensor cores (11-bit significand, like the fp16 Tb they feed): 0.29 against 0.44 ms as exact
+   fp32 FMA products, with the same output error on random inputs and 2.4e-3 against 2.2e-3 on
+   ill-conditioned ones (scripts/gdn_pipeline_probe.py). Its own launch because these small products
+   want few warps while the Gram products want a warpgroup.
 3. ``_chunk_scan_kernel`` — one program per (sequence, value head, BV columns of the state). The
    state tile S [Dk, BV] stays in fp32 registers across the sequence's chunks; per chunk
        X  = V - diag(exp(G)) (Kn S)
@@ -27,6 +27,13 @@ Three launches (C = 64 tokens per chunk, d = Dk = Dv):
    about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
+
+The scan is latency-bound when few sequences leave it about one program per SM, so for long prefills
+of few sequences (``_pipelined``) the chunks are cut into segments (16 chunks, then 128 at a time):
+prep and inverse of segment i run on the caller's stream while a high-priority side stream scans
+segment i - 1, the state going from segment to segment through an fp32 carry [B, Hv, Dk, Dv]
+(bit-identical to one pass). H200, 16/32 x 32k device time: 1.27 ms against 1.45 ms in one pass
+(fla 0.6.0: 2.08 ms). Each segment costs three launches of host time, hence the length threshold.
 
 Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
 intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B),
@@ -76,34 +83,45 @@ def _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
-def _unit_lower_inverse(D):
-    """(I + D)^-1 for strictly lower D [16, 16] (D^16 = 0): (I - D)(I + D^2)(I + D^4)(I + D^8)."""
+def _unit_lower_inverse(D, PRECISION: tl.constexpr):
+    """(I + D)^-1 for strictly lower D [16, 16], by merging diagonal blocks of size 2 -> 4 -> 8 -> 16:
+    the 2x2 blocks' inverses are I - D, and a block pair [[T0, 0], [D10, T1]] merges into
+    [[T0, 0], [-T1 D10 T0, T1]], i.e. T <- T - T (D_off T) with D_off the next level's off-diagonal
+    blocks. Six dependent products, each a stable forward-substitution step (the nilpotent product
+    (I - D)(I + D^2)(I + D^4)(I + D^8) has as many but cancels terms of size |D|^8)."""
     r = tl.arange(0, 16)
-    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
-    d2 = _mm(D, D)
-    d4 = _mm(d2, d2)
-    d8 = _mm(d4, d4)
-    t = _mm(eye - D, eye + d2)
-    t = _mm(t, eye + d4)
-    return _mm(t, eye + d8)
+    row = r[:, None]
+    col = r[None, :]
+    t = tl.where(row == col, 1.0, 0.0) - tl.where(row // 2 == col // 2, D, 0.0)
+    for lvl in tl.static_range(1, 4):  # merge blocks of 2^lvl into blocks of 2^(lvl + 1)
+        off = (row // (2 << lvl) == col // (2 << lvl)) & (row // (1 << lvl) != col // (1 << lvl))
+        t = t - _mm(t, _mm(tl.where(off, D, 0.0), t, PRECISION), PRECISION)
+    return t
 
 
 @triton.jit
-def _mm(a, b):
-    """Exact fp32 product of 16x16 tiles (FMA; tf32x3 tensor-core and chunk-level variants measured
-    2-3x slower on H100 for this size)."""
-    return tl.dot(a, b, input_precision="ieee")
+def _mm(a, b, PRECISION: tl.constexpr):
+    """Product of 16x16 fp32 tiles; "ieee" is exact fp32 FMA (tf32x3 tensor-core and chunk-level
+    variants measured 2-3x slower on H100 for this size)."""
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _lower_offset(row, col):
+    """Offset of element (row, col), row // 16 >= col // 16, of a [64, 64] lower-triangular matrix
+    stored as its ten 16x16 lower blocks, row-major by block (block (bi, bj) at bi (bi + 1) / 2 + bj)."""
+    bi = row // 16
+    return (bi * (bi + 1) // 2 + col // 16) * 256 + (row % 16) * 16 + col % 16
 
 
 @triton.jit
 def _lower_block(base, bi: tl.constexpr, bj: tl.constexpr):
-    """Pointers to block (bi, bj), bj <= bi, of a [64, 64] lower-triangular matrix stored as its ten
-    16x16 lower blocks, row-major by block (block (bi, bj) at bi (bi + 1) / 2 + bj)."""
+    """Pointers to block (bi, bj), bj <= bi, of a ``_lower_offset`` matrix at base."""
     r = tl.arange(0, 16)
-    return base + (bi * (bi + 1) // 2 + bj) * 256 + r[:, None] * 16 + r[None, :]
+    return base + _lower_offset(bi * 16 + r[:, None], bj * 16 + r[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["c_off"])
 def _chunk_prep_kernel(
     q_ptr,
     k_ptr,
@@ -118,6 +136,7 @@ def _chunk_prep_kernel(
     tq_out_ptr,
     a_out_ptr,
     NB,
+    c_off,
     scale,
     sq_t,
     sq_h,
@@ -132,79 +151,81 @@ def _chunk_prep_kernel(
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """G, A (fp32 lower blocks) and Aqk (fp16, plane 1 of the chunk's [2, C, C] pair) for one (chunk,
-    value head), plus the fp16 normalised q (times scale) and k once per key head. Gram matrices as
-    full [C, C] products (one warpgroup MMA each on Hopper)."""
-    pid_c = tl.program_id(0)
-    i_h = tl.program_id(1)
+    """For one (chunk c_off + program 0, key head): the fp16 normalised q (times scale) and k, the two
+    Gram products once, then G, A (fp32 lower blocks) and Aqk (fp16, plane 1 of the chunk's [2, C, C]
+    pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C] products (one
+    warpgroup MMA each on Hopper)."""
+    pid_c = c_off + tl.program_id(0)
+    i_kh = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
-    i_kh = i_h // GROUP
     offs_c = tl.arange(0, C)
     offs_d = tl.arange(0, DK)
     rows = bos + offs_c
     m = rows < eos
-    k_ptrs = k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :]
-    kc = tl.load(k_ptrs, mask=m[:, None], other=0.0)  # [C, DK]
+    kc = tl.load(k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :], mask=m[:, None], other=0.0)
     rk = tl.rsqrt(tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1) + 1e-6)  # [C]
-    # unit-norm k and scale-norm q rows in fp16 for the scan's tensor-core operands, once per key head
     n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
-    m_lead = m & ((offs_c * 0 + i_h % GROUP) == 0)  # [C] (a tensor compare: the interpreter wants one)
-    tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m_lead[:, None])
-    a = tl.load(a_ptr + rows * sa_t + i_h, mask=m, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
-    g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
-    g = tl.where(m, g, 0.0)
-    beta = tl.where(m, beta, 0.0)
-    G = tl.cumsum(g, 0)  # [C]
-    tl.store(g_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * C + offs_c, G)
-    # A = beta_i (k_i . k_j) exp(G_i - G_j) / (|k_i| |k_j|), strictly lower (zero above the diagonal
-    # inside the diagonal blocks, which are stored whole)
-    A = tl.dot(kc, tl.trans(kc)) * ((beta * rk)[:, None] * rk[None, :])
-    A = A * tl.exp(tl.where(offs_c[:, None] > offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
-    bi = offs_c // 16
-    blk = (bi * (bi + 1) // 2)[:, None] + bi[None, :]
-    a_off = blk * 256 + (offs_c % 16)[:, None] * 16 + (offs_c % 16)[None, :]
-    tl.store(a_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2560 + a_off, A, mask=bi[:, None] >= bi[None, :])
-    # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale / (|q_i| |k_j|) -> plane 1
+    tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m[:, None])
     qc = tl.load(q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :], mask=m[:, None], other=0.0)
     qf = qc.to(tl.float32)
     rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale  # [C]
-    tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m_lead[:, None])
-    aqk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])
-    aqk = aqk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
-    tq = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
-    tl.store(tq + C * C + offs_c[:, None] * C + offs_c[None, :], aqk.to(tl.float16))
+    tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m[:, None])
+    kk = tl.dot(kc, tl.trans(kc)) * (rk[:, None] * rk[None, :])  # [C, C] unit-key Gram
+    qk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])  # [C, C]
+    a_off = _lower_offset(offs_c[:, None], offs_c[None, :])
+    a_mask = offs_c[:, None] // 16 >= offs_c[None, :] // 16  # the ten lower blocks, diagonal ones whole
+    tile = offs_c[:, None] * C + offs_c[None, :]
+    for j in tl.static_range(GROUP):
+        i_h = i_kh * GROUP + j
+        a = tl.load(a_ptr + rows * sa_t + i_h, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + rows * sb_t + i_h, mask=m, other=0.0).to(tl.float32)
+        g, beta = gate_scalar(
+            a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32)
+        )
+        G = tl.cumsum(tl.where(m, g, 0.0), 0)  # [C]
+        pair = pid_c.to(tl.int64) * HV + i_h
+        tl.store(g_out_ptr + pair * C + offs_c, G)
+        dg = G[:, None] - G[None, :]
+        # A = beta_i (k_i . k_j) exp(G_i - G_j), unit k, strictly lower (zero above the diagonal)
+        decay = tl.exp(tl.where(offs_c[:, None] > offs_c[None, :], dg, float("-inf")))
+        A = kk * tl.where(m, beta, 0.0)[:, None] * decay
+        tl.store(a_out_ptr + pair * 2560 + a_off, A, mask=a_mask)
+        # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale, unit q and k -> plane 1
+        aqk = qk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], dg, float("-inf")))
+        tl.store(tq_out_ptr + pair * 2 * C * C + C * C + tile, aqk.to(tl.float16))
 
 
-@triton.jit
-def _chunk_inverse_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, NB, sb_t, HV: tl.constexpr, C: tl.constexpr,
-                          BLOCK_B: tl.constexpr):  # fmt: skip
-    """Tb = (I + A)^-1 diag(beta) for one (chunk, value head) into plane 0 of its [2, C, C] pair (fp16,
-    zero above the diagonal blocks), from the prep kernel's fp32 lower blocks of A."""
-    pid_c = tl.program_id(0)
+@triton.jit(do_not_specialize=["c_off"])
+def _chunk_inverse_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, NB, c_off, sb_t, HV: tl.constexpr, C: tl.constexpr,
+                          BLOCK_B: tl.constexpr, PD: tl.constexpr, P: tl.constexpr):  # fmt: skip
+    """Tb = (I + A)^-1 diag(beta) for one (chunk c_off + program 0, value head) into plane 0 of its
+    [2, C, C] pair (fp16, zero above the diagonal blocks), from the prep kernel's fp32 lower blocks of
+    A; PD and P are the input precisions of the 16x16 products inside and between the diagonal blocks
+    ("ieee": exact fp32 FMA; "tf32": tensor cores)."""
+    pid_c = c_off + tl.program_id(0)
     i_h = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
     base = a_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2560
-    t00 = _unit_lower_inverse(tl.load(_lower_block(base, 0, 0)))
-    t11 = _unit_lower_inverse(tl.load(_lower_block(base, 1, 1)))
-    t22 = _unit_lower_inverse(tl.load(_lower_block(base, 2, 2)))
-    t33 = _unit_lower_inverse(tl.load(_lower_block(base, 3, 3)))
+    t00 = _unit_lower_inverse(tl.load(_lower_block(base, 0, 0)), PD)
+    t11 = _unit_lower_inverse(tl.load(_lower_block(base, 1, 1)), PD)
+    t22 = _unit_lower_inverse(tl.load(_lower_block(base, 2, 2)), PD)
+    t33 = _unit_lower_inverse(tl.load(_lower_block(base, 3, 3)), PD)
     a10 = tl.load(_lower_block(base, 1, 0))
     a21 = tl.load(_lower_block(base, 2, 1))
     a32 = tl.load(_lower_block(base, 3, 2))
-    t10 = -_mm(t11, _mm(a10, t00))
-    t21 = -_mm(t22, _mm(a21, t11))
-    t32 = -_mm(t33, _mm(a32, t22))
+    t10 = -_mm(t11, _mm(a10, t00, P), P)
+    t21 = -_mm(t22, _mm(a21, t11, P), P)
+    t32 = -_mm(t33, _mm(a32, t22, P), P)
     a20 = tl.load(_lower_block(base, 2, 0))
-    t20 = -_mm(t22, _mm(a20, t00) + _mm(a21, t10))
+    t20 = -_mm(t22, _mm(a20, t00, P) + _mm(a21, t10, P), P)
     a31 = tl.load(_lower_block(base, 3, 1))
-    t31 = -_mm(t33, _mm(a31, t11) + _mm(a32, t21))
+    t31 = -_mm(t33, _mm(a31, t11, P) + _mm(a32, t21, P), P)
     a30 = tl.load(_lower_block(base, 3, 0))
-    t30 = -_mm(t33, _mm(a30, t00) + _mm(a31, t10) + _mm(a32, t20))
+    t30 = -_mm(t33, _mm(a30, t00, P) + _mm(a31, t10, P) + _mm(a32, t20, P), P)
     tb = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
     for bi in tl.static_range(4):  # zero above the diagonal blocks
         for bj in tl.static_range(bi + 1, 4):
@@ -241,7 +262,7 @@ def _beta_block(b_ptr, bos, eos, sb_t, i_h, bi: tl.constexpr):
     return tl.where(m, beta_of(b), 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["c_lo", "c_hi"])
 def _chunk_scan_kernel(
     qn_ptr,
     kn_ptr,
@@ -253,6 +274,9 @@ def _chunk_scan_kernel(
     state_ptr,
     slot_ptr,
     init_ptr,
+    carry_ptr,
+    c_lo,
+    c_hi,
     sv_t,
     sv_h,
     so_t,
@@ -265,10 +289,15 @@ def _chunk_scan_kernel(
     HK: tl.constexpr,
     GROUP: tl.constexpr,
     DK: tl.constexpr,
+    DV: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
+    """The scan over the chunks of one sequence that lie in global chunks [c_lo, c_hi). A sequence's
+    state starts from the pool (or zero) at its first chunk and otherwise from the fp32 carry
+    [NB, HV, DK, DV] the previous segment left; it goes to the pool after its last chunk and otherwise
+    to the carry."""
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
     i_n = tl.program_id(2)
@@ -278,17 +307,25 @@ def _chunk_scan_kernel(
     offs_b, _, nch, ends = _chunk_counts(cu_ptr, tl.num_programs(2), BLOCK_B, C)
     c0 = _first_chunk(i_n, offs_b, nch, ends).to(tl.int64)
     n_chunks = tl.cdiv(eos - bos, C)
+    j_lo = tl.maximum(c_lo - c0, 0)
+    j_hi = tl.minimum(c_hi - c0, n_chunks)
+    # an empty sequence (no chunks) is handled once, by the segment holding its chunk position c0
+    if (j_lo >= j_hi) & ((n_chunks > 0) | (c0 < c_lo) | (c0 >= c_hi)):
+        return
     offs_k = tl.arange(0, DK)
     offs_v = pid_v * BV + tl.arange(0, BV)
     offs_c = tl.arange(0, C)
     slot = tl.load(slot_ptr + i_n).to(tl.int64)
     s_base = state_ptr + slot * ss_s + i_h * ss_h
-    if tl.load(init_ptr + i_n) != 0:
+    carry = carry_ptr + (i_n * HV + i_h).to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    if j_lo > 0:
+        S = tl.load(carry)  # [DK, BV] fp32
+    elif tl.load(init_ptr + i_n) != 0:
         S = tl.load(s_base + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v).to(tl.float32)  # [DK, BV]
     else:
         S = tl.zeros([DK, BV], dtype=tl.float32)
-    row = bos
-    for j in range(n_chunks):
+    row = bos + j_lo * C
+    for j in range(j_lo, j_hi):
         r = row + offs_c  # [C]
         m = r < eos
         n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
@@ -318,12 +355,15 @@ def _chunk_scan_kernel(
         y = (tl.exp(g_last - G)[:, None] * vn).to(tl.float16)  # [C, BV]
         S = S * tl.exp(g_last) + tl.dot(tl.trans(kn), y)
         row += C
-    # (row - bos - n_chunks * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
+    # (row - bos - j_hi * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
     # computed before the loop and held in registers through it
-    zero = row - bos - n_chunks * C
-    tl.store(
-        s_base + zero + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v, S.to(state_ptr.dtype.element_ty)
-    )
+    zero = row - bos - j_hi * C
+    if j_hi < n_chunks:
+        tl.store(carry + zero, S)
+    else:
+        tl.store(
+            s_base + zero + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v, S.to(state_ptr.dtype.element_ty)
+        )
 
 
 def _next_pow2(x: int) -> int:
@@ -364,41 +404,134 @@ def gdn_prefill(
     # BV 32 halves the programs' shared q/k traffic but leaves too few programs to fill the card
     # for one sequence with few heads (e.g. Hv 8)
     wide = hv * nb * max(1, dv // 32) >= 96
-    cfg = {"BV": 32 if wide else 16, "num_warps": 4, "num_stages": 3, "prep_warps": 4, "inverse_warps": 2}
+    bv_default = 32 if wide else 16
+    t = q.shape[0]
+    n_chunk_max = triton.cdiv(t, CHUNK) + nb
+    cfg = {
+        "BV": bv_default,
+        "num_warps": 4,
+        "num_stages": 3,
+        "prep_warps": 4,
+        "inverse_warps": 2,
+        "inverse_precision": _inverse_precision(q.device),
+        "diag_precision": _inverse_precision(q.device),
+        "inverse_maxnreg": None,
+        "segment_chunks": 128 if _pipelined(q.device, n_chunk_max, nb, hv, dv // min(bv_default, dv)) else 0,
+        "first_segment": 16,
+    }
     if _config:
         unknown = sorted(set(_config) - set(cfg))
         if unknown:
             raise ValueError(f"_config: unknown keys {unknown}; known: {sorted(cfg)}")
         cfg.update(_config)
     bv = min(cfg["BV"], dv)
-    t = q.shape[0]
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
     c = CHUNK
-    n_chunk_max = triton.cdiv(t, c) + nb
     g_buf = torch.empty(n_chunk_max, hv, c, dtype=torch.float32, device=q.device)
     kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
     a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=torch.float32, device=q.device)  # A's lower blocks
-    grid = (n_chunk_max, hv)
+    segments = _segments(n_chunk_max, cfg["first_segment"], cfg["segment_chunks"])
+    # fp32 state between segments (one segment: never touched, any fp32 buffer will do)
+    carry = torch.empty(nb, hv, dk, dv, dtype=torch.float32, device=q.device) if len(segments) > 1 else g_buf
     block_b = _next_pow2(nb + 1)
-    _chunk_prep_kernel[grid](
-        q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
-        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, num_warps=cfg["prep_warps"],
-    )  # fmt: skip
-    _chunk_inverse_kernel[grid](
-        a_buf, b, cu_seqlens, tq_buf, nb, b.stride(0), HV=hv, C=c, BLOCK_B=block_b,
-        num_warps=cfg["inverse_warps"],
-    )  # fmt: skip
     ss = logical_state_strides(state, state_layout, 1)
-    _chunk_scan_kernel[(dv // bv, hv, nb)](
-        qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state,
-        v.stride(0), v.stride(1),
-        o.stride(0), o.stride(1), *ss,
-        HV=hv, HK=hk, GROUP=hv // hk, DK=dk, BV=bv, C=c, BLOCK_B=block_b,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    inv_opts = {"num_warps": cfg["inverse_warps"]}
+    if cfg["inverse_maxnreg"]:
+        inv_opts["maxnreg"] = cfg["inverse_maxnreg"]
+
+    def prep(lo: int, hi: int) -> None:
+        _chunk_prep_kernel[(hi - lo, hk)](
+            q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, lo, scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, num_warps=cfg["prep_warps"],
+        )  # fmt: skip
+        _chunk_inverse_kernel[(hi - lo, hv)](
+            a_buf, b, cu_seqlens, tq_buf, nb, lo, b.stride(0), HV=hv, C=c, BLOCK_B=block_b,
+            PD=cfg["diag_precision"], P=cfg["inverse_precision"], **inv_opts,
+        )  # fmt: skip
+
+    def scan(lo: int, hi: int) -> None:
+        _chunk_scan_kernel[(dv // bv, hv, nb)](
+            qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
+            lo, hi, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+
+    if len(segments) == 1 or not q.is_cuda:
+        for lo, hi in segments:
+            prep(lo, hi)
+            scan(lo, hi)
+        return o
+    # Pipelined: segment i's prep runs on this stream while segment i - 1's scan (latency-bound, one
+    # program per SM) runs on a high-priority side stream. Every buffer is allocated on this stream and
+    # this stream waits for the side stream's last scan before returning, so no record_stream is needed.
+    main = torch.cuda.current_stream(q.device)
+    side = _scan_stream(q.device)
+    for lo, hi in segments:
+        prep(lo, hi)
+        ready = torch.cuda.Event()
+        ready.record(main)
+        side.wait_event(ready)
+        with torch.cuda.stream(side):
+            scan(lo, hi)
+    done = torch.cuda.Event()
+    done.record(side)
+    main.wait_event(done)
     return o
+
+
+def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles: int) -> bool:
+    """Whether to overlap prep and scan in segments: the scan leaves the card mostly idle (at most two
+    programs per SM) and the prep is big enough to hide its extra launches (chunks x value heads at
+    least 8192, e.g. 16k tokens at Hv 32). H200 device times in the module docstring; below the
+    threshold (e.g. Hv 8 at 32k) the gain is ~0.03 ms and host time grows more."""
+    if device.type != "cuda" or n_chunk_max * hv < 8192:
+        return False
+    return nb * hv * v_tiles <= 2 * _sm_count(device)
+
+
+def _inverse_precision(device: torch.device) -> str:
+    """tf32 tensor cores where NVIDIA cards have them (sm_80 on), exact fp32 FMA elsewhere."""
+    if (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device)[0] >= 8
+    ):
+        return "tf32"
+    return "ieee"
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNTS:
+        _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNTS[idx]
+
+
+_SCAN_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _scan_stream(device: torch.device) -> torch.cuda.Stream:
+    """The per-device highest-priority side stream of the pipelined scan."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SCAN_STREAMS:
+        _SCAN_STREAMS[idx] = torch.cuda.Stream(device=idx, priority=-100)  # clamped to the highest
+    return _SCAN_STREAMS[idx]
+
+
+def _segments(n_chunks: int, first: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) global chunk ranges: one if size is 0, else `first` (if > 0) then `size` at a time."""
+    if size <= 0 or n_chunks <= max(first, size):
+        return [(0, n_chunks)]
+    bounds = [0] + ([first] if first > 0 else [])
+    while bounds[-1] + size < n_chunks:
+        bounds.append(bounds[-1] + size)
+    return list(zip(bounds, bounds[1:] + [n_chunks]))
