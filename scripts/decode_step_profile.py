@@ -10,7 +10,8 @@ weight-read floor.
 `--engine-steps N` also profiles N real `engine.step()` calls of a steady greedy decode batch (the
 overlap path: staging, graph replay, sampling, copies) and reports, per step, the wall time, the
 device busy time (union of all kernels and copies) and the device idle time inside the window, with
-the idle time split by the pair of device events around each gap: where the GPU waits on the host.
+the idle time split by the pair of device events around each gap (where the GPU waits on the host),
+and the device time per step by kernel name (to set beside the replay's).
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def engine_step_profile(engine, batch: int, steps: int) -> dict:
     if not spans:
         raise SystemExit("the profiler recorded no device events")
     busy, window, gaps = idle_by_gap(spans)
+    per_kernel: dict[str, float] = {}
+    for start, end, name in spans:
+        per_kernel[name[:90]] = per_kernel.get(name[:90], 0.0) + (end - start) / steps
     out = {
         "batch": batch,
         "steps": steps,
@@ -135,6 +139,9 @@ def engine_step_profile(engine, batch: int, steps: int) -> dict:
     )
     for k, us in list(out["idle_us_per_step_by_gap"].items())[:12]:
         print(f"   idle {us:7.1f} us/step  {k}", flush=True)
+    out["device_us_per_step_by_name"] = dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:30])
+    for k, us in list(out["device_us_per_step_by_name"].items())[:15]:
+        print(f"   busy {us:7.1f} us/step  {k}", flush=True)
     return out
 
 

@@ -130,3 +130,37 @@ def test_timing_rows_are_padding_with_distinct_token_ids():
     assert not g.block_tables.any()
     g._stage_timing_rows(MAX_BS)
     assert g._rows(MAX_BS)[0].tolist() == ids  # the same rows every time (seeded)
+
+
+def test_time_replay_restages_the_ids_before_every_replay(monkeypatch):
+    """A replay writes its argmax over the ids it read; every timed replay must still see the seeded
+    distinct ids, not the previous replay's tokens."""
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            pass
+
+        def record(self) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, other) -> float:
+            return 1.0
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    g = _graphs()
+    seen = []
+
+    class FakeGraph:
+        def replay(self) -> None:
+            ids = g._rows(MAX_BS)[0]
+            seen.append(ids.tolist())
+            ids.fill_(7)  # the in-graph argmax: one token in every row
+
+    g.graphs = {MAX_BS: FakeGraph()}
+    assert g.time_replay(MAX_BS, iters=3) == 1.0
+    g._stage_timing_rows(MAX_BS)
+    want = g._rows(MAX_BS)[0].tolist()
+    assert len(set(want)) == MAX_BS and seen == [want] * 3
