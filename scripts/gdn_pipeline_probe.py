@@ -13,13 +13,12 @@ python scripts/gdn_pipeline_probe.py OUT.json
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import traceback
 
 import torch
-from gdn_profile import kernel_stats, reference_errors, single_sequence_case
+from gdn_profile import reference_errors, single_sequence_case, write_results
 
 from deltaserve.bench import op_gdn
 from deltaserve.bench.common import device_record, kernel_medians_us, time_cuda
@@ -134,13 +133,7 @@ def main() -> None:
                 row = {"shape": label, "variant": name, "error": traceback.format_exc()[-800:]}
             print(row, flush=True)
             res["rows"].append(row)
-    res["kernels"] = kernel_stats(
-        (prefill._chunk_prep_kernel, prefill._chunk_inverse_kernel, prefill._chunk_scan_kernel)
-    )
-    for s in res["kernels"]:
-        print(s, flush=True)
-    with open(sys.argv[1], "w") as f:
-        json.dump(res, f, indent=1)
+    write_results(res, sys.argv[1])
 
 
 if __name__ == "__main__":

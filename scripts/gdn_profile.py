@@ -111,12 +111,17 @@ def main() -> None:
                 res["rows"].append(row)
             except Exception:
                 traceback.print_exc()
+    write_results(res, sys.argv[1])
+
+
+def write_results(res: dict, path: str) -> None:
+    """Add the prefill kernels' compile stats to ``res`` (and print them), then write it as JSON."""
     res["kernels"] = kernel_stats(
         (prefill._chunk_prep_kernel, prefill._chunk_inverse_kernel, prefill._chunk_scan_kernel)
     )
     for k in res["kernels"]:
         print(k, flush=True)
-    with open(sys.argv[1], "w") as f:
+    with open(path, "w") as f:
         json.dump(res, f, indent=1)
 
 
