@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from deltaserve.ops.attention.reference import check_paged_attention, check_write_kv_cache
+from deltaserve.ops.device import num_sms
 from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
 
 __all__ = ["AttnConfig", "paged_attention", "pick_config", "write_kv_cache"]
@@ -359,18 +360,6 @@ def write_kv_cache(
     )  # fmt: skip
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":  # TRITON_INTERPRET=1 on CPU tensors
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
 def pick_config(
     *,
     batch: int,
@@ -453,7 +442,7 @@ def paged_attention(
         d=d,
         max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
-        num_sms=_num_sms(q.device),
+        num_sms=num_sms(q.device),
         elem_bytes=q.element_size(),
     )
     g_pad = triton.next_power_of_2(group)

@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltaserve.ops.device import device_index, num_sms
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import beta_of, gate_scalar, logical_state_strides
 
@@ -492,7 +493,7 @@ def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles
     threshold (e.g. Hv 8 at 32k) the gain is ~0.03 ms and host time grows more."""
     if device.type != "cuda" or n_chunk_max * hv < 8192:
         return False
-    return nb * hv * v_tiles <= 2 * _sm_count(device)
+    return nb * hv * v_tiles <= 2 * num_sms(device)
 
 
 def _inverse_precision(device: torch.device) -> str:
@@ -506,22 +507,12 @@ def _inverse_precision(device: torch.device) -> str:
     return "ieee"
 
 
-_SM_COUNTS: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNTS:
-        _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNTS[idx]
-
-
 _SCAN_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
 def _scan_stream(device: torch.device) -> torch.cuda.Stream:
     """The per-device highest-priority side stream of the pipelined scan."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
+    idx = device_index(device)
     if idx not in _SCAN_STREAMS:
         _SCAN_STREAMS[idx] = torch.cuda.Stream(device=idx, priority=-100)  # clamped to the highest
     return _SCAN_STREAMS[idx]
