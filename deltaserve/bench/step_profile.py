@@ -62,7 +62,7 @@ def engine_step_profile(engine, batch: int, steps: int, *, verbose: bool = True)
         if ev.device_type == torch.autograd.DeviceType.CUDA and tr is not None and tr.end > tr.start:
             spans.append((tr.start, tr.end, ev.name))
     if not spans:
-        raise SystemExit("the profiler recorded no device events")
+        raise RuntimeError("the profiler recorded no device events")
     busy, window, gaps = idle_by_gap(spans)
     per_kernel: dict[str, float] = {}
     for start, end, name in spans:

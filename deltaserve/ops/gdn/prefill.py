@@ -102,8 +102,8 @@ def _unit_lower_inverse(D, PRECISION: tl.constexpr):
 
 @triton.jit
 def _mm(a, b, PRECISION: tl.constexpr):
-    """Product of 16x16 fp32 tiles; "ieee" is exact fp32 FMA (tf32x3 tensor-core and chunk-level
-    variants measured 2-3x slower on H100 for this size)."""
+    """Product of 16x16 fp32 tiles: "tf32" on tensor cores, "ieee" as exact fp32 FMA ("tf32x3" measured
+    slower than both, BENCHMARKS.md)."""
     return tl.dot(a, b, input_precision=PRECISION)
 
 
@@ -408,15 +408,15 @@ def gdn_prefill(
     bv_default = 32 if wide else 16
     t = q.shape[0]
     n_chunk_max = triton.cdiv(t, CHUNK) + nb
+    precision = _inverse_precision(q.device)
     cfg = {
         "BV": bv_default,
         "num_warps": 4,
         "num_stages": 3,
         "prep_warps": 4,
         "inverse_warps": 2,
-        "inverse_precision": _inverse_precision(q.device),
-        "diag_precision": _inverse_precision(q.device),
-        "inverse_maxnreg": None,
+        "inverse_precision": precision,
+        "diag_precision": precision,
         "segment_chunks": 128 if _pipelined(q.device, n_chunk_max, nb, hv, dv // min(bv_default, dv)) else 0,
         "first_segment": 16,
     }
@@ -440,9 +440,6 @@ def gdn_prefill(
     carry = torch.empty(nb, hv, dk, dv, dtype=torch.float32, device=q.device) if len(segments) > 1 else g_buf
     block_b = _next_pow2(nb + 1)
     ss = logical_state_strides(state, state_layout, 1)
-    inv_opts = {"num_warps": cfg["inverse_warps"]}
-    if cfg["inverse_maxnreg"]:
-        inv_opts["maxnreg"] = cfg["inverse_maxnreg"]
 
     def prep(lo: int, hi: int) -> None:
         _chunk_prep_kernel[(hi - lo, hk)](
@@ -452,7 +449,7 @@ def gdn_prefill(
         )  # fmt: skip
         _chunk_inverse_kernel[(hi - lo, hv)](
             a_buf, b, cu_seqlens, tq_buf, nb, lo, b.stride(0), HV=hv, C=c, BLOCK_B=block_b,
-            PD=cfg["diag_precision"], P=cfg["inverse_precision"], **inv_opts,
+            PD=cfg["diag_precision"], P=cfg["inverse_precision"], num_warps=cfg["inverse_warps"],
         )  # fmt: skip
 
     def scan(lo: int, hi: int) -> None:
