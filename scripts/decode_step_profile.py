@@ -1,11 +1,11 @@
 """Where one CUDA-graph decode step's GPU time goes (device machine): kernels grouped by name.
 
-python scripts/decode_step_profile.py OUT.json [--layers 8] [--batch 1] [--engine-steps 50]
+python scripts/decode_step_profile.py OUT.json [--layers 8] [--batch 1] [--engine-steps 50] [--fp8]
 
 Builds the offline benchmark's real-width random Qwen3-Next (`deltaserve.bench.offline`), warms the
 engine up, then profiles graph replays of one decode step (all-padding inputs, as
 `graphs.time_replay`) and prints per-kernel-name device µs per step, largest first, beside the step's
-weight-read floor.
+weight-read floor. `--fp8` serves the same random weights as a block-FP8 checkpoint.
 
 `--engine-steps N` also profiles N real `engine.step()` calls of a steady greedy decode batch (the
 overlap path: staging, graph replay, sampling, copies) and reports, per step, the wall time, the
@@ -37,11 +37,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--engine-steps", type=int, default=0, help="also profile this many engine.step() calls")
+    ap.add_argument(
+        "--fp8", action="store_true", help="block-FP8 weights (official layout, quantised on load)"
+    )
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ds-prof-")))
         engine, model = offline.graphed_random_engine(
-            workdir, args.layers, max_model_len=256, max_num_seqs=max(args.batch, 1)
+            workdir, args.layers, max_model_len=256, max_num_seqs=max(args.batch, 1), fp8=args.fp8
         )
         offline.run_ours(engine, [[11 + i for i in range(16)]] * args.batch, 4)
         graphs = engine.runner.graphs

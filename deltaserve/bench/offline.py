@@ -135,14 +135,17 @@ def our_model_from_hf(hf, config_dir: Path, dtype: torch.dtype, device: str, *, 
     return model.eval()
 
 
-def graphed_random_engine(workdir: Path, layers: int, *, max_model_len: int, max_num_seqs: int):
-    """`(engine, model)`: real-width random Qwen3-Next (bf16, `layers` layers) in an engine with its
-    CUDA decode graphs captured (the GPU probes' set-up; SystemExit naming the reason if capture failed)."""
+def graphed_random_engine(
+    workdir: Path, layers: int, *, max_model_len: int, max_num_seqs: int, fp8: bool = False
+):
+    """`(engine, model)`: real-width random Qwen3-Next (bf16, `layers` layers; `fp8`: its weights served
+    as a block-FP8 checkpoint) in an engine with its CUDA decode graphs captured (the GPU probes'
+    set-up; SystemExit naming the reason if capture failed)."""
     from deltaserve.config import EngineConfig
     from deltaserve.engine.core import LLMEngine
 
     hf, cfg_dir = build_random("qwen3-next-80b-a3b", layers, torch.bfloat16, "cuda", workdir)
-    model = our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda")
+    model = our_model_from_hf(hf, cfg_dir, torch.bfloat16, "cuda", fp8=fp8)
     del hf
     torch.cuda.empty_cache()
     config = EngineConfig.create(
