@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma]
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ PREFILL_CONFIGS = [
     {"BV": 16, "num_warps": 4, "num_stages": 2, "prep_warps": 8},
 ]
 PREFILL_SHAPES = list(op_gdn.PREFILL_SHAPES)
+# 16-bit pools in CUDA graphs: the plain kernel (2 entries) against the tensor-core reduction (a true
+# third entry), at bandwidth-bound and at latency-bound batch
+MMA_CONFIGS = [(64, 4), (64, 4, 1), (32, 2, 1), (64, 8, 1), (128, 8, 1), (32, 4, 1), (16, 1, 1)]
+MMA_B1_CONFIGS = [(16, 1), (16, 1, 1), (32, 1, 1), (32, 2, 1), (64, 4, 1)]
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]
 DECODE_CONFIGS = [
     (8, 1),
@@ -164,8 +168,34 @@ def main() -> None:
             )
             print(f"prefill {cfg} {row['ours_ms']:.4f} ms", flush=True)
             res["prefill"].append(row)
+    if what == "mma":
+        bw = measure_copy_bw()
+        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
+        for layout in ("kv", "vk"):
+            for nb in (256, 64, 512):
+                for cfg in MMA_CONFIGS:
+                    _graph_row(nb, torch.bfloat16, layout, bw, cfg, res)
+            for cfg in MMA_B1_CONFIGS:
+                _graph_row(1, torch.bfloat16, layout, bw, cfg, res)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
+
+
+def _graph_row(nb: int, sdt: torch.dtype, layout: str, bw: float, cfg: tuple, res: dict) -> dict | None:
+    """One decode timing in CUDA graphs, printed and kept in `res` (None, with the traceback, if it failed)."""
+    try:
+        row = op_gdn.bench_decode(nb, sdt, layout, None, True, bw, config=cfg)
+    except Exception:
+        traceback.print_exc()
+        return None
+    finally:
+        torch.cuda.empty_cache()
+    print(
+        f"graph {row['shape']:<28} {str(cfg):<14} {row['ours_ms'] * 1e3:8.2f} us {row['achieved']}",
+        flush=True,
+    )
+    res["decode"].append(row)
+    return row
 
 
 if __name__ == "__main__":

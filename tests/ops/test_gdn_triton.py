@@ -208,7 +208,10 @@ def _decode_ref(q, k, v, a, b, A_log, dt_bias, pool, slots, layout):
 @pytest.mark.parametrize("layout", ["kv", "vk"])
 @pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("ratio", [1, 2, 3, 4])
-def test_decode_matches_reference(nb, layout, sdtype, ratio):
+@pytest.mark.parametrize("config", [None, (64, 4, True), (16, 1, True)], ids=["default", "mma64", "mma16"])
+def test_decode_matches_reference(nb, layout, sdtype, ratio, config):
+    """`config` with a true third entry: the tensor-core reduction kernel (bf16 pools; fp32 pools fall
+    back to the plain kernel)."""
     from deltaserve.ops.gdn.decode import gdn_decode
 
     gen = torch.Generator(device="cuda").manual_seed(nb * 13 + ratio)
@@ -224,7 +227,9 @@ def test_decode_matches_reference(nb, layout, sdtype, ratio):
     if nb > 1:
         slots[1] = -1  # padding row
     _poison_allocator(((nb, 1, hv, D), torch.bfloat16))
-    o = gdn_decode(q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=slots, state_layout=layout)
+    o = gdn_decode(
+        q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=slots, state_layout=layout, _config=config
+    )
     torch.cuda.synchronize()
     assert o.shape == (nb, hv, D) and torch.isfinite(o).all()
     o_ref, finals, _ = _decode_ref(
@@ -363,6 +368,22 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     assert rel(o[[0, 2]].float(), o2[[0, 2]]) < 2e-3 and bool((o[1] == 0).all())
     assert rel(full, pool2) < 1e-5 and torch.isnan(inter[1]).all()
     assert rel(inter[[0, 2], -1].transpose(-1, -2), full[[2, 0]]) < 1e-6
+    # one token per sequence with a 16-bit pool and q/k: the tensor-core reduction kernel (fp16 here, as
+    # above), 2 column tiles per head, both layouts, a padding row whose inputs are NaN
+    dv2 = 32
+    q, k = torch.randn(nb, hk, dk).half(), torch.randn(nb, hk, dk).half()
+    v, a, b = torch.randn(nb, hv, dv2).half(), torch.randn(nb, hv), torch.randn(nb, hv)
+    v[1] = float("nan")
+    for layout in ("kv", "vk"):
+        full = (torch.randn(4, hv, dk, dv2) * 0.3).half()
+        pool, before = (full if layout == "kv" else full.transpose(-1, -2)), full.clone()
+        o = decode.gdn_decode(q, k, v, a, b, A_log, dt, state=pool, state_slots=slots, state_layout=layout,
+                              _config=(16, 1, True))
+        pool2 = before.float()
+        o2 = ref.gdn_decode(q.float(), k.float(), v.float(), a, b, A_log, dt, state=pool2, state_slots=slots)
+        err = rel(o[[0, 2]].float(), o2[[0, 2]])
+        assert err < 2e-3 and bool((o[1] == 0).all()), (layout, err)
+        assert rel(full.float(), pool2) < 1e-3 and torch.equal(full[[1, 3]], before[[1, 3]])
     print("OK")
     """
 )

@@ -119,12 +119,96 @@ def _decode_kernel(
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
 
 
-def _decode_config(n_seq: int, hv: int) -> tuple[int, int]:
-    """(BV, num_warps) from CUDA-graph sweeps on an H100 (scripts/gdn_tune.py ... graph): one-warp
-    programs over 16 state columns for latency at tiny batch; 64-column, 4-warp tiles when
-    bandwidth-bound (94-102 % of copy bandwidth at B=256 except bf16 "kv", 85 %)."""
+@triton.jit
+def _decode_mma_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    b_ptr,
+    alog_ptr,
+    dtb_ptr,
+    state_ptr,
+    slot_ptr,
+    o_ptr,
+    scale,
+    sq_b,
+    sq_h,
+    sk_b,
+    sk_h,
+    sv_b,
+    sv_h,
+    sa_b,
+    sb_b,
+    ss_s,
+    ss_h,
+    ss_k,
+    ss_v,
+    so_b,
+    so_h,
+    HV: tl.constexpr,
+    GROUP: tl.constexpr,
+    DK: tl.constexpr,
+    BV: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
+    [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
+    are exact in that dtype; the l2 norms scale the products afterwards). The plain kernel reduces
+    over Dk across warps when Dk is the pool's strided axis ("kv"), which held bf16 "kv" pools to
+    62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp."""
+    if PDL:
+        gdc_wait()
+    pid_bh = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    i_b = pid_bh // HV
+    i_h = pid_bh % HV
+    i_kh = i_h // GROUP
+    offs_k = tl.arange(0, DK)  # [DK]
+    offs_v = pid_v * BV + tl.arange(0, BV)  # [BV]
+    slot = tl.load(slot_ptr + i_b).to(tl.int64)
+    o_ptrs = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
+    if slot < 0:  # padding row: zero output, no state traffic
+        tl.store(o_ptrs, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
+        return
+    s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
+    s_raw = tl.load(s_ptrs)  # [DK, BV]
+    k_row = k_ptr + i_b.to(tl.int64) * sk_b + i_kh * sk_h
+    q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
+    rows = tl.arange(0, 16)[:, None]  # [16, 1]
+    kq = tl.load(tl.where(rows == 0, k_row, q_row) + offs_k[None, :], mask=rows < 2, other=0.0)  # [16, DK]
+    prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
+    k = tl.load(k_row + offs_k).to(tl.float32)  # [DK]
+    q = tl.load(q_row + offs_k).to(tl.float32)  # [DK]
+    v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
+    a = tl.load(a_ptr + i_b.to(tl.int64) * sa_b + i_h).to(tl.float32)
+    b = tl.load(b_ptr + i_b.to(tl.int64) * sb_b + i_h).to(tl.float32)
+    g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
+    rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
+    rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
+    ks = tl.sum(tl.where(rows == 0, prod, 0.0), 0) * rk  # [BV]
+    qs = tl.sum(tl.where(rows == 1, prod, 0.0), 0) * rq  # [BV]
+    eg = tl.exp(g)
+    delta = (v - eg * ks) * beta  # [BV]
+    o = eg * qs + (tl.sum(q * k, 0) * rq * rk) * delta  # [BV]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty))
+    if PDL:
+        gdc_launch_dependents()
+    s = s_raw.to(tl.float32) * eg + (k * rk)[:, None] * delta[None, :]  # [DK, BV]
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
+
+
+def _decode_config(n_seq: int, hv: int, state_layout: str, mma: bool) -> tuple[int, ...]:
+    """(BV, num_warps[, tensor-core reduction]) from CUDA-graph sweeps (scripts/gdn_tune.py ... graph /
+    mma): one-warp programs over 16 state columns for latency at tiny batch; 64-column, 4-warp tiles
+    when bandwidth-bound (fp32: 94-102 % of copy bandwidth at B=256 on an H100). `mma` (a 16-bit pool
+    and q/k of its dtype, one token): `_decode_mma_kernel` when bandwidth-bound; H200, B = 64 / 256 /
+    512, % of copy bandwidth: "kv" 62 / 68 / 70 -> 77 / 83 / 85 with (64, 4), "vk" 76 / 83 / 85 ->
+    83 / 86 / 85 with (16, 1)."""
     if n_seq * hv < 256:
         return 16, 1
+    if mma:
+        return (64, 4, True) if state_layout == "kv" else (16, 1, True)
     return 64, 4
 
 
@@ -139,15 +223,26 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(nb, t, hv, dv, dtype=q.dtype, device=q.device)
-    bv, warps = config if config is not None else _decode_config(nb, hv)
-    bv = min(bv, dv)
+    # the tensor-core reduction: one token, 16-bit pool, q/k exact in the pool's dtype
+    mma_ok = t == 1 and inter is None and q.dtype == k.dtype == state.dtype != torch.float32
+    cfg = config if config is not None else _decode_config(nb, hv, state_layout, mma_ok)
+    bv, warps = min(cfg[0], dv), cfg[1]
     ss = logical_state_strides(state, state_layout, 1)
+    pdl = use_pdl(q)
+    if len(cfg) > 2 and cfg[2] and mma_ok:
+        _decode_mma_kernel[(nb * hv, dv // bv)](
+            q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
+            q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
+            *ss,
+            o.stride(0), o.stride(2),
+            HV=hv, GROUP=hv // hk, DK=dk, BV=bv, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
+        )  # fmt: skip
+        return o
     if inter is not None:
         si = logical_state_strides(inter, state_layout, 2)
     else:
         si = (0, 0, 0, 0, 0)
     grid = (nb * hv, dv // bv)
-    pdl = use_pdl(q)
     _decode_kernel[grid](
         q, k, v, a, b, A_log, dt_bias, state, state_slots, o, inter if inter is not None else o, t, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -177,7 +272,7 @@ def gdn_decode(
     state_slots: torch.Tensor,
     state_layout: str = "kv",
     scale: float | None = None,
-    _config: tuple[int, int] | None = None,
+    _config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """One decode token per sequence (Triton); see deltaserve.ops.gdn.gdn_decode for the contract.
 
@@ -205,7 +300,7 @@ def gdn_decode_multi(
     intermediate_states: torch.Tensor | None = None,
     state_layout: str = "kv",
     scale: float | None = None,
-    _config: tuple[int, int] | None = None,
+    _config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """T tokens per sequence (Triton); see deltaserve.ops.gdn.gdn_decode_multi for the contract.
 
