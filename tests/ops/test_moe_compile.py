@@ -89,7 +89,8 @@ def test_down_gemv_kernel_compiles(fp8, regs, pdl):
     )  # fmt: skip
     bn, warps, stages = K.DOWN_GEMV
     const = dict(
-        W_FP8=fp8, BLOCK_K=128, ACT=tl.bfloat16, BN=bn, BI=512, ACT_BF16=True, PP=16, IDS_IN_REGS=regs, PDL=pdl
+        W_FP8=fp8, BLOCK_K=128, ACT=tl.bfloat16, BN=bn, BI=512, CH=128, ACT_BF16=True, PP=16, IDS_IN_REGS=regs,
+        PDL=pdl,
     )  # fmt: skip
     k = triton_compile.compile_for_hopper(
         K._moe_down_gemv_kernel, ptr, const, num_warps=warps, num_stages=stages, **pdl_launch(pdl)
@@ -99,3 +100,23 @@ def test_down_gemv_kernel_compiles(fp8, regs, pdl):
     assert re.search(r"\b(red|atom)\.global", ptx) is None
     assert "st.global" in ptx
     assert ".local" not in ptx
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_up_gemv_kernel_compiles(fp8):
+    """The one-token gate/up GEMV: vector weight loads (16-byte for FP8), no atomics, no local memory."""
+    w = "*fp8e4nv" if fp8 else "*bf16"
+    ptr = dict(
+        x_ptr="*bf16", w_ptr=w, s_ptr="*fp32", rb_ptr="*i64", shw_ptr=w, shs_ptr="*fp32", shrb_ptr="*i64",
+        id_ptr="*i64", inter_ptr="*fp32",
+    )  # fmt: skip
+    bn, bk, warps, stages = K.UP_GEMV["fp8"] if fp8 else (2, 2048, 4, 2)  # bf16 ships tiled; still supported
+    const = dict(W_FP8=fp8, BLOCK_K=128, BN=bn, BK=bk, CH=128, PDL=True)
+    aligned = ("x_ptr", "w_ptr", "shw_ptr", "sw_e", "sw_n", "shw_n", "H", "I")
+    k = triton_compile.compile_for_hopper(
+        K._moe_up_gemv_kernel, ptr, const, divisible=aligned, num_warps=warps, num_stages=stages,
+        **pdl_launch(True),
+    )  # fmt: skip
+    ptx = k.asm["ptx"]
+    assert re.search(r"ld\.global[^;]*\.v4\.b32", ptx), "weight tiles without 16-byte loads"
+    assert re.search(r"\b(red|atom)\.global", ptx) is None and ".local" not in ptx

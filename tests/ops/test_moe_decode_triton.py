@@ -257,6 +257,12 @@ def run_small(device: str) -> None:
     kernels.DOWN_GEMV_IDS_IN_REGS = False  # ids and weights loaded pair by pair
     check_down_gemv(device, 8, 64, 48, 3, unrouted=True)
     kernels.DOWN_GEMV_IDS_IN_REGS = True
+    saved = kernels.UP_GEMV["bf16"]
+    kernels.UP_GEMV["bf16"] = (2, 64, 4, 2)  # bf16 experts through the up GEMV: K steps, a partial last one
+    try:
+        check_down_gemv(device, 8, 136, 48, 3, unrouted=True)
+    finally:
+        kernels.UP_GEMV["bf16"] = saved
 
 
 @pytest.fixture
@@ -446,3 +452,11 @@ def test_down_gemv_qwen3_next_gpu(fp8):
     if not fp8:
         check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"])
         check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"], unrouted=True)
+        from deltaserve.ops.moe import kernels
+
+        saved = kernels.UP_GEMV["bf16"]
+        kernels.UP_GEMV["bf16"] = (2, 2048, 4, 2)  # bf16 ships the tiled up kernel; the GEMV still works
+        try:
+            check_down_gemv("cuda", q["e"], q["h"], q["i"], q["k"], unrouted=True)
+        finally:
+            kernels.UP_GEMV["bf16"] = saved

@@ -77,11 +77,17 @@ SMALL_COMBINE = True
 # program owns BN output columns and walks the pairs in slot order, so the sum over the token's
 # experts is its own accumulator (no pair rows, counters or second pass). (BN, warps, stages).
 DOWN_GEMV_MAX_T = 1
-# H100, Qwen3-Next layer at T=1, whole fused_moe with the router GEMM (scripts/moe_down_gemv_probe.py,
+# H100, Qwen3-Next layer at T=1, whole fused_moe with the router GEMM (scripts/moe_gemv_probe.py,
 # 2026-11-28): tiled down GEMM 42.5 us (fp8 experts 44.2); GEMV (4,4,3) 39.6 (42.3), (8,4,3) 40.1-40.6,
 # (16,4,3) 41.3-41.7; ids in registers or loaded per pair within ~0.5 us (noise).
 DOWN_GEMV = (4, 4, 3)
 DOWN_GEMV_IDS_IN_REGS = True
+# One token: the gate/up GEMM as a GEMV too (``_moe_up_gemv_kernel``), per weight kind ("bf16", "fp8"):
+# (BN rows, BK columns per step, warps, stages), None for the tiled MMA kernel. H200, whole Qwen3-Next
+# fused_moe at T=1 (scripts/moe_gemv_probe.py, 2026-11-28): FP8 experts 37.4 us with the tiled up
+# kernel (its FP8 tiles widen to bf16 through shared memory) -> 30.6 with (4, 1024, 4, 2); bf16
+# experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel.
+UP_GEMV: dict[str, tuple[int, int, int, int] | None] = {"bf16": None, "fp8": (4, 1024, 4, 2)}
 GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
@@ -502,57 +508,137 @@ def _moe_down_kernel(
 
 
 @triton.jit
+def _pair_expert(p, P, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS: tl.constexpr):
+    """(valid, expert (0 when not valid), routing weight (0 when not valid)) of pair ``p``; unrouted
+    pairs have ids outside ``0..E1-1``."""
+    if IDS_IN_REGS:
+        eid = tl.sum(tl.where(jj == p, ids_v, 0), axis=0)
+        tw_p = tl.sum(tl.where(jj == p, tw_v, 0.0), axis=0)
+    else:
+        eid = tl.load(id_ptr + p)
+        tw_p = tl.load(tw_ptr + p)
+    ok = (eid >= 0) & (eid < E1)
+    return ok, tl.where(ok, eid, 0), tl.where(ok, tw_p, 0.0)
+
+
+@triton.jit
+def _block_scaled(w_ptrs, w_mask, W_FP8: tl.constexpr, sb, srow, blk, s_mask):
+    """A weight tile ``[BN, NB, CH]`` as fp32, times its 128-block scales for FP8 weights: ``srow [BN]``
+    the rows' scale-row offsets, ``blk [NB]`` each CH-column chunk's scale column (one scale load per
+    chunk, not per element)."""
+    wt = tl.load(w_ptrs, mask=w_mask, other=0.0).to(tl.float32)
+    if W_FP8:
+        sc = tl.load(sb + srow[:, None] + blk[None, :], mask=s_mask, other=0.0)  # [BN, NB]
+        wt = wt * sc[:, :, None]
+    return wt
+
+
+@triton.jit
 def _moe_down_gemv_kernel(
     inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, tw_ptr, id_ptr, act_ptr,
     P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
-    BI: tl.constexpr, ACT_BF16: tl.constexpr, PP: tl.constexpr, IDS_IN_REGS: tl.constexpr, PDL: tl.constexpr,
+    BI: tl.constexpr, CH: tl.constexpr, ACT_BF16: tl.constexpr, PP: tl.constexpr, IDS_IN_REGS: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Down GEMM + combine + cast of ONE token's ``P`` pairs: program ``j`` owns hidden columns
     ``j·BN ..`` and, pair by pair in slot order, adds ``W_e[cols, :] * (inter[p] · w_p)`` into a
     ``[BN, I]`` fp32 accumulator; one row sum at the end, rounded into ``act [1, H]``. Each expert
-    tile is read once; unrouted pairs (ids outside ``0..E1-1``) read and add nothing."""
+    tile is read once; unrouted pairs (ids outside ``0..E1-1``) read and add nothing. Tiles are
+    ``[BN, BI/CH, CH]`` with ``CH`` dividing the FP8 scale block, so a scale is loaded per chunk."""
     if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
         gdc_wait()
+    NB: tl.constexpr = BI // CH
     n = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
-    n_ok = n < H
-    k = tl.arange(0, BI)  # [BI] the whole intermediate row
-    k_ok = k < I
-    acc = tl.zeros((BN, BI), dtype=tl.float32)
+    c = tl.arange(0, NB)[:, None] * CH + tl.arange(0, CH)[None, :]  # [NB, CH] intermediate columns
+    blk = (tl.arange(0, NB) * CH) // BLOCK_K  # [NB] scale column of each chunk
+    acc = tl.zeros((BN, NB, CH), dtype=tl.float32)
+    jj = tl.arange(0, PP)
+    ids_v = jj
+    tw_v = jj.to(tl.float32)
     if IDS_IN_REGS:  # every pair's id and weight up front: no load -> address chain in the loop
-        jj = tl.arange(0, PP)
         ids_v = tl.load(id_ptr + jj, mask=jj < P, other=-1)  # [PP]
         tw_v = tl.load(tw_ptr + jj, mask=jj < P, other=0.0)  # [PP]
     for p in range(P):
-        if IDS_IN_REGS:
-            eid = tl.sum(tl.where(jj == p, ids_v, 0), axis=0)
-            tw_p = tl.sum(tl.where(jj == p, tw_v, 0.0), axis=0)
-        else:
-            eid = tl.load(id_ptr + p)
-            tw_p = tl.load(tw_ptr + p)
-        ok = (eid >= 0) & (eid < E1)
-        e = tl.where(ok, eid, 0)
+        ok, e, tw = _pair_expert(p, P, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS)
         wb, sn, sb, sr, rb = _expert_base(
             e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
         )
-        ok_i = ok.to(tl.int32)
-        a_ok = k_ok & ((k * 0 + ok_i) > 0)  # [BI] (no scalar masks: the interpreter rejects them)
-        r_ok = n_ok & ((n * 0 + ok_i) > 0)  # [BN]
-        tw = tl.where(ok, tw_p, 0.0)
-        a = tl.load(inter_ptr + p * I + k, mask=a_ok, other=0.0).to(tl.float32) * tw  # [BI]
-        w_mask = r_ok[:, None] & k_ok[None, :]
-        wt = tl.load(wb + n.to(tl.int64)[:, None] * sn + k[None, :], mask=w_mask, other=0.0)  # [BN, BI]
-        wt = wt.to(tl.float32)
+        # masks against `where(ok, size, 0)`: no scalar masks (the interpreter rejects them), and the
+        # compare with a 16-divisible bound keeps the vector loads
+        r_ok = n < tl.where(ok, H, 0)  # [BN]
+        c_ok = c < tl.where(ok, I, 0)  # [NB, CH]
+        a = tl.load(inter_ptr + p * I + c, mask=c_ok, other=0.0).to(tl.float32) * tw  # [NB, CH]
+        w_ptrs = wb + n.to(tl.int64)[:, None, None] * sn + c[None, :, :]  # [BN, NB, CH]
+        srow = n
         if W_FP8:
             srow = tl.load(rb + n, mask=r_ok, other=0).to(tl.int64) * sr  # [BN]
-            wt = wt * tl.load(sb + srow[:, None] + (k // BLOCK_K)[None, :], mask=w_mask, other=0.0)
-        acc += wt * a[None, :]
-    out = _round_act(tl.sum(acc, axis=1), ACT_BF16)  # [BN]
-    tl.store(act_ptr + n, out.to(ACT), mask=n_ok)
+        s_mask = r_ok[:, None] & (blk * BLOCK_K < I)[None, :]
+        wt = _block_scaled(w_ptrs, r_ok[:, None, None] & c_ok[None, :, :], W_FP8, sb, srow, blk, s_mask)
+        acc += wt * a[None, :, :]
+    out = _round_act(tl.sum(tl.sum(acc, axis=2), axis=1), ACT_BF16)  # [BN]
+    tl.store(act_ptr + n, out.to(ACT), mask=n < H)
+
+
+@triton.jit
+def _moe_up_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, id_ptr, inter_ptr,
+    P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
+    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CH: tl.constexpr,
+    PDL: tl.constexpr,
+):  # fmt: skip
+    """Gate/up GEMV + SiLU·mul of ONE token: program ``(p, j)`` computes
+    ``inter[p, j·BN ..] = silu(x Wg_eᵀ) * (x Wu_eᵀ)`` for pair ``p``'s expert, streaming the weight rows
+    in ``[BN, BK/CH, CH]`` tiles widened to fp32 in registers (FP8: one scale per CH-column chunk).
+    The tiled kernel runs a 16-row MMA block for the one real row, and for FP8 weights widens each
+    tile to the activation dtype through shared memory. Unrouted pairs write nothing (the down pass
+    never reads their rows)."""
+    if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
+        gdc_wait()
+    NB: tl.constexpr = BK // CH
+    p = tl.program_id(0)
+    eid = tl.load(id_ptr + p)
+    if (eid < 0) | (eid >= E1):
+        return
+    wb, sn, sb, sr, rb = _expert_base(
+        eid, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
+    )
+    n = tl.program_id(1) * BN + tl.arange(0, BN)  # [BN] gate rows; up rows are I + n
+    n_ok = n < I
+    c = tl.arange(0, NB)[:, None] * CH + tl.arange(0, CH)[None, :]  # [NB, CH]
+    g_rows = wb + n.to(tl.int64)[:, None, None] * sn  # [BN, 1, 1]
+    u_rows = g_rows + I * sn
+    srow_g = n
+    srow_u = n
+    if W_FP8:
+        srow_g = tl.load(rb + n, mask=n_ok, other=0).to(tl.int64) * sr  # [BN]
+        srow_u = tl.load(rb + I + n, mask=n_ok, other=0).to(tl.int64) * sr
+    acc_g = tl.zeros((BN, NB, CH), dtype=tl.float32)
+    acc_u = tl.zeros((BN, NB, CH), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        k = k0 + c  # [NB, CH]
+        k_ok = k < H
+        xv = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :, :]  # [1, NB, CH]
+        blk = (k0 + tl.arange(0, NB) * CH) // BLOCK_K  # [NB]
+        s_mask = n_ok[:, None] & (blk * BLOCK_K < H)[None, :]
+        w_mask = n_ok[:, None, None] & k_ok[None, :, :]
+        acc_g += _block_scaled(g_rows + k[None, :, :], w_mask, W_FP8, sb, srow_g, blk, s_mask) * xv
+        acc_u += _block_scaled(u_rows + k[None, :, :], w_mask, W_FP8, sb, srow_u, blk, s_mask) * xv
+    g = tl.sum(tl.sum(acc_g, axis=2), axis=1)  # [BN]
+    u = tl.sum(tl.sum(acc_u, axis=2), axis=1)
+    h = g / (1.0 + tl.exp(-g)) * u
+    tl.store(inter_ptr + p.to(tl.int64) * I + n, h.to(inter_ptr.dtype.element_ty), mask=n_ok)
 
 
 # ----------------------------------------------------------------------------------------------
 # host side
+
+
+def _chunk(block_k: int | None, width: int) -> int:
+    """Columns per chunk of a GEMV tile row: the largest power of two dividing the FP8 scale block
+    (so each chunk has one scale), at most ``width``; 128 without scales."""
+    bk = block_k or 128
+    return min(bk & -bk, width)
 
 
 def _pick(avg_rows: float):
@@ -799,15 +885,28 @@ def _run_experts(
     def ss(t3, d):  # stride of a scale tensor, 0 for placeholders
         return t3.stride(d) if fp8 else 0
 
-    _moe_up_kernel[(nb, triton.cdiv(i, bn1))](
-        x, w.w13, s13, rb13, sh13, shs13, shrb13, sorted_ids, bexp, inter,
-        p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
-        sh13.stride(-2), ss(shs13, -2),
-        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET, PDL=pdl,
-        num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
-    )  # fmt: skip
     bi = triton.next_power_of_2(i)
-    if combine and t <= DOWN_GEMV_MAX_T and bi <= GEMV_ACC_MAX:
+    down_gemv = combine and t <= DOWN_GEMV_MAX_T and bi <= GEMV_ACC_MAX
+    up_gemv = UP_GEMV["fp8" if fp8 else "bf16"] if down_gemv else None
+    if up_gemv is not None:
+        bn4, bk4, wa4, st4 = up_gemv
+        bk4 = min(bk4, triton.next_power_of_2(h))
+        _moe_up_gemv_kernel[(p, triton.cdiv(i, bn4))](
+            x, w.w13, s13, rb13, sh13, shs13, shrb13, topk_ids, inter,
+            p, h, i, e, e1, w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
+            sh13.stride(-2), ss(shs13, -2),
+            W_FP8=fp8, BLOCK_K=block_k or 128, BN=bn4, BK=bk4, CH=_chunk(block_k, bk4), PDL=pdl,
+            num_warps=wa4, num_stages=st4, **pdl_launch(pdl),
+        )  # fmt: skip
+    else:
+        _moe_up_kernel[(nb, triton.cdiv(i, bn1))](
+            x, w.w13, s13, rb13, sh13, shs13, shrb13, sorted_ids, bexp, inter,
+            p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
+            sh13.stride(-2), ss(shs13, -2),
+            KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET, PDL=pdl,
+            num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
+        )  # fmt: skip
+    if down_gemv:
         out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [1, H]
         bn3, wa3, st3 = DOWN_GEMV
         bn3 = min(bn3, GEMV_ACC_MAX // bi)  # the [BN, I] fp32 accumulator stays in registers
@@ -816,7 +915,7 @@ def _run_experts(
             p, h, i, e, e1, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
             sh2.stride(-2), ss(shs2, -2),
             W_FP8=fp8, BLOCK_K=block_k or 128, ACT=_TL_DTYPE[x.dtype], BN=bn3,
-            BI=bi, ACT_BF16=x.dtype == torch.bfloat16, PP=triton.next_power_of_2(p),
+            BI=bi, CH=_chunk(block_k, bi), ACT_BF16=x.dtype == torch.bfloat16, PP=triton.next_power_of_2(p),
             IDS_IN_REGS=DOWN_GEMV_IDS_IN_REGS, PDL=pdl,
             num_warps=wa3, num_stages=st3, **pdl_launch(pdl),
         )  # fmt: skip
