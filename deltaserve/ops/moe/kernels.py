@@ -24,7 +24,9 @@ an acq_rel counter does the set-up). With ``SMALL_COMBINE`` the down GEMM stores
 (no atomics, no zeroing) and the last program of each output column tile sums every token's slots
 in slot order and casts (step 5): decode is set-up (+ router GEMM), up, down, deterministic. One
 token (``DOWN_GEMV_MAX_T``) runs the down GEMM as ``_moe_down_gemv_kernel`` instead: each program
-owns a few hidden columns and walks the pairs in slot order, so the combine is its accumulator.
+owns a few hidden columns and walks the pairs in slot order, so the combine is its accumulator; with
+FP8 experts (``UP_GEMV``) the gate/up GEMM is ``_moe_up_gemv_kernel`` too (weight rows streamed and
+widened to fp32 in registers, no 16-row MMA block for the one real row).
 
 The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
