@@ -18,6 +18,15 @@ from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_
 
 
 @triton.jit
+def _tile_coords(HV: tl.constexpr, GROUP: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr):
+    """This program's (sequence, value head, key head, key offsets [DK], value columns [BV]) for the
+    grid (B * HV, DV // BV)."""
+    pid_bh = tl.program_id(0)
+    i_h = pid_bh % HV
+    return pid_bh // HV, i_h, i_h // GROUP, tl.arange(0, DK), tl.program_id(1) * BV + tl.arange(0, BV)
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr,
     k_ptr,
@@ -67,13 +76,7 @@ def _decode_kernel(
 ):
     if PDL:  # see ops/pdl.py: nothing is read before the previous kernel completes
         gdc_wait()
-    pid_bh = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    i_b = pid_bh // HV
-    i_h = pid_bh % HV
-    i_kh = i_h // GROUP
-    offs_k = tl.arange(0, DK)  # [DK]
-    offs_v = pid_v * BV + tl.arange(0, BV)  # [BV]
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     o_base = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
     if slot < 0:
@@ -159,13 +162,7 @@ def _decode_mma_kernel(
     62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp."""
     if PDL:
         gdc_wait()
-    pid_bh = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    i_b = pid_bh // HV
-    i_h = pid_bh % HV
-    i_kh = i_h // GROUP
-    offs_k = tl.arange(0, DK)  # [DK]
-    offs_v = pid_v * BV + tl.arange(0, BV)  # [BV]
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     o_ptrs = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
     if slot < 0:  # padding row: zero output, no state traffic
