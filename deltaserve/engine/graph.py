@@ -260,7 +260,10 @@ class DecodeGraphs:
         every replay (a device copy outside the timed span). Without that, every replay after the first
         ran on the previous one's argmax, which need not spread over the experts like real tokens
         (measured before this fix, B=16, 8-layer Qwen3-Next on an H200: the MoE kernels took 0.72 ms per
-        replay against 1.87 ms per real engine step).
+        replay against 1.87 ms per real engine step). Even with distinct ids, the padding rows' hidden
+        states (no GDN or attention output) route to fewer distinct experts than real tokens (same
+        model, after the fix: 1.20 ms against 1.88 ms), so at B > 1 this is a lower bound; real steps'
+        device time is ``bench.step_profile.engine_step_profile``.
         """
         size = self._size(bs)
         self._stage_timing_rows(size)
