@@ -384,6 +384,14 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         err = rel(o[[0, 2]].float(), o2[[0, 2]])
         assert err < 2e-3 and bool((o[1] == 0).all()), (layout, err)
         assert rel(full.float(), pool2) < 1e-3 and torch.equal(full[[1, 3]], before[[1, 3]])
+    # Dk = 8 is below an MMA operand's K: the plain kernel runs whatever the config asks
+    decode._decode_mma_kernel = None  # launching it would raise
+    q8, k8 = q[..., :8].contiguous(), k[..., :8].contiguous()
+    full = (torch.randn(4, hv, 8, dv2) * 0.3).half()
+    pool2 = full.float()
+    o = decode.gdn_decode(q8, k8, v, a, b, A_log, dt, state=full, state_slots=slots, _config=(16, 1, True))
+    o2 = ref.gdn_decode(q8.float(), k8.float(), v.float(), a, b, A_log, dt, state=pool2, state_slots=slots)
+    assert rel(o[[0, 2]].float(), o2[[0, 2]]) < 2e-3 and rel(full.float(), pool2) < 1e-3
     print("OK")
     """
 )

@@ -220,8 +220,9 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(nb, t, hv, dv, dtype=q.dtype, device=q.device)
-    # the tensor-core reduction: one token, 16-bit pool, q/k exact in the pool's dtype
-    mma_ok = t == 1 and inter is None and q.dtype == k.dtype == state.dtype != torch.float32
+    # the tensor-core reduction: one token, 16-bit pool, q/k exact in the pool's dtype, Dk >= 16 (an MMA
+    # operand's K)
+    mma_ok = t == 1 and inter is None and dk >= 16 and q.dtype == k.dtype == state.dtype != torch.float32
     cfg = config if config is not None else _decode_config(nb, hv, state_layout, mma_ok)
     bv, warps = min(cfg[0], dv), cfg[1]
     ss = logical_state_strides(state, state_layout, 1)
