@@ -152,16 +152,7 @@ def main() -> None:
         for nb, sdt, layout in cases:
             cfgs = GRAPH_CONFIGS if nb > 1 else [(16, 1), (16, 2), (16, 4), (32, 1)]
             for cfg in cfgs:
-                try:
-                    row = op_gdn.bench_decode(nb, sdt, layout, None, True, bw, config=cfg)
-                    print(
-                        f"graph {row['shape']:<28} {cfg} {row['ours_ms'] * 1e3:8.2f} us {row['achieved']}",
-                        flush=True,
-                    )
-                    res["decode"].append(row)
-                except Exception:
-                    traceback.print_exc()
-                torch.cuda.empty_cache()
+                _graph_row(nb, sdt, layout, bw, cfg, res)
         for cfg in ({"prep_warps": 2}, {"prep_warps": 4}):
             row = op_gdn.bench_prefill(
                 "hk16/hv32 1x32768", 16, 32, [32768], False, None, config=cfg, check=False
@@ -181,13 +172,13 @@ def main() -> None:
         json.dump(res, f, indent=1, default=str)
 
 
-def _graph_row(nb: int, sdt: torch.dtype, layout: str, bw: float, cfg: tuple, res: dict) -> dict | None:
-    """One decode timing in CUDA graphs, printed and kept in `res` (None, with the traceback, if it failed)."""
+def _graph_row(nb: int, sdt: torch.dtype, layout: str, bw: float, cfg: tuple, res: dict) -> None:
+    """One decode timing in CUDA graphs, printed and kept in `res` (the traceback printed if it failed)."""
     try:
         row = op_gdn.bench_decode(nb, sdt, layout, None, True, bw, config=cfg)
     except Exception:
         traceback.print_exc()
-        return None
+        return
     finally:
         torch.cuda.empty_cache()
     print(
@@ -195,7 +186,6 @@ def _graph_row(nb: int, sdt: torch.dtype, layout: str, bw: float, cfg: tuple, re
         flush=True,
     )
     res["decode"].append(row)
-    return row
 
 
 if __name__ == "__main__":
