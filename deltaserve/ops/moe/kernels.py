@@ -510,7 +510,7 @@ def _moe_down_kernel(
 
 
 @triton.jit
-def _pair_expert(p, P, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS: tl.constexpr):
+def _pair_expert(p, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS: tl.constexpr):
     """(valid, expert (0 when not valid), routing weight (0 when not valid)) of pair ``p``; unrouted
     pairs have ids outside ``0..E1-1``."""
     if IDS_IN_REGS:
@@ -562,7 +562,7 @@ def _moe_down_gemv_kernel(
         ids_v = tl.load(id_ptr + jj, mask=jj < P, other=-1)  # [PP]
         tw_v = tl.load(tw_ptr + jj, mask=jj < P, other=0.0)  # [PP]
     for p in range(P):
-        ok, e, tw = _pair_expert(p, P, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS)
+        ok, e, tw = _pair_expert(p, E1, id_ptr, tw_ptr, jj, ids_v, tw_v, IDS_IN_REGS)
         wb, sn, sb, sr, rb = _expert_base(
             e, E_SH, w_ptr, sw_e, sw_n, s_ptr, ss_e, ss_r, rb_ptr, shw_ptr, shw_n, shs_ptr, shs_r, shrb_ptr
         )
