@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 _SM_COUNT: dict[int, int] = {}
+_CAPABILITY: dict[int, tuple[int, int]] = {}
 
 
 def device_index(device: torch.device) -> int:
@@ -21,3 +22,13 @@ def num_sms(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device; (0, 0) off CUDA."""
+    if device.type != "cuda":
+        return 0, 0
+    idx = device_index(device)
+    if idx not in _CAPABILITY:
+        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
+    return _CAPABILITY[idx]

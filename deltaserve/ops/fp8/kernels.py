@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltaserve.ops.device import capability
 from deltaserve.ops.fp8 import gemv
 from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
 
@@ -357,7 +358,7 @@ def check_block_fp8_weight(
 
 def _tma_ok(a: torch.Tensor, w_q: torch.Tensor) -> bool:
     """TMA tiles need Hopper or newer, 16-byte aligned bases and row strides (e4m3: K % 16 == 0)."""
-    if INTERPRET or not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] < 9:
+    if INTERPRET or not a.is_cuda or capability(a.device)[0] < 9:
         return False
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) % 16 == 0) for t in (a, w_q))
 

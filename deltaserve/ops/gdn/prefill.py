@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaserve.ops.device import device_index, num_sms
+from deltaserve.ops.device import capability, device_index, num_sms
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import beta_of, gate_scalar, logical_state_strides
 
@@ -495,11 +495,7 @@ def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles
 
 def _inverse_precision(device: torch.device) -> str:
     """tf32 tensor cores where NVIDIA cards have them (sm_80 on), exact fp32 FMA elsewhere."""
-    if (
-        device.type == "cuda"
-        and torch.version.hip is None
-        and torch.cuda.get_device_capability(device)[0] >= 8
-    ):
+    if device.type == "cuda" and torch.version.hip is None and capability(device)[0] >= 8:
         return "tf32"
     return "ieee"
 
