@@ -8,7 +8,9 @@ a scalar, instead of a per-column gather and an outer product of scales). ``BK``
 Activation modes (constexpr ``A_MODE``):
 
 - 0 ``W8A16``: bf16/fp16 activations, the e4m3 tile is widened in registers (exact) and the product
-  is scaled per column: the dequantised computation with fp32 accumulation.
+  is scaled per column: the dequantised computation with fp32 accumulation. The small-M kernel
+  instead scales the widened tile and rounds it to the activation dtype (the weight a dequantised
+  checkpoint would hold), so its MMAs accumulate in place.
 - 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (larger M), or handed in
   already quantised (``x_scale``: e.g. a norm with fp8 output), at any M.
 - 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
@@ -48,7 +50,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # the TMA kernel for N >= / < tma_wide_n); benchmarks may override for sweeps. H100 measurements:
 # BENCHMARKS.md (scripts/fp8_probe.py).
 CONFIG = {
-    "small": (16, 64, 4, 4),
+    "small": (16, 64, 4, 3),
     "medium": (64, 128, 4, 4),
     "large": (64, 128, 4, 4),
     "tma_wide": (64, 128, 4, 4),
@@ -69,6 +71,13 @@ def _dot(a, b, F32: tl.constexpr):
     if F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
+
+
+@triton.jit
+def _dot_acc(a, b, acc, F32: tl.constexpr):
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -217,18 +226,27 @@ def _fp8_small_kernel(
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BN, BK]
         a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BMT, BK]
         sblk = (kb * BKC) // BLOCK_K
-        if A_MODE == 0:
-            part = _dot(w.to(a.dtype), tl.trans(a), F32)  # [BN, BMT]
-        elif A_MODE == 1:
-            part = _dot(w, tl.trans(a), F32)
-            part = part * tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)[None, :]
-        else:
-            aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
-            part = _dot(w, tl.trans(aq), F32) * a_s[None, :]
         if PLAIN:
-            acc += part * tl.load(bs_ptr + srow0 * sbs_r + sblk)
+            w_s = tl.load(bs_ptr + srow0 * sbs_r + sblk)
         else:
-            acc += part * tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)[:, None]
+            w_s = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)[:, None]  # [BN, 1]
+        if A_MODE == 0:
+            # the weight is dequantised in registers (w·scale rounded to the activation dtype, as a
+            # dequantised checkpoint is) and the MMA accumulates into acc: with nothing to scale after
+            # the product, each step's MMA runs while the next tile is converted (asynchronous wgmma;
+            # H200, M=16, 12288x2048: 15.8 -> 13.3 us)
+            wd = (w.to(tl.float32) * w_s).to(a.dtype)
+            acc = _dot_acc(wd, tl.trans(a), acc, F32)  # [BN, BMT]
+        else:
+            # per-token activation scales vary with the K step: each product is scaled before it is
+            # added, so the MMA is waited on every step
+            if A_MODE == 1:
+                part = _dot(w, tl.trans(a), F32)
+                part = part * tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)[None, :]
+            else:
+                aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+                part = _dot(w, tl.trans(aq), F32) * a_s[None, :]
+            acc += part * w_s
     acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT > 1:
