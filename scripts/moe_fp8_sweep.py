@@ -1,13 +1,15 @@
 """Probe: the tiled expert GEMMs' launch configs with block-FP8 experts at decode batch sizes.
 
-    python3 scripts/moe_fp8_sweep.py OUT.json [swap]
+    python3 scripts/moe_fp8_sweep.py OUT.json
 
 At T = 16 the whole Qwen3-Next ``fused_moe`` took as long with FP8 experts as with bf16 ones (H200,
 2026-11-28: 0.252 against 0.249 ms) although it reads half the weight bytes: the decode configs were
 tuned on bf16 weights, and an FP8 tile of the same shape carries half the bytes per pipeline stage.
-For T = 16, 64, 256 this times the gate/up tile configs (down kept at the shipped one), then the down
-ones (up shipped), each checked against the shipped config's output; bf16 experts at the shipped
-config in the same process. 8 calls with their own inputs per CUDA graph, as ``bench.ops moe``.
+For T = 16, 64, 256 and both weight kinds this times the gate/up tile configs (down kept at the shipped
+one), then the down ones (up shipped), each checked against the shipped config's output; ``vs_bf16``
+is against bf16 experts at the shipped configs, timed first in the same process. 8 calls with their
+own inputs per CUDA graph, as ``bench.ops moe``. (A swap-AB variant of both GEMMs, with its own
+"swap" mode here, was measured and removed: its last version is at commit 2e4a07a.)
 """
 
 from __future__ import annotations
@@ -25,19 +27,8 @@ from deltaserve.ops.moe import kernels as KN
 
 UPS = [(32, 128, 4, 4), (32, 128, 4, 6), (64, 128, 4, 4), (64, 64, 4, 6), (32, 64, 4, 8), (16, 128, 4, 6),
        (64, 128, 4, 6), (32, 128, 2, 6)]  # fmt: skip
+OLD = ((32, 64, 4, 6), (64, 64, 4, 6))  # the decode configs before this sweep
 DOWNS = [(64, 128, 4, 4), (64, 128, 4, 6), (128, 128, 4, 4), (32, 128, 4, 6), (128, 64, 4, 6), (64, 64, 4, 8)]
-# ``swap``: (up, down, swap the up GEMM, swap the down GEMM), for both weight kinds
-SWAPS = [
-    ((64, 128, 4, 4), None, True, False),
-    ((64, 128, 4, 6), None, True, False),
-    ((64, 64, 4, 6), None, True, False),
-    ((128, 128, 8, 4), None, True, False),
-    (None, (64, 128, 4, 4), False, True),
-    (None, (128, 128, 4, 4), False, True),
-    (None, (64, 64, 4, 6), False, True),
-    ((64, 128, 4, 4), (128, 64, 4, 6), True, False),
-    ((32, 128, 4, 4), (128, 64, 4, 6), False, False),
-]
 
 
 def _inputs(t: int, n: int = 8):
@@ -57,30 +48,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
-def configs(mode: str, first) -> list:
-    if mode == "swap":
-        return [(first[2], first[3], False, False)] + [
-            (up or first[2], down or first[3], su, sd) for up, down, su, sd in SWAPS
-        ]
-    return (
-        [(first[2], first[3], False, False)]
-        + [(u, first[3], False, False) for u in UPS]
-        + [(first[2], d, False, False) for d in DOWNS]
-    )
+def configs(first) -> list:
+    """(up, down) pairs: the shipped decode configs, the earlier ones, then each kernel's candidates with
+    the other kernel at the shipped config."""
+    return [(first[2], first[3]), OLD] + [(u, first[3]) for u in UPS] + [(first[2], d) for d in DOWNS]
 
 
 def main() -> None:
-    """``OUT.json [swap]``: without ``swap``, FP8 tile configs against bf16's shipped time; with it,
-    the swap-AB variants and the best FP8 tile configs, for bf16 and FP8 experts each."""
-    mode = sys.argv[2] if len(sys.argv) > 2 else "tiles"
     rows: list = [dict(kind="device", **device_record())]
     saved = list(KN.CONFIGS)
-    saved_swap = dict(KN.SWAP_AB_MAX_BM)
     first = saved[0]  # (max_avg, BM, up, down): the decode bucket
     try:
         ws = make_weights(False)
         base = {t: _time(ws, _inputs(t)) for t in (16, 64, 256)}  # bf16 experts, shipped configs
-        for kind in ("bf16", "fp8") if mode == "swap" else ("fp8",):
+        for kind in ("bf16", "fp8"):
             if kind == "fp8":
                 del ws
                 torch.cuda.empty_cache()
@@ -91,14 +72,16 @@ def main() -> None:
                 per_expert = 3 * H * I_MOE * (1 if kind == "fp8" else 2)
                 floor_us = bytes_floor_ms((touched + 1) * per_expert) * 1e3
                 ref = fused_moe(ins[0][0], ins[0][1], K, True, *ws)
-                for up, down, su, sd in configs(mode, first):
+                for up, down in configs(first):
                     KN.CONFIGS[:] = [(first[0], first[1], up, down)] + saved[1:]
-                    big = 1 << 30
-                    KN.SWAP_AB_MAX_BM.update(
-                        {f"up_{kind}": big if su else 0, f"down_{kind}": big if sd else 0}
+                    r = dict(
+                        kind=kind,
+                        t=t,
+                        up=up,
+                        down=down,
+                        bf16_us=round(base[t], 2),
+                        floor_us=round(floor_us, 1),
                     )
-                    r = dict(kind=kind, t=t, up=up, down=down, swap_up=su, swap_down=sd)
-                    r.update(bf16_us=round(base[t], 2), floor_us=round(floor_us, 1))
                     try:
                         r["rel_err"] = _rel(fused_moe(ins[0][0], ins[0][1], K, True, *ws), ref)
                         r["us"] = round(_time(ws, ins), 2)
@@ -109,7 +92,6 @@ def main() -> None:
                     print(json.dumps(r), flush=True)
     finally:
         KN.CONFIGS[:] = saved
-        KN.SWAP_AB_MAX_BM.update(saved_swap)
         with open(sys.argv[1], "w") as f:
             json.dump(rows, f, indent=1)
 

@@ -120,33 +120,3 @@ def test_up_gemv_kernel_compiles(fp8):
     ptx = k.asm["ptx"]
     assert re.search(r"ld\.global[^;]*\.v4\.b32", ptx), "weight tiles without 16-byte loads"
     assert re.search(r"\b(red|atom)\.global", ptx) is None and ".local" not in ptx
-
-
-@pytest.mark.parametrize("fp8", [False, True])
-@pytest.mark.parametrize("kernel", ["up", "down"])
-def test_swap_ab_kernels_compile_with_async_wgmma(kernel, fp8):
-    """The swap-AB tile order: 64 weight rows on the wgmma's M side. The gate/up MMAs accumulate in
-    place (the loop keeps MMAs in flight: a non-zero ``wgmma.wait_group``), also for FP8 weights; the
-    down GEMM's fp32 intermediate is split into hi + lo halves in registers, so its MMAs are waited on."""
-    w = "*fp8e4nv" if fp8 else "*bf16"
-    common = dict(w_ptr=w, s_ptr="*fp32", rb_ptr="*i64", shw_ptr=w, shs_ptr="*fp32", shrb_ptr="*i64")
-    common.update(sorted_ptr="*i32", bexp_ptr="*i32")
-    aligned = ("x_ptr", "inter_ptr", "w_ptr", "shw_ptr", "sx", "sw_e", "sw_n", "shw_n", "H", "I")
-    if kernel == "up":
-        fn, ptr = K._moe_up_kernel, dict(common, x_ptr="*bf16", inter_ptr="*fp32")
-        const = dict(KT=11, W_FP8=fp8, BLOCK_K=128, BM=16, BN=64, BK=128, F32=False, PDL=False, SWAP=True)
-    else:
-        fn = K._moe_down_kernel
-        ptr = dict(common, inter_ptr="*fp32", tw_ptr="*fp32", out_ptr="*fp32", id_ptr="*i64", act_ptr="*bf16")
-        ptr.update(cnt_ptr="*i32")
-        const = dict(
-            KT=11, W_FP8=fp8, BLOCK_K=128, PRECISE=True, ACT=tl.bfloat16, BM=16, BN=64, BK=128, F32=False,
-            COMBINE=True, TB=16, ACT_BF16=True, SWAP=True,
-        )  # fmt: skip
-    aligned = tuple(a for a in aligned if a in fn.arg_names)
-    ptx = triton_compile.compile_for_hopper(fn, ptr, const, divisible=aligned, num_warps=4, num_stages=4).asm[
-        "ptx"
-    ]
-    assert "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16" in ptx
-    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx)]
-    assert (max(waits) > 0) == (kernel == "up"), waits

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -129,25 +128,6 @@ def run_small(device: str) -> None:
     check_moe(device, 20, 8, 64, 32, 3, 32, 5e-3)  # 80 pairs: route + histogram alignment
     check_moe(device, 3, 8, 64, 32, 3, 48, 5e-3, renorm=False)  # shared of another width
     check_moe(device, 4, 6, 256, 128, 2, 128, 1e-2, fp8=True)
-    for swap in (0, 1 << 30):
-        with swap_ab(swap):
-            check_experts(device, 6, 8, 64, 32, 3, 5e-3)
-            check_moe(device, 5, 8, 64, 32, 3, 32, 5e-3)
-            check_moe(device, 4, 6, 256, 128, 2, 128, 1e-2, fp8=True)
-
-
-@contextlib.contextmanager
-def swap_ab(max_bm: int):
-    """Forces the tiled expert GEMMs' swap-AB variant on (``max_bm`` >= every block's rows) or off (0)
-    for both weight kinds."""
-    from deltaserve.ops.moe import kernels
-
-    saved = dict(kernels.SWAP_AB_MAX_BM)
-    kernels.SWAP_AB_MAX_BM.update(dict.fromkeys(saved, max_bm))
-    try:
-        yield
-    finally:
-        kernels.SWAP_AB_MAX_BM.update(saved)
 
 
 def test_triton_interpret_cpu():
@@ -161,17 +141,6 @@ def test_triton_interpret_cpu():
 @pytest.mark.parametrize("e,k,renorm", [(512, 10, True), (8, 3, False), (64, 64, True)])
 def test_route_gpu(t, e, k, renorm):
     check_route("cuda", t, e, k, renorm)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("t", [2, 16, 64, 300])
-@pytest.mark.parametrize("fp8", [False, True])
-@pytest.mark.parametrize("swap", [0, 1 << 30])
-def test_fused_moe_swap_ab_gpu(t, fp8, swap):
-    """Both tile orders of the expert GEMMs, whatever ``SWAP_AB_MAX_BM`` ships, at Qwen3-Next shapes."""
-    q = QWEN3_NEXT
-    with swap_ab(swap):
-        check_moe("cuda", t, q["e"], q["h"], q["i"], q["k"], q["i_sh"], 2e-2 if fp8 else 2e-3, fp8=fp8)
 
 
 @pytest.mark.gpu

@@ -53,8 +53,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # see ops/fp8/kernel
 # Launch configs keyed by the mean rows per used expert (benchmarks may override for sweeps; picked
 # from the H100 sweep of 2026-11-27: T=1 49 us vs 51-53, T=4096 BM128 2.5 ms vs BM64 3.4 ms):
 # (max_avg_rows, BM, (up BN, BK, warps, stages), (down BN, BK, warps, stages))
+# Decode bucket: H200, whole Qwen3-Next fused_moe at T = 16 / 64 / 256 (scripts/moe_fp8_sweep.py,
+# 2026-11-28): up (32, 64, 4, 6) + down (64, 64, 4, 6) -> (32, 128, 4, 4) + (128, 64, 4, 6) took FP8
+# experts from 239 / 589 / 820 to 215 / 526 / 738 us and bf16 ones from 239 / 604 / 856 to 225 / 565 /
+# 804 us (an FP8 tile of the old shape carried half the bytes per pipeline stage).
 CONFIGS = [
-    (16, 16, (32, 64, 4, 6), (64, 64, 4, 6)),
+    (16, 16, (32, 128, 4, 4), (128, 64, 4, 6)),
     (48, 32, (64, 128, 4, 4), (64, 128, 4, 4)),
     (1 << 62, 128, (64, 64, 8, 3), (128, 64, 8, 3)),
 ]
@@ -91,9 +95,6 @@ DOWN_GEMV_IDS_IN_REGS = True
 # experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel.
 UP_GEMV: dict[str, tuple[int, int, int, int] | None] = {"bf16": None, "fp8": (4, 1024, 4, 2)}
 GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
-# Expert blocks of at most this many rows run the tiled GEMM (by kernel and weight kind) swap-AB:
-# weight rows as the MMA's M side, FP8 tiles dequantised in registers, in-place accumulation; 0: never.
-SWAP_AB_MAX_BM: dict[str, int] = {"up_bf16": 0, "up_fp8": 0, "down_bf16": 0, "down_fp8": 0}
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
@@ -364,10 +365,7 @@ def _moe_up_kernel(
     P, H, I, E_SH, sx, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr, PDL: tl.constexpr,
-    SWAP: tl.constexpr = False,
 ):  # fmt: skip
-    """Gate/up GEMM of one expert block x ``BN`` intermediate columns, SiLU·mul fused. ``SWAP``: the
-    weight rows are the MMA's M side (``_swapped_up``)."""
     if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
         gdc_wait()
     pid_m = tl.program_id(0)
@@ -389,29 +387,6 @@ def _moe_up_kernel(
         srow_u = tl.load(rb + I + n, mask=n_ok, other=0).to(tl.int64) * sr
     a_rows = x_ptr + tok[:, None] * sx  # [BM, 1]
     kr = tl.arange(0, BK)
-    if SWAP:
-        g_rows = wb + n.to(tl.int64)[:, None] * sn  # [BN, 1]
-        acc_g, acc_u = _swapped_up(
-            a_rows, p_ok, g_rows, g_rows + I * sn, n_ok, sb, srow_g if W_FP8 else n, srow_u if W_FP8 else n,
-            kr, H, W_FP8, BLOCK_K, BM, BN, BK, F32,
-        )  # fmt: skip
-    else:
-        acc_g, acc_u = _plain_up(
-            a_rows, p_ok, g_cols, u_cols, n_ok, sb, srow_g if W_FP8 else n, srow_u if W_FP8 else n,
-            kr, H, W_FP8, BLOCK_K, BM, BN, BK, F32,
-        )  # fmt: skip
-    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-    dst = inter_ptr + pairs.to(tl.int64)[:, None] * I + n[None, :]
-    tl.store(dst, h.to(inter_ptr.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit
-def _plain_up(
-    a_rows, p_ok, g_cols, u_cols, n_ok, sb, srow_g, srow_u, kr, H,
-    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    F32: tl.constexpr,
-):  # fmt: skip
-    """``([BM, BN] gate, [BM, BN] up)`` fp32: token rows x weight columns; FP8 products scaled per step."""
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, H, BK):
@@ -431,44 +406,9 @@ def _plain_up(
         else:
             acc_g = _dot(a, bg, acc_g, F32)
             acc_u = _dot(a, bu, acc_u, F32)
-    return acc_g, acc_u
-
-
-@triton.jit
-def _deq_rows(w, W_FP8: tl.constexpr, sb, srow, blk, n_ok, ACT: tl.constexpr):
-    """A ``[BN, BK]`` weight tile in the activation dtype: FP8 rows times their block scale, rounded
-    (the weight a dequantised checkpoint holds), so the MMA can accumulate in place."""
-    if W_FP8:
-        sc = tl.load(sb + srow + blk, mask=n_ok, other=0.0)  # [BN]
-        out = (w.to(tl.float32) * sc[:, None]).to(ACT)
-    else:
-        out = w
-    return out
-
-
-@triton.jit
-def _swapped_up(
-    a_rows, p_ok, g_rows, u_rows, n_ok, sb, srow_g, srow_u, kr, H,
-    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    F32: tl.constexpr,
-):  # fmt: skip
-    """``_plain_up`` with the weight rows as the MMA's M side (``g_rows``/``u_rows`` ``[BN, 1]``): at
-    decode a block holds about one real token, so BN weight rows fill the 64-row wgmma instead of BM
-    mostly-padding token rows; the FP8 tile is dequantised in registers and every MMA accumulates in
-    place (asynchronous wgmma, as the dense small-M FP8 kernel)."""
-    acc_g = tl.zeros((BN, BM), dtype=tl.float32)
-    acc_u = tl.zeros((BN, BM), dtype=tl.float32)
-    for k0 in range(0, H, BK):
-        k = k0 + kr
-        k_ok = k < H
-        a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-        wmask = n_ok[:, None] & k_ok[None, :]
-        wg = tl.load(g_rows + k[None, :], mask=wmask, other=0.0)  # [BN, BK]
-        wu = tl.load(u_rows + k[None, :], mask=wmask, other=0.0)
-        blk = k0 // BLOCK_K
-        acc_g = _dot(_deq_rows(wg, W_FP8, sb, srow_g, blk, n_ok, a.dtype), tl.trans(a), acc_g, F32)
-        acc_u = _dot(_deq_rows(wu, W_FP8, sb, srow_u, blk, n_ok, a.dtype), tl.trans(a), acc_u, F32)
-    return tl.trans(acc_g), tl.trans(acc_u)
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    dst = inter_ptr + pairs.to(tl.int64)[:, None] * I + n[None, :]
+    tl.store(dst, h.to(inter_ptr.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -477,7 +417,7 @@ def _down_tile(
     P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
     ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
-    ROWS: tl.constexpr, SWAP: tl.constexpr,
+    ROWS: tl.constexpr,
 ):  # fmt: skip
     """Block ``pid_m`` (expert ``e >= 0``) x column tile ``program_id(1)`` of the down GEMM, times the
     routing weights: atomically added into ``out [T, H]`` fp32, or with ``ROWS`` stored as the
@@ -495,41 +435,24 @@ def _down_tile(
         srow = tl.load(rb + n, mask=n_ok, other=0).to(tl.int64) * sr
     a_rows = inter_ptr + pairs64[:, None] * I
     kr = tl.arange(0, BK)
-    if SWAP:  # weight rows as the MMA's M side, as in _swapped_up
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-        w_rows = wb + n.to(tl.int64)[:, None] * sn  # [BN, 1]
-        for k0 in range(0, I, BK):
-            k = k0 + kr
-            k_ok = k < I
-            a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BN, BK]
-            w = _deq_rows(w, W_FP8, sb, srow if W_FP8 else n, k0 // BLOCK_K, n_ok, ACT)
-            if PRECISE:
-                a_hi = a.to(ACT)
-                acc = _dot(w, tl.trans(a_hi), acc, F32)
-                acc = _dot(w, tl.trans((a - a_hi.to(tl.float32)).to(ACT)), acc, F32)
-            else:
-                acc = _dot(w, tl.trans(a), acc, F32)
-        acc = tl.trans(acc)  # [BM, BN]
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, I, BK):
-            k = k0 + kr
-            k_ok = k < I
-            a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-            b = tl.load(cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
-            if W_FP8:
-                b = b.to(ACT)
-            if PRECISE:  # fp32 intermediate as hi + lo halves in the activation dtype: two MMAs
-                a_hi = a.to(ACT)
-                a_lo = (a - a_hi.to(tl.float32)).to(ACT)
-                part = _dot(a_hi, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
-                part = _dot(a_lo, b, part, F32)
-            else:
-                part = _dot(a, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
-            if W_FP8:
-                part = part * tl.load(sb + srow + k0 // BLOCK_K, mask=n_ok, other=0.0)[None, :]
-            acc += part
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, I, BK):
+        k = k0 + kr
+        k_ok = k < I
+        a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        b = tl.load(cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
+        if W_FP8:
+            b = b.to(ACT)
+        if PRECISE:  # fp32 intermediate as hi + lo halves in the activation dtype: two MMAs
+            a_hi = a.to(ACT)
+            a_lo = (a - a_hi.to(tl.float32)).to(ACT)
+            part = _dot(a_hi, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
+            part = _dot(a_lo, b, part, F32)
+        else:
+            part = _dot(a, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
+        if W_FP8:
+            part = part * tl.load(sb + srow + k0 // BLOCK_K, mask=n_ok, other=0.0)[None, :]
+        acc += part
     tw = tl.load(tw_ptr + pairs64, mask=p_ok, other=0.0)  # [BM] routing weight of each pair
     acc = acc * tw[:, None]
     if ROWS:
@@ -545,7 +468,7 @@ def _moe_down_kernel(
     id_ptr, act_ptr, cnt_ptr, T, P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
     ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr,
-    COMBINE: tl.constexpr, TB: tl.constexpr, ACT_BF16: tl.constexpr, SWAP: tl.constexpr = False,
+    COMBINE: tl.constexpr, TB: tl.constexpr, ACT_BF16: tl.constexpr,
 ):  # fmt: skip
     """Without ``COMBINE``: adds into ``out [T, H]`` fp32 (atomics: any order).
 
@@ -560,7 +483,7 @@ def _moe_down_kernel(
             _down_tile(
                 pid_m, e, inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, tw_ptr,
                 out_ptr, P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
-                KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, True, SWAP,
+                KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, True,
             )  # fmt: skip
         tl.debug_barrier()  # all of this program's rows are stored before the release below
         pid_n = tl.program_id(1)
@@ -586,7 +509,7 @@ def _moe_down_kernel(
         _down_tile(
             pid_m, e, inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, sorted_ptr, tw_ptr,
             out_ptr, P, H, I, E_SH, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
-            KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, False, SWAP,
+            KT, W_FP8, BLOCK_K, PRECISE, ACT, BM, BN, BK, F32, False,
         )  # fmt: skip
 
 
@@ -949,8 +872,6 @@ def _run_experts(
             out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
         sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
     fp8, block_k = _fp8_parts(w)
-    kind = "fp8" if fp8 else "bf16"
-    swap_up, swap_down = bm <= SWAP_AB_MAX_BM[f"up_{kind}"], bm <= SWAP_AB_MAX_BM[f"down_{kind}"]
     if fp8:
         bk1, bk2 = min(bk1, block_k), min(bk2, block_k)
     inter_dtype = torch.float32 if PRECISE_INTER else x.dtype
@@ -989,7 +910,7 @@ def _run_experts(
             p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
             sh13.stride(-2), ss(shs13, -2),
             KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET, PDL=pdl,
-            SWAP=swap_up, num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
+            num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
         )  # fmt: skip
     if down_gemv:
         out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [1, H]
@@ -1018,7 +939,7 @@ def _run_experts(
         sh2.stride(-2), ss(shs2, -2),
         KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, PRECISE=PRECISE_INTER, ACT=_TL_DTYPE[x.dtype],
         BM=bm, BN=bn2, BK=bk2, F32=INTERPRET,
-        COMBINE=combine, TB=triton.next_power_of_2(t), ACT_BF16=x.dtype == torch.bfloat16, SWAP=swap_down,
+        COMBINE=combine, TB=triton.next_power_of_2(t), ACT_BF16=x.dtype == torch.bfloat16,
         num_warps=wa2, num_stages=st2,
     )  # fmt: skip
     if combine:
