@@ -29,6 +29,19 @@ from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops.fp8 import kernels as K
 
 
+def _measure(rows: list, r: dict, fns: list, ref: torch.Tensor, t_bf16: float) -> None:
+    """Checks ``fns[0]()`` against ``ref``, times all of ``fns`` in one CUDA graph and appends ``r``
+    (or the error: a config that does not fit is a row, not a crash)."""
+    try:
+        r["rel_err"] = _rel(fns[0](), ref)
+        t = time_cuda_graph(fns) * 1e3
+        r.update(us=round(t, 2), vs_bf16=round(t_bf16 / t, 3))
+    except Exception as exc:  # noqa: BLE001
+        r["error"] = str(exc)[:200]
+    rows.append(r)
+    print(json.dumps(r), flush=True)
+
+
 def ship(rows: list) -> None:
     saved = dict(K.CONFIG)
     cfgs = [
@@ -55,18 +68,11 @@ def ship(rows: list) -> None:
                             cfg=cfg,
                             target=tp,
                         )
-                        try:
-                            fns = [
-                                (lambda q=q, s=s: K.block_fp8_linear(x, q, s, None, quantize_activation=w8a8))
-                                for _, q, s in ws
-                            ]
-                            r["rel_err"] = _rel(fns[0](), ref)
-                            t = time_cuda_graph(fns) * 1e3
-                            r.update(us=round(t, 2), vs_bf16=round(t_bf16 / t, 3))
-                        except Exception as exc:  # noqa: BLE001 - a config that does not fit is a row
-                            r["error"] = str(exc)[:200]
-                        rows.append(r)
-                        print(json.dumps(r), flush=True)
+                        fns = [
+                            (lambda q=q, s=s: K.block_fp8_linear(x, q, s, None, quantize_activation=w8a8))
+                            for _, q, s in ws
+                        ]
+                        _measure(rows, r, fns, ref, t_bf16)
             del ws
             torch.cuda.empty_cache()
     finally:
@@ -115,29 +121,11 @@ def main() -> None:
                     print(json.dumps(base), flush=True)
                     for cfg in cfgs if m == 16 else cfgs[:9]:
                         r = dict(base, cfg=cfg)
-                        try:
-                            r["rel_err"] = _rel(
-                                small_swap(x, ws[0][1], ws[0][2], rb, cfg, tma=True, w8a8=w8a8, uniform=True),
-                                ref,
-                            )
-                            t = (
-                                time_cuda_graph(
-                                    [
-                                        (
-                                            lambda q=q, s=s: small_swap(
-                                                x, q, s, rb, cfg, tma=True, w8a8=w8a8, uniform=True
-                                            )
-                                        )
-                                        for _, q, s in ws
-                                    ]
-                                )
-                                * 1e3
-                            )
-                            r.update(us=round(t, 2), vs_bf16=round(t_bf16 / t, 3))
-                        except Exception as exc:  # noqa: BLE001 - a config that does not fit is a row
-                            r["error"] = str(exc)[:200]
-                        rows.append(r)
-                        print(json.dumps(r), flush=True)
+                        fns = [
+                            (lambda q=q, s=s: small_swap(x, q, s, rb, cfg, tma=True, w8a8=w8a8, uniform=True))
+                            for _, q, s in ws
+                        ]
+                        _measure(rows, r, fns, ref, t_bf16)
             del ws
             torch.cuda.empty_cache()
     finally:
