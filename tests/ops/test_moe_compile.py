@@ -120,3 +120,22 @@ def test_up_gemv_kernel_compiles(fp8):
     ptx = k.asm["ptx"]
     assert re.search(r"ld\.global[^;]*\.v4\.b32", ptx), "weight tiles without 16-byte loads"
     assert re.search(r"\b(red|atom)\.global", ptx) is None and ".local" not in ptx
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("bm,bn,warps", [(16, 64, 4), (128, 64, 4), (128, 128, 8)])
+def test_swap_up_kernel_compiles_with_async_wgmma(fp8, bm, bn, warps):
+    """The swap-AB gate/up GEMM: weight rows on the wgmma's M side, and MMAs that accumulate in place
+    (the loop keeps MMAs in flight: a non-zero ``wgmma.wait_group``), also for FP8 weights."""
+    w = "*fp8e4nv" if fp8 else "*bf16"
+    ptr = dict(x_ptr="*bf16", w_ptr=w, s_ptr="*fp32", rb_ptr="*i64", shw_ptr=w, shs_ptr="*fp32")
+    ptr.update(shrb_ptr="*i64", sorted_ptr="*i32", bexp_ptr="*i32", inter_ptr="*fp32")
+    const = dict(KT=11, W_FP8=fp8, BLOCK_K=128, BM=bm, BN=bn, BK=64, F32=False, PDL=False, SWAP=True)
+    aligned = ("x_ptr", "inter_ptr", "w_ptr", "shw_ptr", "sx", "sw_e", "sw_n", "shw_n", "H", "I")
+    k = triton_compile.compile_for_hopper(
+        K._moe_up_kernel, ptr, const, divisible=aligned, num_warps=warps, num_stages=3
+    )
+    ptx = k.asm["ptx"]
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
+    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx)]
+    assert max(waits) > 0, waits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -128,6 +129,29 @@ def run_small(device: str) -> None:
     check_moe(device, 20, 8, 64, 32, 3, 32, 5e-3)  # 80 pairs: route + histogram alignment
     check_moe(device, 3, 8, 64, 32, 3, 48, 5e-3, renorm=False)  # shared of another width
     check_moe(device, 4, 6, 256, 128, 2, 128, 1e-2, fp8=True)
+    with swap_up():
+        check_experts(device, 6, 8, 64, 32, 3, 5e-3)
+        check_experts(device, 150, 2, 64, 32, 2, 5e-3)
+        check_moe(device, 5, 8, 64, 32, 3, 32, 5e-3)
+        check_moe(device, 4, 6, 256, 128, 2, 128, 1e-2, fp8=True)
+
+
+@contextlib.contextmanager
+def swap_up(on: bool = True):
+    """Forces the gate/up GEMM of every row-block size and both weight kinds to swap-AB (``on``) or to
+    the plain kernel, each at its bucket's ``CONFIGS`` tile."""
+    from deltaserve.ops.moe import kernels
+
+    saved = dict(kernels.UP_OVERRIDES)
+    kernels.UP_OVERRIDES.clear()
+    for _, bm, up, _ in kernels.CONFIGS:
+        for kind in ("bf16", "fp8"):
+            kernels.UP_OVERRIDES[(kind, bm)] = (*up, on)
+    try:
+        yield
+    finally:
+        kernels.UP_OVERRIDES.clear()
+        kernels.UP_OVERRIDES.update(saved)
 
 
 def test_triton_interpret_cpu():
@@ -141,6 +165,18 @@ def test_triton_interpret_cpu():
 @pytest.mark.parametrize("e,k,renorm", [(512, 10, True), (8, 3, False), (64, 64, True)])
 def test_route_gpu(t, e, k, renorm):
     check_route("cuda", t, e, k, renorm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [2, 64, 1024, 4096])
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("on", [False, True])
+def test_fused_moe_swap_up_gpu(t, fp8, on):
+    """Both tile orders of the gate/up GEMM, whatever ``UP_OVERRIDES`` ships, at Qwen3-Next shapes (the
+    T values reach every ``CONFIGS`` bucket)."""
+    q = QWEN3_NEXT
+    with swap_up(on):
+        check_moe("cuda", t, q["e"], q["h"], q["i"], q["k"], q["i_sh"], 2e-2 if fp8 else 2e-3, fp8=fp8)
 
 
 @pytest.mark.gpu

@@ -95,6 +95,18 @@ DOWN_GEMV_IDS_IN_REGS = True
 # experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel.
 UP_GEMV: dict[str, tuple[int, int, int, int] | None] = {"bf16": None, "fp8": (4, 1024, 4, 2)}
 GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
+# Per (weight kind, ``CONFIGS`` BM) overrides of the tiled GEMMs' configs. Gate/up: (BN, BK, warps,
+# stages, swap-AB); swap-AB puts the weight rows on the MMA's M side, dequantises FP8 tiles in registers
+# and accumulates in place (the plain kernel waits on every MMA to scale it). Down: (BN, BK, warps,
+# stages). H200, whole Qwen3-Next fused_moe with FP8 experts (scripts/moe_fp8_sweep.py prefill,
+# 2026-11-28): T=1024 (BM 32) 1603 -> 1476 us with the swapped gate/up, -> 1082 us with the down tile
+# too (bf16 experts: 1588 us); T=4096 (BM 128) 3527 -> 3015 us (the plain FP8 gate/up tile there used
+# 255 registers and spilled; bf16: 2107 us). At decode (BM 16) swap-AB was slower (265 against 239 us).
+UP_OVERRIDES: dict[tuple[str, int], tuple[int, int, int, int, bool]] = {
+    ("fp8", 32): (64, 128, 4, 3, True),
+    ("fp8", 128): (64, 32, 4, 4, True),
+}
+DOWN_OVERRIDES: dict[tuple[str, int], tuple[int, int, int, int]] = {("fp8", 32): (128, 64, 4, 4)}
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
@@ -365,7 +377,10 @@ def _moe_up_kernel(
     P, H, I, E_SH, sx, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
     KT: tl.constexpr, W_FP8: tl.constexpr, BLOCK_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr, PDL: tl.constexpr,
+    SWAP: tl.constexpr = False,
 ):  # fmt: skip
+    """Gate/up GEMM of one expert block x ``BN`` intermediate columns, SiLU·mul fused. ``SWAP``: the
+    weight rows are the MMA's M side (``_swapped_up``)."""
     if PDL:  # ops/pdl.py: nothing is read or written before the previous kernel completes
         gdc_wait()
     pid_m = tl.program_id(0)
@@ -387,6 +402,29 @@ def _moe_up_kernel(
         srow_u = tl.load(rb + I + n, mask=n_ok, other=0).to(tl.int64) * sr
     a_rows = x_ptr + tok[:, None] * sx  # [BM, 1]
     kr = tl.arange(0, BK)
+    if SWAP:
+        g_rows = wb + n.to(tl.int64)[:, None] * sn  # [BN, 1]
+        acc_g, acc_u = _swapped_up(
+            a_rows, p_ok, g_rows, g_rows + I * sn, n_ok, sb, srow_g if W_FP8 else n, srow_u if W_FP8 else n,
+            kr, H, W_FP8, BLOCK_K, BM, BN, BK, F32,
+        )  # fmt: skip
+    else:
+        acc_g, acc_u = _plain_up(
+            a_rows, p_ok, g_cols, u_cols, n_ok, sb, srow_g if W_FP8 else n, srow_u if W_FP8 else n,
+            kr, H, W_FP8, BLOCK_K, BM, BN, BK, F32,
+        )  # fmt: skip
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    dst = inter_ptr + pairs.to(tl.int64)[:, None] * I + n[None, :]
+    tl.store(dst, h.to(inter_ptr.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _plain_up(
+    a_rows, p_ok, g_cols, u_cols, n_ok, sb, srow_g, srow_u, kr, H,
+    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    F32: tl.constexpr,
+):  # fmt: skip
+    """``([BM, BN] gate, [BM, BN] up)`` fp32: token rows x weight columns; FP8 products scaled per step."""
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, H, BK):
@@ -406,9 +444,44 @@ def _moe_up_kernel(
         else:
             acc_g = _dot(a, bg, acc_g, F32)
             acc_u = _dot(a, bu, acc_u, F32)
-    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-    dst = inter_ptr + pairs.to(tl.int64)[:, None] * I + n[None, :]
-    tl.store(dst, h.to(inter_ptr.dtype.element_ty), mask=p_ok[:, None] & n_ok[None, :])
+    return acc_g, acc_u
+
+
+@triton.jit
+def _deq_rows(w, W_FP8: tl.constexpr, sb, srow, blk, n_ok, ACT: tl.constexpr):
+    """A ``[BN, BK]`` weight tile in the activation dtype: FP8 rows times their block scale, rounded
+    (the weight a dequantised checkpoint holds), so the MMA can accumulate in place."""
+    if W_FP8:
+        sc = tl.load(sb + srow + blk, mask=n_ok, other=0.0)  # [BN]
+        out = (w.to(tl.float32) * sc[:, None]).to(ACT)
+    else:
+        out = w
+    return out
+
+
+@triton.jit
+def _swapped_up(
+    a_rows, p_ok, g_rows, u_rows, n_ok, sb, srow_g, srow_u, kr, H,
+    W_FP8: tl.constexpr, BLOCK_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    F32: tl.constexpr,
+):  # fmt: skip
+    """``_plain_up`` with the weight rows as the MMA's M side (``g_rows``/``u_rows`` ``[BN, 1]``): an
+    FP8 tile is dequantised in registers and fed to the MMA from there, so every MMA accumulates in
+    place (asynchronous wgmma, as the dense small-M FP8 kernel) instead of being waited on and scaled
+    each K step."""
+    acc_g = tl.zeros((BN, BM), dtype=tl.float32)
+    acc_u = tl.zeros((BN, BM), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        k = k0 + kr
+        k_ok = k < H
+        a = tl.load(a_rows + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        wmask = n_ok[:, None] & k_ok[None, :]
+        wg = tl.load(g_rows + k[None, :], mask=wmask, other=0.0)  # [BN, BK]
+        wu = tl.load(u_rows + k[None, :], mask=wmask, other=0.0)
+        blk = k0 // BLOCK_K
+        acc_g = _dot(_deq_rows(wg, W_FP8, sb, srow_g, blk, n_ok, a.dtype), tl.trans(a), acc_g, F32)
+        acc_u = _dot(_deq_rows(wu, W_FP8, sb, srow_u, blk, n_ok, a.dtype), tl.trans(a), acc_u, F32)
+    return tl.trans(acc_g), tl.trans(acc_u)
 
 
 @triton.jit
@@ -872,6 +945,9 @@ def _run_experts(
             out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
         sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
     fp8, block_k = _fp8_parts(w)
+    kind = "fp8" if fp8 else "bf16"
+    bn1, bk1, wa1, st1, swap_up = UP_OVERRIDES.get((kind, bm), (bn1, bk1, wa1, st1, False))
+    bn2, bk2, wa2, st2 = DOWN_OVERRIDES.get((kind, bm), (bn2, bk2, wa2, st2))
     if fp8:
         bk1, bk2 = min(bk1, block_k), min(bk2, block_k)
     inter_dtype = torch.float32 if PRECISE_INTER else x.dtype
@@ -910,7 +986,7 @@ def _run_experts(
             p, h, i, e, x.stride(0), w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
             sh13.stride(-2), ss(shs13, -2),
             KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, BM=bm, BN=bn1, BK=bk1, F32=INTERPRET, PDL=pdl,
-            num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
+            SWAP=swap_up, num_warps=wa1, num_stages=st1, **pdl_launch(pdl),
         )  # fmt: skip
     if down_gemv:
         out = torch.empty(t, h, dtype=x.dtype, device=x.device)  # [1, H]
