@@ -48,6 +48,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
 
+def _measure(rows: list, r: dict, ws, ins, ref: torch.Tensor) -> None:
+    """Checks the first input's output against ``ref``, times the graph over ``ins`` and appends ``r``
+    (or the error: a config that does not compile is a row, not a crash)."""
+    try:
+        r["rel_err"] = _rel(fused_moe(ins[0][0], ins[0][1], K, True, *ws), ref)
+        r["us"] = round(_time(ws, ins), 2)
+        r["vs_bf16"] = round(r["bf16_us"] / r["us"], 3)
+    except Exception as exc:  # noqa: BLE001
+        r["error"] = str(exc)[:200]
+    rows.append(r)
+    print(json.dumps(r), flush=True)
+
+
 def configs(first) -> list:
     """(up, down) pairs: the shipped decode configs, the earlier ones, then each kernel's candidates with
     the other kernel at the shipped config."""
@@ -56,22 +69,8 @@ def configs(first) -> list:
 
 # prefill: gate/up (config, swap-AB) candidates for the bucket a T falls in, then down configs (with the
 # shipped gate/up); the shipped configs come first
-PREFILL_UPS = [
-    (64, 64, 4, 3),
-    (64, 64, 4, 4),
-    (128, 64, 8, 3),
-    (64, 128, 4, 3),
-    (128, 64, 8, 4),
-    (64, 32, 4, 4),
-]
-PREFILL_DOWNS = [
-    (64, 64, 8, 3),
-    (64, 64, 4, 4),
-    (128, 32, 8, 3),
-    (64, 128, 4, 3),
-    (128, 64, 4, 4),
-    (64, 32, 4, 4),
-]
+PREFILL_UPS = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 4), (64, 32, 4, 4)]  # fmt: skip
+PREFILL_DOWNS = [(64, 64, 8, 3), (64, 64, 4, 4), (128, 32, 8, 3), (64, 128, 4, 3), (128, 64, 4, 4), (64, 32, 4, 4)]  # fmt: skip
 
 
 def prefill(rows: list) -> None:
@@ -99,14 +98,7 @@ def prefill(rows: list) -> None:
             for up, down in cands:
                 KN.UP_OVERRIDES[key], KN.DOWN_OVERRIDES[key] = up, down
                 r = dict(kind="fp8", t=t, bm=bm, up=up, down=down, bf16_us=round(base[t], 2))
-                try:
-                    r["rel_err"] = _rel(fused_moe(ins[t][0][0], ins[t][0][1], K, True, *ws), ref)
-                    r["us"] = round(_time(ws, ins[t]), 2)
-                    r["vs_bf16"] = round(base[t] / r["us"], 3)
-                except Exception as exc:  # noqa: BLE001 - a config that does not compile is a row
-                    r["error"] = str(exc)[:200]
-                rows.append(r)
-                print(json.dumps(r), flush=True)
+                _measure(rows, r, ws, ins[t], ref)
     finally:
         KN.UP_OVERRIDES.clear()
         KN.UP_OVERRIDES.update(saved_up)
@@ -141,22 +133,9 @@ def main() -> None:
                 ref = fused_moe(ins[0][0], ins[0][1], K, True, *ws)
                 for up, down in configs(first):
                     KN.CONFIGS[:] = [(first[0], first[1], up, down)] + saved[1:]
-                    r = dict(
-                        kind=kind,
-                        t=t,
-                        up=up,
-                        down=down,
-                        bf16_us=round(base[t], 2),
-                        floor_us=round(floor_us, 1),
-                    )
-                    try:
-                        r["rel_err"] = _rel(fused_moe(ins[0][0], ins[0][1], K, True, *ws), ref)
-                        r["us"] = round(_time(ws, ins), 2)
-                        r["vs_bf16"] = round(base[t] / r["us"], 3)
-                    except Exception as exc:  # noqa: BLE001 - a config that does not compile is a row
-                        r["error"] = str(exc)[:200]
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
+                    r = dict(kind=kind, t=t, up=up, down=down, bf16_us=round(base[t], 2))
+                    r["floor_us"] = round(floor_us, 1)
+                    _measure(rows, r, ws, ins, ref)
     finally:
         KN.CONFIGS[:] = saved
         with open(sys.argv[1], "w") as f:
