@@ -31,7 +31,10 @@ widened to fp32 in registers, no 16-row MMA block for the one real row).
 The shared expert is the always-on expert ``E`` (its weights are separate tensors; the kernels
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
 ``row_block``) are widened to the activation dtype in registers (W8A16; exact) and the per-block
-scale multiplies each K step's fp32 partial, so the weight bytes read are halved.
+scale multiplies each K step's fp32 partial, so the weight bytes read are halved. Where
+``UP_OVERRIDES`` says so (FP8 experts at prefill sizes), the gate/up GEMM runs swap-AB instead: the
+weight rows are the MMA's M side and each FP8 tile is dequantised in registers (w·scale rounded to the
+activation dtype, as in a dequantised checkpoint), so the MMAs accumulate in place.
 Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
 """
 
