@@ -67,14 +67,8 @@ CONFIG = {
 
 
 @triton.jit
-def _dot(a, b, F32: tl.constexpr):
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
-
-
-@triton.jit
-def _dot_acc(a, b, acc, F32: tl.constexpr):
+def _dot(a, b, F32: tl.constexpr, acc=None):
+    """``a @ b`` (``+ acc``) in fp32; ``F32``: operands widened to fp32 first (the interpreter)."""
     if F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
@@ -236,7 +230,7 @@ def _fp8_small_kernel(
             # the product, each step's MMA runs while the next tile is converted (asynchronous wgmma;
             # H200, M=16, 12288x2048: 15.8 -> 13.3 us)
             wd = (w.to(tl.float32) * w_s).to(a.dtype)
-            acc = _dot_acc(wd, tl.trans(a), acc, F32)  # [BN, BMT]
+            acc = _dot(wd, tl.trans(a), F32, acc)  # [BN, BMT]
         else:
             # per-token activation scales vary with the K step: each product is scaled before it is
             # added, so the MMA is waited on every step

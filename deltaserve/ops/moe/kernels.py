@@ -972,7 +972,7 @@ def _run_experts(
 
     bi = triton.next_power_of_2(i)
     down_gemv = combine and t <= DOWN_GEMV_MAX_T and bi <= GEMV_ACC_MAX
-    up_gemv = UP_GEMV["fp8" if fp8 else "bf16"] if down_gemv else None
+    up_gemv = UP_GEMV[kind] if down_gemv else None
     if up_gemv is not None:
         bn4, bk4, wa4, st4 = up_gemv
         bk4 = min(bk4, triton.next_power_of_2(h))
