@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2]
 """
 
 from __future__ import annotations
@@ -31,6 +31,26 @@ PREFILL_SHAPES = list(op_gdn.PREFILL_SHAPES)
 # third entry), at bandwidth-bound and at latency-bound batch
 MMA_CONFIGS = [(64, 4), (64, 4, 1), (32, 2, 1), (64, 8, 1), (128, 8, 1), (32, 4, 1), (16, 1, 1)]
 MMA_B1_CONFIGS = [(16, 1), (16, 1, 1), (32, 1, 1), (32, 2, 1), (64, 4, 1)]
+ORDER_CASES = [
+    (torch.bfloat16, "kv", [(64, 4, True), (32, 2, True), (128, 8, True)]),
+    (torch.bfloat16, "vk", [(16, 1, True), (64, 4, True)]),
+    (torch.float32, "kv", [(64, 4), (32, 2)]),
+    (torch.float32, "vk", [(64, 4)]),
+]
+ORDER2_CASES = [
+    (
+        torch.bfloat16,
+        "kv",
+        [(16, 1, 1, 1), (16, 2, 1, 1), (32, 1, 1, 1), (32, 4, 1, 1), (64, 2, 1, 1), (64, 8, 1, 1)],
+    ),
+    (torch.bfloat16, "kv", [(16, 1, 0, 1), (32, 2, 0, 1), (64, 4, 0, 1)]),
+    (
+        torch.bfloat16,
+        "vk",
+        [(16, 2, 1, 1), (32, 1, 1, 1), (32, 2, 1, 1), (32, 4, 1, 1), (16, 1, 0, 1), (32, 2, 0, 1)],
+    ),
+    (torch.float32, "kv", [(16, 1, 0, 1), (32, 1, 0, 1), (64, 2, 0, 1), (128, 4, 0, 1)]),
+]
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]
 DECODE_CONFIGS = [
     (8, 1),
@@ -168,6 +188,25 @@ def main() -> None:
                     _graph_row(nb, torch.bfloat16, layout, bw, cfg, res)
             for cfg in MMA_B1_CONFIGS:
                 _graph_row(1, torch.bfloat16, layout, bw, cfg, res)
+    if what == "order":
+        # grid order: (B*Hv, NV) launches a head's column tiles B*Hv programs apart; V_FAST launches
+        # them back to back (a 4th config entry), so one head's state rows are read together
+        bw = measure_copy_bw()
+        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
+        for sdt, layout, cfgs in ORDER_CASES:
+            for nb in (64, 256, 512):
+                for cfg in cfgs:
+                    _graph_row(nb, sdt, layout, bw, cfg, res)
+                    _graph_row(nb, sdt, layout, bw, (*cfg, *(False,) * (3 - len(cfg)), True), res)
+    if what == "order2":
+        # the V_FAST grid only, more tile shapes (2026-11-28 ~17:50 UTC: V_FAST lifted fp32 pools and bf16
+        # "vk" (16, 1) by 2-9 points, and bf16 "kv" only with 4 tiles per head)
+        bw = measure_copy_bw()
+        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
+        for sdt, layout, cfgs in ORDER2_CASES:
+            for nb in (64, 256, 512):
+                for cfg in cfgs:
+                    _graph_row(nb, sdt, layout, bw, cfg, res)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
 

@@ -14,7 +14,7 @@ triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
 
 PTRS = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "state_ptr", "o_ptr", "inter_ptr")}
 PTRS.update(alog_ptr="*fp32", dtb_ptr="*fp32", slot_ptr="*i32", scale="fp32")
-CONST = dict(HV=32, GROUP=2, DK=128, DV=128, BV=64, HAS_INTER=False, PDL=False, ss_v=1, T=1)
+CONST = dict(HV=32, GROUP=2, DK=128, DV=128, BV=64, HAS_INTER=False, PDL=False, V_FAST=False, ss_v=1, T=1)
 
 
 def _vector_accesses(divisible: tuple[str, ...]) -> int:

@@ -208,10 +208,14 @@ def _decode_ref(q, k, v, a, b, A_log, dt_bias, pool, slots, layout):
 @pytest.mark.parametrize("layout", ["kv", "vk"])
 @pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("ratio", [1, 2, 3, 4])
-@pytest.mark.parametrize("config", [None, (64, 4, True), (16, 1, True)], ids=["default", "mma64", "mma16"])
+@pytest.mark.parametrize(
+    "config",
+    [None, (64, 4, True), (16, 1, True), (64, 4, True, True), (16, 1, False, True)],
+    ids=["default", "mma64", "mma16", "mma64vfast", "vfast16"],
+)
 def test_decode_matches_reference(nb, layout, sdtype, ratio, config):
     """`config` with a true third entry: the tensor-core reduction kernel (bf16 pools; fp32 pools fall
-    back to the plain kernel)."""
+    back to the plain kernel); a true fourth: the V_FAST grid (a head's column tiles back to back)."""
     from deltaserve.ops.gdn.decode import gdn_decode
 
     gen = torch.Generator(device="cuda").manual_seed(nb * 13 + ratio)
@@ -374,15 +378,16 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     q, k = torch.randn(nb, hk, dk).half(), torch.randn(nb, hk, dk).half()
     v, a, b = torch.randn(nb, hv, dv2).half(), torch.randn(nb, hv), torch.randn(nb, hv)
     v[1] = float("nan")
-    for layout in ("kv", "vk"):
+    # (and the plain kernel): each with the (B*Hv, NV) grid and with V_FAST's 1-D grid
+    for layout, cfg in (("kv", (16, 1, True)), ("vk", (16, 1, True, True)), ("kv", (16, 1, False, True))):
         full = (torch.randn(4, hv, dk, dv2) * 0.3).half()
         pool, before = (full if layout == "kv" else full.transpose(-1, -2)), full.clone()
         o = decode.gdn_decode(q, k, v, a, b, A_log, dt, state=pool, state_slots=slots, state_layout=layout,
-                              _config=(16, 1, True))
+                              _config=cfg)
         pool2 = before.float()
         o2 = ref.gdn_decode(q.float(), k.float(), v.float(), a, b, A_log, dt, state=pool2, state_slots=slots)
         err = rel(o[[0, 2]].float(), o2[[0, 2]])
-        assert err < 2e-3 and bool((o[1] == 0).all()), (layout, err)
+        assert err < 2e-3 and bool((o[1] == 0).all()), (layout, cfg, err)
         assert rel(full.float(), pool2) < 1e-3 and torch.equal(full[[1, 3]], before[[1, 3]])
     # Dk = 8 is below an MMA operand's K: the plain kernel runs whatever the config asks
     decode._decode_mma_kernel = None  # launching it would raise

@@ -79,7 +79,7 @@ def _other_kernels():
         "conv_decode": (C._conv_decode_kernel, ("slot_ptr",), (),
                         dict(W=4, HAS_BIAS=False, ACT=True, BLOCK_D=256), dict(num_warps=2)),
         "gdn_decode": (D._decode_kernel, ("slot_ptr",), ("scale",),
-                       dict(HV=32, GROUP=2, DK=128, DV=128, BV=16, HAS_INTER=False), dict(num_warps=1)),
+                       dict(HV=32, GROUP=2, DK=128, DV=128, BV=16, HAS_INTER=False, V_FAST=True), dict(num_warps=1)),
         "moe_up": (M._moe_up_kernel, ("rb_ptr", "shrb_ptr", "sorted_ptr", "bexp_ptr"), (),
                    dict(KT=11, W_FP8=False, BLOCK_K=128, BM=16, BN=32, BK=64, F32=False),
                    dict(num_warps=4, num_stages=6)),

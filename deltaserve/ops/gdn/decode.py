@@ -18,12 +18,22 @@ from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_
 
 
 @triton.jit
-def _tile_coords(HV: tl.constexpr, GROUP: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr):
+def _tile_coords(
+    HV: tl.constexpr, GROUP: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    V_FAST: tl.constexpr,
+):  # fmt: skip
     """This program's (sequence, value head, key head, key offsets [DK], value columns [BV]) for the
-    grid (B * HV, DV // BV)."""
-    pid_bh = tl.program_id(0)
+    grid (B * HV, NV = DV // BV), or with ``V_FAST`` the 1-D grid (B * HV * NV,) whose consecutive
+    programs are one head's column tiles (launched together, so they share DRAM pages)."""
+    if V_FAST:
+        pid = tl.program_id(0)
+        pid_bh = pid // NV
+        i_v = pid % NV
+    else:
+        pid_bh = tl.program_id(0)
+        i_v = tl.program_id(1)
     i_h = pid_bh % HV
-    return pid_bh // HV, i_h, i_h // GROUP, tl.arange(0, DK), tl.program_id(1) * BV + tl.arange(0, BV)
+    return pid_bh // HV, i_h, i_h // GROUP, tl.arange(0, DK), i_v * BV + tl.arange(0, BV)
 
 
 @triton.jit
@@ -73,10 +83,11 @@ def _decode_kernel(
     BV: tl.constexpr,
     HAS_INTER: tl.constexpr,
     PDL: tl.constexpr,
+    V_FAST: tl.constexpr,
 ):
     if PDL:  # see ops/pdl.py: nothing is read before the previous kernel completes
         gdc_wait()
-    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV)
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     o_base = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
     if slot < 0:
@@ -152,8 +163,10 @@ def _decode_mma_kernel(
     HV: tl.constexpr,
     GROUP: tl.constexpr,
     DK: tl.constexpr,
+    DV: tl.constexpr,
     BV: tl.constexpr,
     PDL: tl.constexpr,
+    V_FAST: tl.constexpr,
 ):
     """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
     [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
@@ -162,7 +175,7 @@ def _decode_mma_kernel(
     62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp."""
     if PDL:
         gdc_wait()
-    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV)
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     o_ptrs = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
     if slot < 0:  # padding row: zero output, no state traffic
@@ -195,18 +208,24 @@ def _decode_mma_kernel(
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
 
 
-def _decode_config(n_seq: int, hv: int, state_layout: str, mma: bool) -> tuple[int, ...]:
-    """(BV, num_warps[, tensor-core reduction]) from CUDA-graph sweeps (scripts/gdn_tune.py ... graph /
-    mma): one-warp programs over 16 state columns for latency at tiny batch; 64-column, 4-warp tiles
-    when bandwidth-bound (fp32: 94-102 % of copy bandwidth at B=256 on an H100). `mma` (a 16-bit pool
-    and q/k of its dtype, one token): `_decode_mma_kernel` when bandwidth-bound; H200, B = 64 / 256 /
-    512, % of copy bandwidth: "kv" 62 / 68 / 70 -> 77 / 83 / 85 with (64, 4), "vk" 76 / 83 / 85 ->
-    83 / 86 / 85 with (16, 1)."""
+def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
+    """(BV, num_warps[, tensor-core reduction[, V_FAST grid]]) from CUDA-graph sweeps (scripts/gdn_tune.py
+    graph / mma / order / order2; BENCHMARKS.md): one-warp programs over 16 state columns for latency at
+    tiny batch; when bandwidth-bound, % of copy bandwidth on an H200 at B = 64 / 256 / 512:
+
+    - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
+      "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97;
+    - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
+      plain grid (76 / 83 / 85; V_FAST: 73 / 81 / 83);
+    - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95 (MMA kernel, plain
+      grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
         return 16, 1
-    if mma:
-        return (64, 4, True) if state_layout == "kv" else (16, 1, True)
-    return 64, 4
+    if wide_state:
+        return 64, 4, False, True
+    if state_layout == "vk":
+        return 16, 1, False, True
+    return (64, 4, True) if mma else (64, 4)
 
 
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
@@ -223,24 +242,30 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     # the tensor-core reduction: one token, 16-bit pool, q/k exact in the pool's dtype, Dk >= 16 (an MMA
     # operand's K)
     mma_ok = t == 1 and inter is None and dk >= 16 and q.dtype == k.dtype == state.dtype != torch.float32
-    cfg = config if config is not None else _decode_config(nb, hv, state_layout, mma_ok)
+    cfg = (
+        config
+        if config is not None
+        else _decode_config(nb, hv, state_layout, state.element_size() >= 4, mma_ok)
+    )
     bv, warps = min(cfg[0], dv), cfg[1]
+    v_fast = len(cfg) > 3 and bool(cfg[3])
+    grid = (nb * hv * (dv // bv),) if v_fast else (nb * hv, dv // bv)
     ss = logical_state_strides(state, state_layout, 1)
     pdl = use_pdl(q)
     if len(cfg) > 2 and cfg[2] and mma_ok:
-        _decode_mma_kernel[(nb * hv, dv // bv)](
+        _decode_mma_kernel[grid](
             q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
             *ss,
             o.stride(0), o.stride(2),
-            HV=hv, GROUP=hv // hk, DK=dk, BV=bv, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
+            HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, num_warps=warps,
+            **pdl_launch(pdl),
         )  # fmt: skip
         return o
     if inter is not None:
         si = logical_state_strides(inter, state_layout, 2)
     else:
         si = (0, 0, 0, 0, 0)
-    grid = (nb * hv, dv // bv)
     _decode_kernel[grid](
         q, k, v, a, b, A_log, dt_bias, state, state_slots, o, inter if inter is not None else o, t, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -251,7 +276,7 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
         *ss,
         *si,
         o.stride(0), o.stride(1), o.stride(2),
-        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, HAS_INTER=inter is not None, PDL=pdl,
+        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, HAS_INTER=inter is not None, PDL=pdl, V_FAST=v_fast,
         num_warps=warps, **pdl_launch(pdl),
     )  # fmt: skip
     return o
