@@ -96,7 +96,11 @@ def _small_swap_kernel(
     M, N, Kdim, sx_m, sw_n, sbs_r, sc_m, KB_PER_SPLIT,
     SPLIT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BMT: tl.constexpr,
     TMA: tl.constexpr, W8A8: tl.constexpr, UNIFORM: tl.constexpr, FP8_MAX_C: tl.constexpr,
+    INPLACE: tl.constexpr = False, KSTEP: tl.constexpr = 1,
 ):  # fmt: skip
+    # INPLACE (W8A16, UNIFORM): the e4m3 tile is scaled and rounded to bf16 before the MMA, which then
+    # accumulates in place (the shipped kernel's W8A16 path). KSTEP: 128-wide scale blocks per loop step
+    # (one [BN, KSTEP*BK] tile per load; INPLACE only).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     off_n = pid_n * BN
@@ -112,29 +116,50 @@ def _small_swap_kernel(
     kb0 = pid_k * KB_PER_SPLIT
     kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(Kdim, BK))
     acc = tl.zeros((BN, BMT), dtype=tl.float32)
-    for kb in range(kb0, kb1):
-        k = kb * BK + kr
-        if TMA:
-            w = w_desc.load([off_n, kb * BK])  # [BN, BK]
-        else:
-            w = tl.load(
-                w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
-            )
-        x = tl.load(x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0)  # [BMT, BK]
-        if UNIFORM:
-            bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
-        else:
-            bs = tl.load(bs_ptr + srow * sbs_r + kb, mask=n_ok, other=0.0)[:, None]
-        if W8A8:
-            xf = x.to(tl.float32)
-            amax = tl.maximum(tl.max(tl.abs(xf), axis=1), 1e-10)
-            xsc = amax / FP8_MAX_C
-            xq = tl.minimum(tl.maximum(xf / xsc[:, None], -FP8_MAX_C), FP8_MAX_C).to(tl.float8e4nv)
-            part = tl.dot(w, tl.trans(xq))  # [BN, BMT]
-            acc += part * (bs * xsc[None, :])
-        else:
-            part = tl.dot(w.to(x.dtype), tl.trans(x))
-            acc += part * bs
+    if INPLACE:
+        kw = tl.arange(0, KSTEP * BK)
+        for kb in range(kb0 // KSTEP, kb1 // KSTEP):
+            k = kb * (KSTEP * BK) + kw
+            if TMA:
+                w = w_desc.load([off_n, kb * (KSTEP * BK)])  # [BN, KSTEP*BK]
+            else:
+                w = tl.load(
+                    w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
+                )
+            x = tl.load(x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0)
+            if KSTEP == 1:
+                bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
+                wd = (w.to(tl.float32) * bs).to(x.dtype)
+            else:
+                bs = tl.load(bs_ptr + srow0 * sbs_r + kb * KSTEP + kw // BK)  # [KSTEP*BK]
+                wd = (w.to(tl.float32) * bs[None, :]).to(x.dtype)
+            acc = tl.dot(wd, tl.trans(x), acc)
+    else:
+        for kb in range(kb0, kb1):
+            k = kb * BK + kr
+            if TMA:
+                w = w_desc.load([off_n, kb * BK])  # [BN, BK]
+            else:
+                w = tl.load(
+                    w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
+                )
+            x = tl.load(
+                x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0
+            )  # [BMT, BK]
+            if UNIFORM:
+                bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
+            else:
+                bs = tl.load(bs_ptr + srow * sbs_r + kb, mask=n_ok, other=0.0)[:, None]
+            if W8A8:
+                xf = x.to(tl.float32)
+                amax = tl.maximum(tl.max(tl.abs(xf), axis=1), 1e-10)
+                xsc = amax / FP8_MAX_C
+                xq = tl.minimum(tl.maximum(xf / xsc[:, None], -FP8_MAX_C), FP8_MAX_C).to(tl.float8e4nv)
+                part = tl.dot(w, tl.trans(xq))  # [BN, BMT]
+                acc += part * (bs * xsc[None, :])
+            else:
+                part = tl.dot(w.to(x.dtype), tl.trans(x))
+                acc += part * bs
     mask = n_ok[:, None] & m_ok[None, :]
     out_off = offs_m[None, :] * sc_m + offs_n[:, None]  # [BN, BMT] -> c[m, n]
     if SPLIT > 1:
@@ -155,14 +180,17 @@ def _small_swap_kernel(
 _CNT: dict = {}
 
 
-def small_swap(x, w_q, s_inv, rb, cfg, *, tma: bool, w8a8: bool, uniform: bool):
+def small_swap(x, w_q, s_inv, rb, cfg, *, tma: bool, w8a8: bool, uniform: bool, kstep: int = 0):
+    """``kstep`` > 0: the in-place W8A16 path with ``kstep`` scale blocks per loop step."""
     bn, warps, stages, target = cfg
     m, k = x.shape
     n = w_q.shape[0]
     n_kb = triton.cdiv(k, 128)
     tiles = triton.cdiv(n, bn)
-    split = max(1, min(triton.cdiv(target, tiles), n_kb, 32)) if target else 1
+    split = max(1, min(triton.cdiv(target, tiles), n_kb // max(kstep, 1), 32)) if target else 1
     kps = triton.cdiv(n_kb, split)
+    if kstep:
+        kps = triton.cdiv(kps, kstep) * kstep  # whole steps per split
     split = triton.cdiv(n_kb, kps)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
@@ -173,12 +201,12 @@ def small_swap(x, w_q, s_inv, rb, cfg, *, tma: bool, w8a8: bool, uniform: bool):
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        desc = TensorDescriptor.from_tensor(w_q, [bn, 128])
+        desc = TensorDescriptor.from_tensor(w_q, [bn, 128 * max(kstep, 1)])
     _small_swap_kernel[(tiles, split)](
         x, w_q, desc, s_inv, rb, out, ws, cnt, m, n, k, x.stride(0), w_q.stride(0), s_inv.stride(0),
         out.stride(0), kps,
         SPLIT=split, BN=bn, BK=128, BMT=16, TMA=tma, W8A8=w8a8, UNIFORM=uniform, FP8_MAX_C=FP8_MAX,
-        num_warps=warps, num_stages=stages,
+        INPLACE=kstep > 0, KSTEP=max(kstep, 1), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 

@@ -1,7 +1,7 @@
 """Probe: small-M block-FP8 GEMM, swap-AB kernel with the weight streamed by TMA, over tile height,
 pipeline depth and split-K target, against the shipped kernel and bf16 cuBLAS (one GPU run).
 
-    python3 scripts/fp8_small_sweep.py OUT.json [tma|ship]
+    python3 scripts/fp8_small_sweep.py OUT.json [tma|ship|inplace]
 
 ncu (2026-11-28, H200) showed the shipped small-M kernel at M=16 with 0.4-0.6 waves of 4-warp programs
 and 16 % achieved occupancy, 1.5 TB/s from DRAM, while cuBLAS's bf16 kernel runs 96 one-per-SM CTAs with
@@ -80,8 +80,58 @@ def ship(rows: list) -> None:
         K.CONFIG.update(saved)
 
 
+def inplace(rows: list) -> None:
+    """W8A16 at M=16: the in-place-accumulating swap-AB probe, weight by TMA or plain loads, 1 or 2 scale
+    blocks per loop step, over tiles, stages and split targets; prints the best per shape last."""
+    cfgs = [
+        (tma, kstep, (bn, w, st, tgt))
+        for tma in (True, False)
+        for kstep in (1, 2)
+        for bn, w in ((64, 4), (128, 4), (128, 8))
+        for st in (3, 5)
+        for tgt in (264, 396)
+    ]
+    best = []
+    for n, k in ((12288, 2048), (2048, 4096)):
+        ws, rb = _weights(n, k, 8)
+        x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
+        t_bf16 = time_cuda_graph([(lambda w=w: x @ w.T) for w, _, _ in ws]) * 1e3
+        ref = K.block_fp8_linear(x, ws[0][1], ws[0][2], None)
+        t_ship = (
+            time_cuda_graph([(lambda q=q, s=s: K.block_fp8_linear(x, q, s, None)) for _, q, s in ws]) * 1e3
+        )
+        base = dict(shape=f"M=16 N={n} K={k}", bf16_us=round(t_bf16, 2), ship_us=round(t_ship, 2))
+        print(json.dumps(base), flush=True)
+        start = len(rows)
+        for tma, kstep, cfg in cfgs:
+            r = dict(base, tma=tma, kstep=kstep, cfg=cfg)
+            fns = [
+                (
+                    lambda q=q, s=s: small_swap(
+                        x, q, s, rb, cfg, tma=tma, w8a8=False, uniform=True, kstep=kstep
+                    )
+                )
+                for _, q, s in ws
+            ]
+            _measure(rows, r, fns, ref, t_bf16)
+        ok = [r for r in rows[start:] if "us" in r]
+        best += sorted(ok, key=lambda r: r["us"])[:4]
+        del ws
+        torch.cuda.empty_cache()
+    print("BEST")
+    for r in best:
+        print(json.dumps(r))
+
+
 def main() -> None:
     rows: list = [dict(kind="device", **device_record())]
+    if sys.argv[2:3] == ["inplace"]:
+        try:
+            inplace(rows)
+        finally:
+            with open(sys.argv[1], "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     if sys.argv[2:3] == ["ship"]:
         try:
             ship(rows)

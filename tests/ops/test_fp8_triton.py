@@ -345,6 +345,39 @@ def test_block_fp8_linear_cuda_graph(m):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m", [3, 16])
+@pytest.mark.parametrize("qa", [False, True])
+def test_block_fp8_linear_dependent_chain_cuda_graph(m, qa):
+    """Four split-K small-M GEMMs, each reading the one before, in one CUDA graph: with PDL each kernel
+    streams its first weight tile while its predecessor runs, and must not read activations or touch the
+    shared tile counters before that predecessor completes (ops/pdl.py)."""
+    from deltaserve.ops.fp8 import block_fp8_linear, reference
+
+    weights = [make_weight(2048, 2048, "plain", "cuda", seed=i) for i in range(4)]
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+
+    def chain() -> list[torch.Tensor]:
+        outs, h = [], x
+        for q, s, _ in weights:
+            h = block_fp8_linear(h, q, s, None, quantize_activation=qa)
+            outs.append(h)
+        return outs
+
+    chain()  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = chain()
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        h = x
+        for (q, s, _), out in zip(weights, outs, strict=True):
+            assert rel_err(out, reference.block_fp8_linear(h, q, s, None, quantize_activation=qa)) < 1e-2
+            h = out
+
+
+@pytest.mark.gpu
 def test_block_fp8_linear_rejects_bad_args_gpu():
     from deltaserve.ops.fp8 import block_fp8_linear
 
