@@ -39,7 +39,6 @@ import triton.language as tl
 from deltaserve.ops.device import capability
 from deltaserve.ops.fp8 import gemv
 from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
-from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -196,15 +195,14 @@ def _fp8_small_kernel(
     M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_m, KB_PER_SPLIT,
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
-    PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr, PDL: tl.constexpr,
+    PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     """Small M, swap-AB: the transposed output tile ``[BN, BMT]`` = W tile ``[BN, BK]`` · A tileᵀ, for the
     K steps of split ``program_id(1)``; splits meet at a per-tile arrival counter."""
-    # PDL (ops/pdl.py): nothing is read or written before the previous kernel completes. Reading the
-    # first weight tile before the wait (as the one-row GEMV does) was tried: peeling that step put the
-    # activation load in front of the pipeline's prologue, and W8A16 at M=16 went 13.3 -> 14.2-14.7 us
-    if PDL:
-        gdc_wait()
+    # Not in the PDL chain (ops/pdl.py), by measurement (H200, M=16, 12288x2048 / 2048x4096 W8A16,
+    # 8-GEMM graphs): waiting at the start made it 13.7 -> 14.4 / 8.6 -> 9.1 us, and reading the first
+    # weight tile before the wait (the GEMV's trick) needs the first K step peeled, which puts its
+    # activation load in front of the pipeline's prologue (13.3 -> 14.2 us). BENCHMARKS.md, 2026-11-28.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
@@ -247,8 +245,6 @@ def _fp8_small_kernel(
                 aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
                 part = _dot(w, tl.trans(aq), F32) * a_s[None, :]
             acc += part * w_s
-    if PDL:
-        gdc_launch_dependents()
     acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT > 1:
@@ -413,13 +409,12 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
     split = triton.cdiv(n_kb, kps)  # no empty splits
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=a.device)
     cnt = _tile_counters(a.device, tiles) if split > 1 else out
-    pdl = use_pdl(a)
     _fp8_small_kernel[(tiles, split)](
         a, a_s, w_q, scale_inv, w_q if row_block is None else row_block, out if bias is None else bias, out,
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
-        BMT=bmt, BN=bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX, F32=INTERPRET, PDL=pdl,
-        num_warps=warps, num_stages=stages, **pdl_launch(pdl),
+        BMT=bmt, BN=bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 
