@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide]
 """
 
 from __future__ import annotations
@@ -207,6 +207,13 @@ def main() -> None:
             for nb in (64, 256, 512):
                 for cfg in cfgs:
                     _graph_row(nb, sdt, layout, bw, cfg, res)
+    if what == "wide":
+        # bf16 "kv" with whole-row (256-byte) state segments per program: plain kernel, 8-16 warps
+        bw = measure_copy_bw()
+        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
+        for nb in (64, 256):
+            for cfg in [(64, 4, 1), (128, 8), (128, 16), (128, 8, 1, 1), (64, 8, 0, 1)]:
+                _graph_row(nb, torch.bfloat16, "kv", bw, cfg, res)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
 
