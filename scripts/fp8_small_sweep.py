@@ -125,16 +125,10 @@ def inplace(rows: list) -> None:
 
 def main() -> None:
     rows: list = [dict(kind="device", **device_record())]
-    if sys.argv[2:3] == ["inplace"]:
+    mode = {"inplace": inplace, "ship": ship}.get(sys.argv[2] if len(sys.argv) > 2 else "")
+    if mode is not None:
         try:
-            inplace(rows)
-        finally:
-            with open(sys.argv[1], "w") as f:
-                json.dump(rows, f, indent=1)
-        return
-    if sys.argv[2:3] == ["ship"]:
-        try:
-            ship(rows)
+            mode(rows)
         finally:
             with open(sys.argv[1], "w") as f:
                 json.dump(rows, f, indent=1)

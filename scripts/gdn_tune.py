@@ -31,26 +31,36 @@ PREFILL_SHAPES = list(op_gdn.PREFILL_SHAPES)
 # third entry), at bandwidth-bound and at latency-bound batch
 MMA_CONFIGS = [(64, 4), (64, 4, 1), (32, 2, 1), (64, 8, 1), (128, 8, 1), (32, 4, 1), (16, 1, 1)]
 MMA_B1_CONFIGS = [(16, 1), (16, 1, 1), (32, 1, 1), (32, 2, 1), (64, 4, 1)]
-ORDER_CASES = [
-    (torch.bfloat16, "kv", [(64, 4, True), (32, 2, True), (128, 8, True)]),
-    (torch.bfloat16, "vk", [(16, 1, True), (64, 4, True)]),
-    (torch.float32, "kv", [(64, 4), (32, 2)]),
-    (torch.float32, "vk", [(64, 4)]),
-]
-ORDER2_CASES = [
-    (
-        torch.bfloat16,
-        "kv",
-        [(16, 1, 1, 1), (16, 2, 1, 1), (32, 1, 1, 1), (32, 4, 1, 1), (64, 2, 1, 1), (64, 8, 1, 1)],
-    ),
-    (torch.bfloat16, "kv", [(16, 1, 0, 1), (32, 2, 0, 1), (64, 4, 0, 1)]),
-    (
-        torch.bfloat16,
-        "vk",
-        [(16, 2, 1, 1), (32, 1, 1, 1), (32, 2, 1, 1), (32, 4, 1, 1), (16, 1, 0, 1), (32, 2, 0, 1)],
-    ),
-    (torch.float32, "kv", [(16, 1, 0, 1), (32, 1, 0, 1), (64, 2, 0, 1), (128, 4, 0, 1)]),
-]
+
+
+def _both_grids(cfgs: list[tuple]) -> list[tuple]:
+    """Each (BV, warps[, mma]) config on the (B*Hv, NV) grid and on V_FAST's 1-D grid (4th entry)."""
+    return [c for cfg in cfgs for c in (cfg, (*cfg, *(False,) * (3 - len(cfg)), True))]
+
+
+BF16, FP32, B3 = torch.bfloat16, torch.float32, (64, 256, 512)
+# order: the (B*Hv, NV) grid launches a head's column tiles B*Hv programs apart, V_FAST back to back;
+# order2: V_FAST only, more tile shapes; wide: bf16 "kv" whole-row (256-byte) segments per program
+GRID_SWEEPS = {
+    "order": [
+        (BF16, "kv", B3, _both_grids([(64, 4, True), (32, 2, True), (128, 8, True)])),
+        (BF16, "vk", B3, _both_grids([(16, 1, True), (64, 4, True)])),
+        (FP32, "kv", B3, _both_grids([(64, 4), (32, 2)])),
+        (FP32, "vk", B3, _both_grids([(64, 4)])),
+    ],
+    "order2": [
+        (BF16, "kv", B3, [(bv, w, 1, 1) for bv, w in ((16, 1), (16, 2), (32, 1), (32, 4), (64, 2), (64, 8))]),
+        (BF16, "kv", B3, [(16, 1, 0, 1), (32, 2, 0, 1), (64, 4, 0, 1)]),
+        (
+            BF16,
+            "vk",
+            B3,
+            [(16, 2, 1, 1), (32, 1, 1, 1), (32, 2, 1, 1), (32, 4, 1, 1), (16, 1, 0, 1), (32, 2, 0, 1)],
+        ),
+        (FP32, "kv", B3, [(16, 1, 0, 1), (32, 1, 0, 1), (64, 2, 0, 1), (128, 4, 0, 1)]),
+    ],
+    "wide": [(BF16, "kv", (64, 256), [(64, 4, 1), (128, 8), (128, 16), (128, 8, 1, 1), (64, 8, 0, 1)])],
+}
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]
 DECODE_CONFIGS = [
     (8, 1),
@@ -188,32 +198,14 @@ def main() -> None:
                     _graph_row(nb, torch.bfloat16, layout, bw, cfg, res)
             for cfg in MMA_B1_CONFIGS:
                 _graph_row(1, torch.bfloat16, layout, bw, cfg, res)
-    if what == "order":
-        # grid order: (B*Hv, NV) launches a head's column tiles B*Hv programs apart; V_FAST launches
-        # them back to back (a 4th config entry), so one head's state rows are read together
+    if what in GRID_SWEEPS:
+        # decode grid order and tile shapes in CUDA graphs (BENCHMARKS.md, 2026-11-28 ~17:10 UTC)
         bw = measure_copy_bw()
         print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
-        for sdt, layout, cfgs in ORDER_CASES:
-            for nb in (64, 256, 512):
+        for sdt, layout, batches, cfgs in GRID_SWEEPS[what]:
+            for nb in batches:
                 for cfg in cfgs:
                     _graph_row(nb, sdt, layout, bw, cfg, res)
-                    _graph_row(nb, sdt, layout, bw, (*cfg, *(False,) * (3 - len(cfg)), True), res)
-    if what == "order2":
-        # the V_FAST grid only, more tile shapes (2026-11-28 ~17:50 UTC: V_FAST lifted fp32 pools and bf16
-        # "vk" (16, 1) by 2-9 points, and bf16 "kv" only with 4 tiles per head)
-        bw = measure_copy_bw()
-        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
-        for sdt, layout, cfgs in ORDER2_CASES:
-            for nb in (64, 256, 512):
-                for cfg in cfgs:
-                    _graph_row(nb, sdt, layout, bw, cfg, res)
-    if what == "wide":
-        # bf16 "kv" with whole-row (256-byte) state segments per program: plain kernel, 8-16 warps
-        bw = measure_copy_bw()
-        print(f"copy bw {bw / 1e9:.0f} GB/s", flush=True)
-        for nb in (64, 256):
-            for cfg in [(64, 4, 1), (128, 8), (128, 16), (128, 8, 1, 1), (64, 8, 0, 1)]:
-                _graph_row(nb, torch.bfloat16, "kv", bw, cfg, res)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
 
