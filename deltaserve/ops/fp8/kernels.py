@@ -30,8 +30,6 @@ size follows from the shapes.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -39,12 +37,11 @@ import triton.language as tl
 from deltaserve.ops.device import capability
 from deltaserve.ops.fp8 import gemv
 from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
+from deltaserve.ops.triton_common import INTERPRET, dot
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 BK = 128
-# The CPU interpreter mis-computes bf16/fp16 tl.dot (triton 3.9); there the operands go through fp32.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # (BM, BN, warps, stages) by M range ("small": (BMT, BN, warps, stages) of the swap-AB kernel; "tma_*":
 # the TMA kernel for N >= / < tma_wide_n); benchmarks may override for sweeps. H100 measurements:
@@ -64,14 +61,6 @@ CONFIG = {
     # stages), None: the swap-AB kernel. H100 sweep: scripts/fp8_gemv_probe.py
     "gemv": (2, 2048, 4, 3),
 }
-
-
-@triton.jit
-def _dot(a, b, F32: tl.constexpr, acc=None):
-    """``a @ b`` (``+ acc``) in fp32; ``F32``: operands widened to fp32 first (the interpreter)."""
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -149,9 +138,9 @@ def _fp8_gemm_kernel(
         b = tl.load(b_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
         sblk = (kb * BKC) // BLOCK_K
         if A_MODE == 0:
-            part = _dot(a, b.to(a.dtype), F32)
+            part = dot(a, b.to(a.dtype), F32)
         else:
-            part = _dot(a, b, F32)
+            part = dot(a, b, F32)
             a_s = tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)  # [BM]
             part = part * a_s[:, None]
         if PLAIN:
@@ -234,16 +223,16 @@ def _fp8_small_kernel(
             # the product, each step's MMA runs while the next tile is converted (asynchronous wgmma;
             # H200, M=16, 12288x2048: 15.8 -> 13.3 us)
             wd = (w.to(tl.float32) * w_s).to(a.dtype)
-            acc = _dot(wd, tl.trans(a), F32, acc)  # [BN, BMT]
+            acc = dot(wd, tl.trans(a), F32, acc)  # [BN, BMT]
         else:
             # per-token activation scales vary with the K step: each product is scaled before it is
             # added, so the MMA is waited on every step
             if A_MODE == 1:
-                part = _dot(w, tl.trans(a), F32)
+                part = dot(w, tl.trans(a), F32)
                 part = part * tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)[None, :]
             else:
                 aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
-                part = _dot(w, tl.trans(aq), F32) * a_s[None, :]
+                part = dot(w, tl.trans(aq), F32) * a_s[None, :]
             acc += part * w_s
     acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]

@@ -10,14 +10,13 @@ the end (no split, no second launch). ``CONFIGS`` is picked per weight size from
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from deltaserve.ops.gemv.reference import check_linear
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
+from deltaserve.ops.triton_common import INTERPRET, TL_DTYPE
 
 # (max N*K, BN, BK, warps, stages): the first whose bound holds. H100 sweep (scripts/gemv_probe.py,
 # 2026-11-28, CUDA graph of 8 calls on distinct weights, µs; cuBLAS in the same process):
@@ -27,8 +26,6 @@ from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_
 CONFIGS = [
     (1 << 62, 2, 1024, 4, 3),
 ]
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # CPU tensors allowed (tests)
-_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit
@@ -74,7 +71,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """Triton version of ``reference.linear`` for one row: ``x [1, K]``, ``weight [N, K]`` (unit last
     stride), bf16 or fp16 -> ``[1, N]``."""
     check_linear(x, weight, bias)
-    if x.shape[0] != 1 or x.dtype not in _TL or not (x.is_cuda or INTERPRET):
+    if x.shape[0] != 1 or x.dtype not in TL_DTYPE or not (x.is_cuda or INTERPRET):
         raise ValueError(f"gemv: x must be one bf16/fp16 CUDA row, got {tuple(x.shape)} {x.dtype} {x.device}")
     if weight.stride(1) != 1:
         raise ValueError(f"gemv: weight must have unit last stride, got strides {weight.stride()}")

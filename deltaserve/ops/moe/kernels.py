@@ -40,7 +40,6 @@ Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
@@ -49,9 +48,9 @@ import triton.language as tl
 
 from deltaserve.ops.moe.reference import ExpertWeights, SharedExpertWeights
 from deltaserve.ops.pdl import gdc_wait, pdl_launch, use_pdl
+from deltaserve.ops.triton_common import INTERPRET, TL_DTYPE, dot
 
 FP8_DTYPE = torch.float8_e4m3fn
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # see ops/fp8/kernels.py: fp32 dots there
 
 # Launch configs keyed by the mean rows per used expert (benchmarks may override for sweeps; picked
 # from the H100 sweep of 2026-11-27: T=1 49 us vs 51-53, T=4096 BM128 2.5 ms vs BM64 3.4 ms):
@@ -114,14 +113,6 @@ POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
 PRECISE_INTER = True
-_TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-@triton.jit
-def _dot(a, b, acc, F32: tl.constexpr):
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -442,11 +433,11 @@ def _plain_up(
             sg = tl.load(sb + srow_g + sblk, mask=n_ok, other=0.0)  # [BN]
             su = tl.load(sb + srow_u + sblk, mask=n_ok, other=0.0)
             zero = tl.zeros((BM, BN), dtype=tl.float32)
-            acc_g += _dot(a, bg.to(a.dtype), zero, F32) * sg[None, :]
-            acc_u += _dot(a, bu.to(a.dtype), zero, F32) * su[None, :]
+            acc_g += dot(a, bg.to(a.dtype), F32, zero) * sg[None, :]
+            acc_u += dot(a, bu.to(a.dtype), F32, zero) * su[None, :]
         else:
-            acc_g = _dot(a, bg, acc_g, F32)
-            acc_u = _dot(a, bu, acc_u, F32)
+            acc_g = dot(a, bg, F32, acc_g)
+            acc_u = dot(a, bu, F32, acc_u)
     return acc_g, acc_u
 
 
@@ -482,8 +473,8 @@ def _swapped_up(
         wg = tl.load(g_rows + k[None, :], mask=wmask, other=0.0)  # [BN, BK]
         wu = tl.load(u_rows + k[None, :], mask=wmask, other=0.0)
         blk = k0 // BLOCK_K
-        acc_g = _dot(_deq_rows(wg, W_FP8, sb, srow_g, blk, n_ok, a.dtype), tl.trans(a), acc_g, F32)
-        acc_u = _dot(_deq_rows(wu, W_FP8, sb, srow_u, blk, n_ok, a.dtype), tl.trans(a), acc_u, F32)
+        acc_g = dot(_deq_rows(wg, W_FP8, sb, srow_g, blk, n_ok, a.dtype), tl.trans(a), F32, acc_g)
+        acc_u = dot(_deq_rows(wu, W_FP8, sb, srow_u, blk, n_ok, a.dtype), tl.trans(a), F32, acc_u)
     return tl.trans(acc_g), tl.trans(acc_u)
 
 
@@ -522,10 +513,10 @@ def _down_tile(
         if PRECISE:  # fp32 intermediate as hi + lo halves in the activation dtype: two MMAs
             a_hi = a.to(ACT)
             a_lo = (a - a_hi.to(tl.float32)).to(ACT)
-            part = _dot(a_hi, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
-            part = _dot(a_lo, b, part, F32)
+            part = dot(a_hi, b, F32, tl.zeros((BM, BN), dtype=tl.float32))
+            part = dot(a_lo, b, F32, part)
         else:
-            part = _dot(a, b, tl.zeros((BM, BN), dtype=tl.float32), F32)
+            part = dot(a, b, F32, tl.zeros((BM, BN), dtype=tl.float32))
         if W_FP8:
             part = part * tl.load(sb + srow + k0 // BLOCK_K, mask=n_ok, other=0.0)[None, :]
         acc += part
@@ -999,7 +990,7 @@ def _run_experts(
             inter, w.w2, s2, rb2, sh2, shs2, shrb2, topk_w, topk_ids, out,
             p, h, i, e, e1, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
             sh2.stride(-2), ss(shs2, -2),
-            W_FP8=fp8, BLOCK_K=block_k or 128, ACT=_TL_DTYPE[x.dtype], BN=bn3,
+            W_FP8=fp8, BLOCK_K=block_k or 128, ACT=TL_DTYPE[x.dtype], BN=bn3,
             BI=bi, CH=_chunk(block_k, bi), ACT_BF16=x.dtype == torch.bfloat16, PP=triton.next_power_of_2(p),
             IDS_IN_REGS=DOWN_GEMV_IDS_IN_REGS, PDL=pdl,
             num_warps=wa3, num_stages=st3, **pdl_launch(pdl),
@@ -1016,7 +1007,7 @@ def _run_experts(
         inter, w.w2, s2, rb2, sh2, shs2, shrb2, sorted_ids, bexp, topk_w, out32, topk_ids, out, cnt,
         t, p, h, i, e, e1, w.w2.stride(0), w.w2.stride(1), ss(s2, 0), ss(s2, 1),
         sh2.stride(-2), ss(shs2, -2),
-        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, PRECISE=PRECISE_INTER, ACT=_TL_DTYPE[x.dtype],
+        KT=kt, W_FP8=fp8, BLOCK_K=block_k or 128, PRECISE=PRECISE_INTER, ACT=TL_DTYPE[x.dtype],
         BM=bm, BN=bn2, BK=bk2, F32=INTERPRET,
         COMBINE=combine, TB=triton.next_power_of_2(t), ACT_BF16=x.dtype == torch.bfloat16,
         num_warps=wa2, num_stages=st2,
