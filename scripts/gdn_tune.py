@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap]
 """
 
 from __future__ import annotations
@@ -60,6 +60,17 @@ GRID_SWEEPS = {
         (FP32, "kv", B3, [(16, 1, 0, 1), (32, 1, 0, 1), (64, 2, 0, 1), (128, 4, 0, 1)]),
     ],
     "wide": [(BF16, "kv", (64, 256), [(64, 4, 1), (128, 8), (128, 16), (128, 8, 1, 1), (64, 8, 0, 1)])],
+    # swap: the MMA kernel with the state tile as the left operand (5th entry): wgmma m64n16 instead of
+    # mma.sync m16n8, 80 registers instead of 96 at (64, 4) in the sm_90 compile
+    "swap": [
+        (
+            BF16,
+            "kv",
+            B3,
+            [(64, 4, 1), (64, 4, 1, 0, 1), (64, 8, 1, 0, 1), (128, 8, 1, 0, 1), (32, 4, 1, 0, 1)],
+        ),
+        (BF16, "vk", B3, [(16, 1, 0, 1), (64, 4, 1, 1, 1), (64, 4, 1, 0, 1)]),
+    ],
 }
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]
 DECODE_CONFIGS = [

@@ -167,12 +167,16 @@ def _decode_mma_kernel(
     BV: tl.constexpr,
     PDL: tl.constexpr,
     V_FAST: tl.constexpr,
+    SWAP: tl.constexpr,
 ):
     """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
     [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
     are exact in that dtype; the l2 norms scale the products afterwards). The plain kernel reduces
     over Dk across warps when Dk is the pool's strided axis ("kv"), which held bf16 "kv" pools to
-    62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp."""
+    62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp. With
+    ``SWAP`` the product is transposed, ``[BV, DK] x [DK, 16]``: the state tile is the left operand, so
+    Hopper runs one m64n16 wgmma per warpgroup instead of m16n8 mma.sync tiles (80 registers instead of
+    96 at BV 64, 4 warps; bf16 "kv" 84 -> 87 % of copy bandwidth at B=256 on an H200)."""
     if PDL:
         gdc_wait()
     i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
@@ -187,7 +191,16 @@ def _decode_mma_kernel(
     q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
     rows = tl.arange(0, 16)[:, None]  # [16, 1]
     kq = tl.load(tl.where(rows == 0, k_row, q_row) + offs_k[None, :], mask=rows < 2, other=0.0)  # [16, DK]
-    prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
+    if SWAP:
+        # the state tile as the MMA's left operand (both operands still pass through shared memory)
+        prod_t = tl.dot(tl.trans(s_raw), tl.trans(kq))  # [BV, 16] fp32: column 0 S^T k, column 1 S^T q
+        cols = tl.arange(0, 16)[None, :]  # [1, 16]
+        ks_raw = tl.sum(tl.where(cols == 0, prod_t, 0.0), 1)  # [BV]
+        qs_raw = tl.sum(tl.where(cols == 1, prod_t, 0.0), 1)  # [BV]
+    else:
+        prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
+        ks_raw = tl.sum(tl.where(rows == 0, prod, 0.0), 0)  # [BV]
+        qs_raw = tl.sum(tl.where(rows == 1, prod, 0.0), 0)  # [BV]
     k = tl.load(k_row + offs_k).to(tl.float32)  # [DK]
     q = tl.load(q_row + offs_k).to(tl.float32)  # [DK]
     v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
@@ -196,8 +209,8 @@ def _decode_mma_kernel(
     g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
     rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
     rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
-    ks = tl.sum(tl.where(rows == 0, prod, 0.0), 0) * rk  # [BV]
-    qs = tl.sum(tl.where(rows == 1, prod, 0.0), 0) * rq  # [BV]
+    ks = ks_raw * rk  # [BV]
+    qs = qs_raw * rq  # [BV]
     eg = tl.exp(g)
     delta = (v - eg * ks) * beta  # [BV]
     o = eg * qs + (tl.sum(q * k, 0) * rq * rk) * delta  # [BV]
@@ -209,14 +222,16 @@ def _decode_mma_kernel(
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
-    """(BV, num_warps[, tensor-core reduction[, V_FAST grid]]) from CUDA-graph sweeps (scripts/gdn_tune.py
-    graph / mma / order / order2; BENCHMARKS.md): one-warp programs over 16 state columns for latency at
-    tiny batch; when bandwidth-bound, % of copy bandwidth on an H200 at B = 64 / 256 / 512:
+    """(BV, num_warps[, tensor-core reduction[, V_FAST grid[, state tile as the MMA's left operand]]]) from
+    CUDA-graph sweeps (scripts/gdn_tune.py graph / mma / order / order2 / swap; BENCHMARKS.md): one-warp
+    programs over 16 state columns for latency at tiny batch; when bandwidth-bound, % of copy bandwidth
+    on an H200 at B = 64 / 256 / 512:
 
     - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
       "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97;
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
-      plain grid (76 / 83 / 85; V_FAST: 73 / 81 / 83);
+      plain grid, the state tile as the left operand (wgmma m64n16): 77 / 87 / 90 (right operand, i.e.
+      mma.sync m16n8: 76 / 84 / 86; V_FAST: 73 / 81 / 83);
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95 (MMA kernel, plain
       grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
@@ -225,7 +240,7 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
         return 64, 4, False, True
     if state_layout == "vk":
         return 16, 1, False, True
-    return (64, 4, True) if mma else (64, 4)
+    return (64, 4, True, False, True) if mma else (64, 4)
 
 
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
@@ -258,8 +273,8 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
             *ss,
             o.stride(0), o.stride(2),
-            HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, num_warps=warps,
-            **pdl_launch(pdl),
+            HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, SWAP=len(cfg) > 4 and bool(cfg[4]),
+            num_warps=warps, **pdl_launch(pdl),
         )  # fmt: skip
         return o
     if inter is not None:
