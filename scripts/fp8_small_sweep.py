@@ -1,7 +1,7 @@
 """Probe: small-M block-FP8 GEMM, swap-AB kernel with the weight streamed by TMA, over tile height,
 pipeline depth and split-K target, against the shipped kernel and bf16 cuBLAS (one GPU run).
 
-    python3 scripts/fp8_small_sweep.py OUT.json [tma|ship|inplace]
+    python3 scripts/fp8_small_sweep.py OUT.json [tma|ship|inplace|narrow]
 
 ncu (2026-11-28, H200) showed the shipped small-M kernel at M=16 with 0.4-0.6 waves of 4-warp programs
 and 16 % achieved occupancy, 1.5 TB/s from DRAM, while cuBLAS's bf16 kernel runs 96 one-per-SM CTAs with
@@ -42,7 +42,9 @@ def _measure(rows: list, r: dict, fns: list, ref: torch.Tensor, t_bf16: float) -
     print(json.dumps(r), flush=True)
 
 
-def ship(rows: list) -> None:
+def ship(rows: list, narrow: bool = False) -> None:
+    """The shipped kernel over tiles and split targets; ``narrow``: M=16 only, with weight tiles under 64
+    rows (1-2 warps, so mma.sync instead of wgmma) and more programs per SM."""
     saved = dict(K.CONFIG)
     cfgs = [
         ((16, bn, w, st), tp)
@@ -50,10 +52,17 @@ def ship(rows: list) -> None:
         for st in (3, 4, 6)
         for tp in (132, 264, 396)
     ]
+    if narrow:
+        cfgs = [((16, 64, 4, 3), 264)] + [
+            ((16, bn, w, st), tp)
+            for bn, w in ((16, 1), (32, 1), (32, 2), (64, 2))
+            for st in (3, 5)
+            for tp in (264, 528)
+        ]
     try:
         for n, k in ((12288, 2048), (2048, 4096)):
             ws, _ = _weights(n, k, 8)
-            for m in (16, 8, 2):
+            for m in (16,) if narrow else (16, 8, 2):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 t_bf16 = time_cuda_graph([(lambda w=w: x @ w.T) for w, _, _ in ws]) * 1e3
                 for w8a8 in (False, True):
@@ -125,7 +134,9 @@ def inplace(rows: list) -> None:
 
 def main() -> None:
     rows: list = [dict(kind="device", **device_record())]
-    mode = {"inplace": inplace, "ship": ship}.get(sys.argv[2] if len(sys.argv) > 2 else "")
+    mode = {"inplace": inplace, "ship": ship, "narrow": lambda rows: ship(rows, narrow=True)}.get(
+        sys.argv[2] if len(sys.argv) > 2 else ""
+    )
     if mode is not None:
         try:
             mode(rows)

@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast]
 """
 
 from __future__ import annotations
@@ -70,6 +70,15 @@ GRID_SWEEPS = {
             [(64, 4, 1), (64, 4, 1, 0, 1), (64, 8, 1, 0, 1), (128, 8, 1, 0, 1), (32, 4, 1, 0, 1)],
         ),
         (BF16, "vk", B3, [(16, 1, 0, 1), (64, 4, 1, 1, 1), (64, 4, 1, 0, 1)]),
+    ],
+    # kvfast: bf16 "kv", transposed MMA on the V_FAST grid, with the evict-first state hints
+    "kvfast": [
+        (
+            BF16,
+            "kv",
+            B3,
+            [(64, 4, 1, 1, 1), (64, 4, 1, 0, 1), (64, 8, 1, 1, 1), (128, 8, 1, 1, 1), (128, 4, 1, 1, 1)],
+        ),
     ],
 }
 GRAPH_CONFIGS = [(32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (16, 2), (16, 4), (128, 8)]

@@ -96,7 +96,11 @@ def _decode_kernel(
             tl.store(o_base + t * so_t, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
-    s = tl.load(s_ptrs).to(tl.float32)  # [DK, BV]
+    # The state tile is read once and written once, so both carry evict-first cache hints. H200, CUDA
+    # graphs, % of copy bandwidth at
+    # B = 64 / 256 / 512: fp32 "kv" 91 / 98 / 99 -> 92 / 98 / 99, "vk" 88 / 96 / 98 -> 91 / 96 / 97,
+    # bf16 "vk" 87 / 95 / 96 -> 90 / 98 / 97 (BENCHMARKS.md, 2026-11-28 ~21:50 UTC).
+    s = tl.load(s_ptrs, eviction_policy="evict_first").to(tl.float32)  # [DK, BV]
     a_log = tl.load(alog_ptr + i_h).to(tl.float32)
     dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
     for t in range(T):
@@ -130,7 +134,7 @@ def _decode_kernel(
             tl.store(i_ptrs, s.to(inter_ptr.dtype.element_ty))
     if PDL:
         gdc_launch_dependents()
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
 @triton.jit
@@ -186,7 +190,7 @@ def _decode_mma_kernel(
         tl.store(o_ptrs, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
-    s_raw = tl.load(s_ptrs)  # [DK, BV]
+    s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
     k_row = k_ptr + i_b.to(tl.int64) * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
     rows = tl.arange(0, 16)[:, None]  # [16, 1]
@@ -218,7 +222,7 @@ def _decode_mma_kernel(
     if PDL:
         gdc_launch_dependents()
     s = s_raw.to(tl.float32) * eg + (k * rk)[:, None] * delta[None, :]  # [DK, BV]
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty))
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
@@ -230,8 +234,9 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
       "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97;
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
-      plain grid, the state tile as the left operand (wgmma m64n16): 77 / 87 / 90 (right operand, i.e.
-      mma.sync m16n8: 76 / 84 / 86; V_FAST: 73 / 81 / 83);
+      the state tile as the left operand (wgmma m64n16), V_FAST: 81 / 90 with the evict-first state
+      hints (plain grid: 77 / 87 / 90 before the hints, 78 / 84 / 86 with them; right operand, i.e.
+      mma.sync m16n8: 76 / 84 / 86);
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95 (MMA kernel, plain
       grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
@@ -240,7 +245,7 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
         return 64, 4, False, True
     if state_layout == "vk":
         return 16, 1, False, True
-    return (64, 4, True, False, True) if mma else (64, 4)
+    return (64, 4, True, True, True) if mma else (64, 4)
 
 
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
