@@ -91,6 +91,20 @@ def large_tma(xq, xs, w_q, s_inv, rb, cfg, *, uniform: bool, kmajor_scales: bool
 
 
 @triton.jit
+def _step_tiles(
+    w_desc, w_ptr, x_ptr, off_n, offs_n, n_ok, offs_m, m_ok, sw_n, sx_m, k0, k, TMA: tl.constexpr
+):  # fmt: skip
+    """One loop step's weight tile ``[BN, len(k)]`` (by TMA or plain loads) and activation tile
+    ``[BMT, len(k)]`` at columns ``k`` (``k0`` = its first)."""
+    if TMA:
+        w = w_desc.load([off_n, k0])
+    else:
+        w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0)
+    x = tl.load(x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0)
+    return w, x
+
+
+@triton.jit
 def _small_swap_kernel(
     x_ptr, w_ptr, w_desc, bs_ptr, rb_ptr, c_ptr, ws_ptr, cnt_ptr,
     M, N, Kdim, sx_m, sw_n, sbs_r, sc_m, KB_PER_SPLIT,
@@ -119,14 +133,10 @@ def _small_swap_kernel(
     if INPLACE:
         kw = tl.arange(0, KSTEP * BK)
         for kb in range(kb0 // KSTEP, kb1 // KSTEP):
-            k = kb * (KSTEP * BK) + kw
-            if TMA:
-                w = w_desc.load([off_n, kb * (KSTEP * BK)])  # [BN, KSTEP*BK]
-            else:
-                w = tl.load(
-                    w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
-                )
-            x = tl.load(x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0)
+            k0 = kb * (KSTEP * BK)
+            w, x = _step_tiles(
+                w_desc, w_ptr, x_ptr, off_n, offs_n, n_ok, offs_m, m_ok, sw_n, sx_m, k0, k0 + kw, TMA
+            )  # [BN, KSTEP*BK], [BMT, KSTEP*BK]
             if KSTEP == 1:
                 bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
                 wd = (w.to(tl.float32) * bs).to(x.dtype)
@@ -136,16 +146,10 @@ def _small_swap_kernel(
             acc = tl.dot(wd, tl.trans(x), acc)
     else:
         for kb in range(kb0, kb1):
-            k = kb * BK + kr
-            if TMA:
-                w = w_desc.load([off_n, kb * BK])  # [BN, BK]
-            else:
-                w = tl.load(
-                    w_ptr + offs_n[:, None].to(tl.int64) * sw_n + k[None, :], mask=n_ok[:, None], other=0.0
-                )
-            x = tl.load(
-                x_ptr + offs_m[:, None] * sx_m + k[None, :], mask=m_ok[:, None], other=0.0
-            )  # [BMT, BK]
+            k0 = kb * BK
+            w, x = _step_tiles(
+                w_desc, w_ptr, x_ptr, off_n, offs_n, n_ok, offs_m, m_ok, sw_n, sx_m, k0, k0 + kr, TMA
+            )  # [BN, BK], [BMT, BK]
             if UNIFORM:
                 bs = tl.load(bs_ptr + srow0 * sbs_r + kb)
             else:

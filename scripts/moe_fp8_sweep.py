@@ -75,10 +75,10 @@ PREFILL_DOWNS = [(64, 64, 8, 3), (64, 64, 4, 4), (128, 32, 8, 3), (64, 128, 4, 3
 
 def prefill(rows: list) -> None:
     """T = 1024 (BM 32 bucket) and 4096 (BM 128) with FP8 experts: the gate/up GEMM's configs, plain and
-    swap-AB, then the down GEMM's (through ``UP_OVERRIDES`` / ``DOWN_OVERRIDES``); bf16 experts at
-    the shipped configs first, as the baseline. (The plain FP8 gate/up tile at BM 128 used 255 registers
-    and spilled in the sm_90 compile, and so does the FP8 down tile (128, 64, 8, 3).)"""
-    saved_up, saved_down = dict(KN.UP_OVERRIDES), dict(KN.DOWN_OVERRIDES)
+    swap-AB, then the down GEMM's (through ``CONFIGS["fp8"]``); bf16 experts at the shipped configs
+    first, as the baseline. (The plain FP8 gate/up tile at BM 128 used 255 registers and spilled in the
+    sm_90 compile, and so does the FP8 down tile (128, 64, 8, 3).)"""
+    saved = list(KN.CONFIGS["fp8"])
     ts = (1024, 4096)
     try:
         ws = make_weights(False)
@@ -88,22 +88,17 @@ def prefill(rows: list) -> None:
         torch.cuda.empty_cache()
         ws = make_weights(True)
         for t in ts:
-            _, bm, up0, down0 = next(c for c in KN.CONFIGS if t * (K + 1) / (E + 1) <= c[0])  # as _pick
-            key = ("fp8", bm)
-            up_s = saved_up.get(key, (*up0, False))
-            down_s = saved_down.get(key, down0)
+            at = next(j for j, c in enumerate(saved) if t * (K + 1) / (E + 1) <= c[0])  # as _pick
+            max_avg, bm, up_s, down_s = saved[at]
             ref = fused_moe(ins[t][0][0], ins[t][0][1], K, True, *ws)
             cands = [(up_s, down_s)] + [((*u, sw), down_s) for u in PREFILL_UPS for sw in (True, False)]
             cands += [(up_s, d) for d in PREFILL_DOWNS]
             for up, down in cands:
-                KN.UP_OVERRIDES[key], KN.DOWN_OVERRIDES[key] = up, down
+                KN.CONFIGS["fp8"][at] = (max_avg, bm, up, down)
                 r = dict(kind="fp8", t=t, bm=bm, up=up, down=down, bf16_us=round(base[t], 2))
                 _measure(rows, r, ws, ins[t], ref)
     finally:
-        KN.UP_OVERRIDES.clear()
-        KN.UP_OVERRIDES.update(saved_up)
-        KN.DOWN_OVERRIDES.clear()
-        KN.DOWN_OVERRIDES.update(saved_down)
+        KN.CONFIGS["fp8"][:] = saved
 
 
 def main() -> None:
@@ -115,8 +110,7 @@ def main() -> None:
             with open(sys.argv[1], "w") as f:
                 json.dump(rows, f, indent=1)
         return
-    saved = list(KN.CONFIGS)
-    first = saved[0]  # (max_avg, BM, up, down): the decode bucket
+    saved = {kind: list(cfgs) for kind, cfgs in KN.CONFIGS.items()}
     try:
         ws = make_weights(False)
         base = {t: _time(ws, _inputs(t)) for t in (16, 64, 256)}  # bf16 experts, shipped configs
@@ -131,13 +125,15 @@ def main() -> None:
                 per_expert = 3 * H * I_MOE * (1 if kind == "fp8" else 2)
                 floor_us = bytes_floor_ms((touched + 1) * per_expert) * 1e3
                 ref = fused_moe(ins[0][0], ins[0][1], K, True, *ws)
+                first = saved[kind][0]  # (max_avg, BM, up, down): the decode bucket
                 for up, down in configs(first):
-                    KN.CONFIGS[:] = [(first[0], first[1], up, down)] + saved[1:]
+                    KN.CONFIGS[kind][0] = (first[0], first[1], (*up[:4], False), down)
                     r = dict(kind=kind, t=t, up=up, down=down, bf16_us=round(base[t], 2))
                     r["floor_us"] = round(floor_us, 1)
                     _measure(rows, r, ws, ins, ref)
     finally:
-        KN.CONFIGS[:] = saved
+        for kind, cfgs in saved.items():
+            KN.CONFIGS[kind][:] = cfgs
         with open(sys.argv[1], "w") as f:
             json.dump(rows, f, indent=1)
 

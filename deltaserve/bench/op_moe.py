@@ -118,7 +118,7 @@ def sweep() -> list[dict[str, Any]]:
     """Times launch configs of the expert GEMMs (bf16) at decode and prefill sizes."""
     from deltaserve.ops.moe import kernels
 
-    saved = list(kernels.CONFIGS)
+    saved = list(kernels.CONFIGS["bf16"])
     weights = make_weights(False)
     rows = []
     cands = {
@@ -141,7 +141,7 @@ def sweep() -> list[dict[str, Any]]:
     try:
         for t, bucket in ((1, 16), (256, 16), (4096, 64)):
             for bm, up, down in cands[bucket]:
-                kernels.CONFIGS[:] = [(1 << 62, bm, up, down)]
+                kernels.CONFIGS["bf16"][:] = [(1 << 62, bm, (*up, False), down)]
                 try:
                     r = _rows_for(t, False, weights, with_base=False)[0]
                     r["note"] = f"BM{bm} up{up} down{down}"
@@ -150,7 +150,7 @@ def sweep() -> list[dict[str, Any]]:
                 rows.append(r)
                 print(fmt_row(r), flush=True)
     finally:
-        kernels.CONFIGS[:] = saved
+        kernels.CONFIGS["bf16"][:] = saved
     return rows
 
 

@@ -142,16 +142,14 @@ def swap_up(on: bool = True):
     the plain kernel, each at its bucket's ``CONFIGS`` tile."""
     from deltaserve.ops.moe import kernels
 
-    saved = dict(kernels.UP_OVERRIDES)
-    kernels.UP_OVERRIDES.clear()
-    for _, bm, up, _ in kernels.CONFIGS:
-        for kind in ("bf16", "fp8"):
-            kernels.UP_OVERRIDES[(kind, bm)] = (*up, on)
+    saved = {kind: list(rows) for kind, rows in kernels.CONFIGS.items()}
+    for rows in kernels.CONFIGS.values():
+        rows[:] = [(max_avg, bm, (*up[:4], on), down) for max_avg, bm, up, down in rows]
     try:
         yield
     finally:
-        kernels.UP_OVERRIDES.clear()
-        kernels.UP_OVERRIDES.update(saved)
+        for kind, rows in saved.items():
+            kernels.CONFIGS[kind][:] = rows
 
 
 def test_triton_interpret_cpu():
@@ -172,7 +170,7 @@ def test_route_gpu(t, e, k, renorm):
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("on", [False, True])
 def test_fused_moe_swap_up_gpu(t, fp8, on):
-    """Both tile orders of the gate/up GEMM, whatever ``UP_OVERRIDES`` ships, at Qwen3-Next shapes (the
+    """Both tile orders of the gate/up GEMM, whatever ``CONFIGS`` ships, at Qwen3-Next shapes (the
     T values reach every ``CONFIGS`` bucket)."""
     q = QWEN3_NEXT
     with swap_up(on):

@@ -32,7 +32,7 @@ The shared expert is the always-on expert ``E`` (its weights are separate tensor
 pick the base pointer per block). FP8-block weights (e4m3 + fp32 ``scale_inv [E, NB, KB]`` +
 ``row_block``) are widened to the activation dtype in registers (W8A16; exact) and the per-block
 scale multiplies each K step's fp32 partial, so the weight bytes read are halved. Where
-``UP_OVERRIDES`` says so (FP8 experts at prefill sizes), the gate/up GEMM runs swap-AB instead: the
+``CONFIGS`` says so (FP8 experts at prefill sizes), the gate/up GEMM runs swap-AB instead: the
 weight rows are the MMA's M side and each FP8 tile is dequantised in registers (w·scale rounded to the
 activation dtype, as in a dequantised checkpoint), so the MMAs accumulate in place.
 Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
@@ -52,18 +52,35 @@ from deltaserve.ops.triton_common import INTERPRET, TL_DTYPE, dot
 
 FP8_DTYPE = torch.float8_e4m3fn
 
-# Launch configs keyed by the mean rows per used expert (benchmarks may override for sweeps; picked
-# from the H100 sweep of 2026-11-27: T=1 49 us vs 51-53, T=4096 BM128 2.5 ms vs BM64 3.4 ms):
-# (max_avg_rows, BM, (up BN, BK, warps, stages), (down BN, BK, warps, stages))
-# Decode bucket: H200, whole Qwen3-Next fused_moe at T = 16 / 64 / 256 (scripts/moe_fp8_sweep.py,
-# 2026-11-28): up (32, 64, 4, 6) + down (64, 64, 4, 6) -> (32, 128, 4, 4) + (128, 64, 4, 6) took FP8
-# experts from 239 / 589 / 820 to 215 / 526 / 738 us and bf16 ones from 239 / 604 / 856 to 225 / 565 /
-# 804 us (an FP8 tile of the old shape carried half the bytes per pipeline stage).
-CONFIGS = [
-    (16, 16, (32, 128, 4, 4), (128, 64, 4, 6)),
-    (48, 32, (64, 128, 4, 4), (64, 128, 4, 4)),
-    (1 << 62, 128, (64, 64, 8, 3), (128, 64, 8, 3)),
-]
+# Launch configs per expert weight kind, keyed by the mean rows per used expert:
+# (max_avg_rows, BM, gate/up (BN, BK, warps, stages, swap-AB), down (BN, BK, warps, stages)).
+# Benchmarks and sweeps may override them. Swap-AB puts the weight rows on the gate/up MMA's M side,
+# dequantises FP8 tiles in registers and accumulates in place (the plain kernel waits on every MMA to
+# scale it). Measurements behind them:
+# - prefill buckets, bf16: the H100 sweep of 2026-11-27 (T=1 49 us vs 51-53, T=4096 BM128 2.5 ms vs
+#   BM64 3.4 ms);
+# - decode bucket: H200, whole Qwen3-Next fused_moe at T = 16 / 64 / 256 (scripts/moe_fp8_sweep.py,
+#   2026-11-28): up (32, 64, 4, 6) + down (64, 64, 4, 6) -> (32, 128, 4, 4) + (128, 64, 4, 6) took FP8
+#   experts from 239 / 589 / 820 to 215 / 526 / 738 us and bf16 ones from 239 / 604 / 856 to 225 / 565 /
+#   804 us (an FP8 tile of the old shape carried half the bytes per pipeline stage); swap-AB was slower
+#   there (265 against 239 us);
+# - FP8 prefill buckets: H200, whole fused_moe (scripts/moe_fp8_sweep.py prefill, 2026-11-28): T=1024
+#   (BM 32) 1603 -> 1476 us with the swapped gate/up, -> 1082 us with the down tile too (bf16 experts:
+#   1588 us); T=4096 (BM 128) 3527 -> 3015 us (the plain FP8 gate/up tile (64, 64, 8, 3) there used 255
+#   registers and spilled; bf16: 2107 us).
+MoeConfig = tuple[int, int, tuple[int, int, int, int, bool], tuple[int, int, int, int]]
+CONFIGS: dict[str, list[MoeConfig]] = {
+    "bf16": [
+        (16, 16, (32, 128, 4, 4, False), (128, 64, 4, 6)),
+        (48, 32, (64, 128, 4, 4, False), (64, 128, 4, 4)),
+        (1 << 62, 128, (64, 64, 8, 3, False), (128, 64, 8, 3)),
+    ],
+    "fp8": [
+        (16, 16, (32, 128, 4, 4, False), (128, 64, 4, 6)),
+        (48, 32, (64, 128, 4, 3, True), (128, 64, 4, 4)),
+        (1 << 62, 128, (64, 32, 4, 4, True), (128, 64, 8, 3)),
+    ],
+}
 ALIGN_CHUNK = 1024
 # Up to this many (token, slot) pairs, routing + zeroing + alignment is one single-program launch
 # (decode; the [P, P] pair comparison replaces the expert histogram).
@@ -97,18 +114,6 @@ DOWN_GEMV_IDS_IN_REGS = True
 # experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel.
 UP_GEMV: dict[str, tuple[int, int, int, int] | None] = {"bf16": None, "fp8": (4, 1024, 4, 2)}
 GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
-# Per (weight kind, ``CONFIGS`` BM) overrides of the tiled GEMMs' configs. Gate/up: (BN, BK, warps,
-# stages, swap-AB); swap-AB puts the weight rows on the MMA's M side, dequantises FP8 tiles in registers
-# and accumulates in place (the plain kernel waits on every MMA to scale it). Down: (BN, BK, warps,
-# stages). H200, whole Qwen3-Next fused_moe with FP8 experts (scripts/moe_fp8_sweep.py prefill,
-# 2026-11-28): T=1024 (BM 32) 1603 -> 1476 us with the swapped gate/up, -> 1082 us with the down tile
-# too (bf16 experts: 1588 us); T=4096 (BM 128) 3527 -> 3015 us (the plain FP8 gate/up tile there used
-# 255 registers and spilled; bf16: 2107 us). At decode (BM 16) swap-AB was slower (265 against 239 us).
-UP_OVERRIDES: dict[tuple[str, int], tuple[int, int, int, int, bool]] = {
-    ("fp8", 32): (64, 128, 4, 3, True),
-    ("fp8", 128): (64, 32, 4, 4, True),
-}
-DOWN_OVERRIDES: dict[tuple[str, int], tuple[int, int, int, int]] = {("fp8", 32): (128, 64, 4, 4)}
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
 # Keep silu(gate)*up in fp32 between the GEMMs (the down GEMM runs it as bf16 hi + lo): a bf16
 # intermediate alone costs ~2.5e-3 relative error at Qwen3-Next shapes, above the 2e-3 budget.
@@ -714,11 +719,12 @@ def _chunk(block_k: int | None, width: int) -> int:
     return min(bk & -bk, width)
 
 
-def _pick(avg_rows: float):
-    for max_avg, bm, up, down in CONFIGS:
+def _pick(avg_rows: float, kind: str):
+    """(BM, gate/up config, down config) of ``CONFIGS[kind]`` for this mean rows per used expert."""
+    for max_avg, bm, up, down in CONFIGS[kind]:
         if avg_rows <= max_avg:
             return bm, up, down
-    return CONFIGS[-1][1:]
+    return CONFIGS[kind][-1][1:]
 
 
 def _route(logits: torch.Tensor, top_k: int, renormalize: bool, x=None, gate_weight=None):
@@ -915,7 +921,9 @@ def _run_experts(
     p = t * kt
     if t == 0:
         return torch.zeros(0, h, dtype=x.dtype, device=x.device) if cast else out32
-    bm, (bn1, bk1, wa1, st1), (bn2, bk2, wa2, st2) = _pick(p / min(e1, p))
+    fp8, block_k = _fp8_parts(w)
+    kind = "fp8" if fp8 else "bf16"
+    bm, (bn1, bk1, wa1, st1, swap_up), (bn2, bk2, wa2, st2) = _pick(p / min(e1, p), kind)
     pdl = use_pdl(x)
     if p <= SMALL_PAIRS:
         if route is not None:
@@ -938,10 +946,6 @@ def _run_experts(
         if cast:
             out32 = torch.zeros(t, h, dtype=torch.float32, device=x.device)  # [T, H] combine target
         sorted_ids, bexp, nb = _align(topk_ids, e1, bm)
-    fp8, block_k = _fp8_parts(w)
-    kind = "fp8" if fp8 else "bf16"
-    bn1, bk1, wa1, st1, swap_up = UP_OVERRIDES.get((kind, bm), (bn1, bk1, wa1, st1, False))
-    bn2, bk2, wa2, st2 = DOWN_OVERRIDES.get((kind, bm), (bn2, bk2, wa2, st2))
     if fp8:
         bk1, bk2 = min(bk1, block_k), min(bk2, block_k)
     inter_dtype = torch.float32 if PRECISE_INTER else x.dtype
