@@ -184,6 +184,20 @@ def _decode_mma_kernel(
     if PDL:
         gdc_wait()
     i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
+    k_row = k_ptr + i_b.to(tl.int64) * sk_b + i_kh * sk_h
+    q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
+    rows = tl.arange(0, 16)[:, None]  # [16, 1]
+    # Everything but the state is loaded first and the gates and norms (cross-warp reductions) are
+    # computed while the state tile is in flight; loaded after the product, these added an L2 round trip
+    # and the reductions to each program's path (bf16 "kv", H200, B=64: 81-83 -> 84-85 % of copy
+    # bandwidth; BENCHMARKS.md, 2026-11-28 ~22:00 UTC).
+    k_in = tl.load(k_row + offs_k)  # [DK]
+    q_in = tl.load(q_row + offs_k)  # [DK]
+    v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
+    a = tl.load(a_ptr + i_b.to(tl.int64) * sa_b + i_h).to(tl.float32)
+    b = tl.load(b_ptr + i_b.to(tl.int64) * sb_b + i_h).to(tl.float32)
+    a_log = tl.load(alog_ptr + i_h).to(tl.float32)
+    dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     o_ptrs = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
     if slot < 0:  # padding row: zero output, no state traffic
@@ -191,10 +205,14 @@ def _decode_mma_kernel(
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
     s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
-    k_row = k_ptr + i_b.to(tl.int64) * sk_b + i_kh * sk_h
-    q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
-    rows = tl.arange(0, 16)[:, None]  # [16, 1]
-    kq = tl.load(tl.where(rows == 0, k_row, q_row) + offs_k[None, :], mask=rows < 2, other=0.0)  # [16, DK]
+    k = k_in.to(tl.float32)
+    q = q_in.to(tl.float32)
+    g, beta = gate_scalar(a, b, a_log, dt_b)
+    rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
+    rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
+    qk = tl.sum(q * k, 0)
+    # rows 0 and 1: the raw k and q, exact in the pool's dtype (the norms scale the products)
+    kq = tl.where(rows == 0, k_in[None, :], tl.where(rows == 1, q_in[None, :], 0.0))  # [16, DK]
     if SWAP:
         # the state tile as the MMA's left operand (both operands still pass through shared memory)
         prod_t = tl.dot(tl.trans(s_raw), tl.trans(kq))  # [BV, 16] fp32: column 0 S^T k, column 1 S^T q
@@ -205,19 +223,11 @@ def _decode_mma_kernel(
         prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
         ks_raw = tl.sum(tl.where(rows == 0, prod, 0.0), 0)  # [BV]
         qs_raw = tl.sum(tl.where(rows == 1, prod, 0.0), 0)  # [BV]
-    k = tl.load(k_row + offs_k).to(tl.float32)  # [DK]
-    q = tl.load(q_row + offs_k).to(tl.float32)  # [DK]
-    v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
-    a = tl.load(a_ptr + i_b.to(tl.int64) * sa_b + i_h).to(tl.float32)
-    b = tl.load(b_ptr + i_b.to(tl.int64) * sb_b + i_h).to(tl.float32)
-    g, beta = gate_scalar(a, b, tl.load(alog_ptr + i_h).to(tl.float32), tl.load(dtb_ptr + i_h).to(tl.float32))
-    rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
-    rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
     ks = ks_raw * rk  # [BV]
     qs = qs_raw * rq  # [BV]
     eg = tl.exp(g)
     delta = (v - eg * ks) * beta  # [BV]
-    o = eg * qs + (tl.sum(q * k, 0) * rq * rk) * delta  # [BV]
+    o = eg * qs + (qk * rq * rk) * delta  # [BV]
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty))
     if PDL:
         gdc_launch_dependents()
@@ -234,9 +244,9 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
       "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97;
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
-      the state tile as the left operand (wgmma m64n16), V_FAST: 81 / 90 with the evict-first state
-      hints (plain grid: 77 / 87 / 90 before the hints, 78 / 84 / 86 with them; right operand, i.e.
-      mma.sync m16n8: 76 / 84 / 86);
+      the state tile as the left operand (wgmma m64n16), V_FAST: 84-85 / 90-91 / 91 with the
+      evict-first state hints and the small loads first (plain grid: 77 / 87 / 90 before the hints,
+      78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86);
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95 (MMA kernel, plain
       grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
