@@ -97,9 +97,8 @@ def _decode_kernel(
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
     # The state tile is read once and written once, so both carry evict-first cache hints. H200, CUDA
-    # graphs, % of copy bandwidth at
-    # B = 64 / 256 / 512: fp32 "kv" 91 / 98 / 99 -> 92 / 98 / 99, "vk" 88 / 96 / 98 -> 91 / 96 / 97,
-    # bf16 "vk" 87 / 95 / 96 -> 90 / 98 / 97 (BENCHMARKS.md, 2026-11-28 ~21:50 UTC).
+    # graphs, % of copy bandwidth at B = 64 / 256 / 512: fp32 "kv" 91 / 98 / 99 -> 92 / 98 / 99, "vk"
+    # 88 / 96 / 98 -> 91 / 96 / 97, bf16 "vk" 87 / 95 / 96 -> 90 / 98 / 97 (BENCHMARKS.md, 2026-11-28).
     s = tl.load(s_ptrs, eviction_policy="evict_first").to(tl.float32)  # [DK, BV]
     a_log = tl.load(alog_ptr + i_h).to(tl.float32)
     dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
@@ -242,13 +241,14 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     on an H200 at B = 64 / 256 / 512:
 
     - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
-      "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97;
+      "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97 (with the evict-first state
+      hints, across runs: "kv" 92-95 / 97-100 / 98-100, "vk" 91-93 / 95-97 / 96-99);
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
       the state tile as the left operand (wgmma m64n16), V_FAST: 84-85 / 90-91 / 91 with the
       evict-first state hints and the small loads first (plain grid: 77 / 87 / 90 before the hints,
       78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86);
-    - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95 (MMA kernel, plain
-      grid: 84 / 86 / 85)."""
+    - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95, 89-91 / 96-99 /
+      94-98 with the hints (MMA kernel, plain grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
         return 16, 1
     if wide_state:
