@@ -53,7 +53,7 @@ def ship(rows: list, narrow: bool = False) -> None:
         for tp in (132, 264, 396)
     ]
     if narrow:
-        cfgs = [((16, 64, 4, 3), 264)] + [
+        cfgs = [(saved["small"], saved["target_programs"])] + [
             ((16, bn, w, st), tp)
             for bn, w in ((16, 1), (32, 1), (32, 2), (64, 2))
             for st in (3, 5)

@@ -183,8 +183,9 @@ def _decode_mma_kernel(
     if PDL:
         gdc_wait()
     i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
-    k_row = k_ptr + i_b.to(tl.int64) * sk_b + i_kh * sk_h
-    q_row = q_ptr + i_b.to(tl.int64) * sq_b + i_kh * sq_h
+    i_b64 = i_b.to(tl.int64)
+    k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
+    q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
     rows = tl.arange(0, 16)[:, None]  # [16, 1]
     # Everything but the state is loaded first and the gates and norms (cross-warp reductions) are
     # computed while the state tile is in flight; loaded after the product, these added an L2 round trip
@@ -192,13 +193,13 @@ def _decode_mma_kernel(
     # bandwidth; BENCHMARKS.md, 2026-11-28 ~22:00 UTC).
     k_in = tl.load(k_row + offs_k)  # [DK]
     q_in = tl.load(q_row + offs_k)  # [DK]
-    v = tl.load(v_ptr + i_b.to(tl.int64) * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
-    a = tl.load(a_ptr + i_b.to(tl.int64) * sa_b + i_h).to(tl.float32)
-    b = tl.load(b_ptr + i_b.to(tl.int64) * sb_b + i_h).to(tl.float32)
+    v = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
+    a = tl.load(a_ptr + i_b64 * sa_b + i_h).to(tl.float32)
+    b = tl.load(b_ptr + i_b64 * sb_b + i_h).to(tl.float32)
     a_log = tl.load(alog_ptr + i_h).to(tl.float32)
     dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
-    o_ptrs = o_ptr + i_b.to(tl.int64) * so_b + i_h * so_h + offs_v
+    o_ptrs = o_ptr + i_b64 * so_b + i_h * so_h + offs_v
     if slot < 0:  # padding row: zero output, no state traffic
         tl.store(o_ptrs, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
         return
