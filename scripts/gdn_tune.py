@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast|persist]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast]
 """
 
 from __future__ import annotations
@@ -78,19 +78,6 @@ GRID_SWEEPS = {
             "kv",
             B3,
             [(64, 4, 1, 1, 1), (64, 4, 1, 0, 1), (64, 8, 1, 1, 1), (128, 8, 1, 1, 1), (128, 4, 1, 1, 1)],
-        ),
-    ],
-    # persist: the MMA kernel as a persistent loop (6th entry programs per SM, 7th pipeline stages)
-    "persist": [
-        (
-            BF16,
-            "kv",
-            B3,
-            [(64, 4, 1, 1, 1)]
-            + [(64, 4, 1, 1, 1, p, st) for p in (2, 3, 4) for st in (1, 3)]
-            + [(32, 2, 1, 1, 1, p, 3) for p in (4, 6, 8)]
-            + [(32, 4, 1, 1, 1, p, 3) for p in (3, 4)]
-            + [(128, 8, 1, 1, 1, p, 3) for p in (1, 2)],
         ),
     ],
 }

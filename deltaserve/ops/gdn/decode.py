@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaserve.ops.device import num_sms
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
@@ -138,37 +137,6 @@ def _decode_kernel(
 
 
 @triton.jit
-def _mma_step(s_raw, k_in, q_in, v, a, b, a_log, dt_b, scale, SWAP: tl.constexpr):
-    """One token on a 16-bit ``[DK, BV]`` state tile: (o [BV], exp(g), normalised k [DK], delta [BV]); the new
-    state is ``s_raw * exp(g) + k ⊗ delta``. k.S and q.S are one tensor-core product (see _decode_mma_kernel)."""
-    rows = tl.arange(0, 16)[:, None]  # [16, 1]
-    k = k_in.to(tl.float32)
-    q = q_in.to(tl.float32)
-    g, beta = gate_scalar(a, b, a_log, dt_b)
-    rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
-    rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
-    qk = tl.sum(q * k, 0)
-    # rows 0 and 1: the raw k and q, exact in the pool's dtype (the norms scale the products)
-    kq = tl.where(rows == 0, k_in[None, :], tl.where(rows == 1, q_in[None, :], 0.0))  # [16, DK]
-    if SWAP:
-        # the state tile as the MMA's left operand (both operands still pass through shared memory)
-        prod_t = tl.dot(tl.trans(s_raw), tl.trans(kq))  # [BV, 16] fp32: column 0 S^T k, column 1 S^T q
-        cols = tl.arange(0, 16)[None, :]  # [1, 16]
-        ks_raw = tl.sum(tl.where(cols == 0, prod_t, 0.0), 1)  # [BV]
-        qs_raw = tl.sum(tl.where(cols == 1, prod_t, 0.0), 1)  # [BV]
-    else:
-        prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
-        ks_raw = tl.sum(tl.where(rows == 0, prod, 0.0), 0)  # [BV]
-        qs_raw = tl.sum(tl.where(rows == 1, prod, 0.0), 0)  # [BV]
-    ks = ks_raw * rk  # [BV]
-    qs = qs_raw * rq  # [BV]
-    eg = tl.exp(g)
-    delta = (v - eg * ks) * beta  # [BV]
-    o = eg * qs + (qk * rq * rk) * delta  # [BV]
-    return o, eg, k * rk, delta
-
-
-@triton.jit
 def _decode_mma_kernel(
     q_ptr,
     k_ptr,
@@ -218,6 +186,7 @@ def _decode_mma_kernel(
     i_b64 = i_b.to(tl.int64)
     k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
+    rows = tl.arange(0, 16)[:, None]  # [16, 1]
     # Everything but the state is loaded first and the gates and norms (cross-warp reductions) are
     # computed while the state tile is in flight; loaded after the product, these added an L2 round trip
     # and the reductions to each program's path (bf16 "kv", H200, B=64: 81-83 -> 84-85 % of copy
@@ -236,54 +205,34 @@ def _decode_mma_kernel(
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
     s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
-    o, eg, kn, delta = _mma_step(s_raw, k_in, q_in, v, a, b, a_log, dt_b, scale, SWAP)
+    k = k_in.to(tl.float32)
+    q = q_in.to(tl.float32)
+    g, beta = gate_scalar(a, b, a_log, dt_b)
+    rk = tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
+    rq = tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * scale
+    qk = tl.sum(q * k, 0)
+    # rows 0 and 1: the raw k and q, exact in the pool's dtype (the norms scale the products)
+    kq = tl.where(rows == 0, k_in[None, :], tl.where(rows == 1, q_in[None, :], 0.0))  # [16, DK]
+    if SWAP:
+        # the state tile as the MMA's left operand (both operands still pass through shared memory)
+        prod_t = tl.dot(tl.trans(s_raw), tl.trans(kq))  # [BV, 16] fp32: column 0 S^T k, column 1 S^T q
+        cols = tl.arange(0, 16)[None, :]  # [1, 16]
+        ks_raw = tl.sum(tl.where(cols == 0, prod_t, 0.0), 1)  # [BV]
+        qs_raw = tl.sum(tl.where(cols == 1, prod_t, 0.0), 1)  # [BV]
+    else:
+        prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
+        ks_raw = tl.sum(tl.where(rows == 0, prod, 0.0), 0)  # [BV]
+        qs_raw = tl.sum(tl.where(rows == 1, prod, 0.0), 0)  # [BV]
+    ks = ks_raw * rk  # [BV]
+    qs = qs_raw * rq  # [BV]
+    eg = tl.exp(g)
+    delta = (v - eg * ks) * beta  # [BV]
+    o = eg * qs + (qk * rq * rk) * delta  # [BV]
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty))
     if PDL:
         gdc_launch_dependents()
-    s = s_raw.to(tl.float32) * eg + kn[:, None] * delta[None, :]  # [DK, BV]
+    s = s_raw.to(tl.float32) * eg + (k * rk)[:, None] * delta[None, :]  # [DK, BV]
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
-
-
-@triton.jit
-def _decode_mma_persistent_kernel(
-    q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, state_ptr, slot_ptr, o_ptr, scale,
-    sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sa_b, sb_b, ss_s, ss_h, ss_k, ss_v, so_b, so_h, n_items,
-    HV: tl.constexpr, GROUP: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
-    PDL: tl.constexpr, SWAP: tl.constexpr, STAGES: tl.constexpr,
-):  # fmt: skip
-    """`_decode_mma_kernel` as a persistent loop: each program walks the (sequence, head, column tile)
-    items ``pid, pid + grid, ...`` (V_FAST order) and the compiler's software pipeline keeps the next
-    ``STAGES - 1`` items' state tiles in flight (asynchronous copies to shared memory; the tile feeds
-    the MMA) while this one is updated and stored. Padding rows (slot < 0) are masked, not returned
-    from: they write zeros to o and touch no state."""
-    if PDL:
-        gdc_wait()
-    NV: tl.constexpr = DV // BV
-    offs_k = tl.arange(0, DK)
-    for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0), num_stages=STAGES):
-        pid_bh = item // NV
-        i_h = pid_bh % HV
-        i_b64 = (pid_bh // HV).to(tl.int64)
-        i_kh = i_h // GROUP
-        offs_v = (item % NV) * BV + tl.arange(0, BV)  # [BV]
-        k_in = tl.load(k_ptr + i_b64 * sk_b + i_kh * sk_h + offs_k)  # [DK]
-        q_in = tl.load(q_ptr + i_b64 * sq_b + i_kh * sq_h + offs_k)  # [DK]
-        v = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
-        a = tl.load(a_ptr + i_b64 * sa_b + i_h).to(tl.float32)
-        b = tl.load(b_ptr + i_b64 * sb_b + i_h).to(tl.float32)
-        a_log = tl.load(alog_ptr + i_h).to(tl.float32)
-        dt_b = tl.load(dtb_ptr + i_h).to(tl.float32)
-        slot = tl.load(slot_ptr + i_b64).to(tl.int64)
-        live = (offs_k[:, None] * 0 + slot) >= 0  # [DK, 1] (a tensor mask: padding rows move no state)
-        s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
-        s_raw = tl.load(s_ptrs, mask=live, other=0.0, eviction_policy="evict_first")  # [DK, BV]
-        o, eg, kn, delta = _mma_step(s_raw, k_in, q_in, v, a, b, a_log, dt_b, scale, SWAP)
-        o = tl.where(slot >= 0, o, 0.0)
-        tl.store(o_ptr + i_b64 * so_b + i_h * so_h + offs_v, o.to(o_ptr.dtype.element_ty))
-        s = s_raw.to(tl.float32) * eg + kn[:, None] * delta[None, :]  # [DK, BV]
-        tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=live, eviction_policy="evict_first")
-    if PDL:
-        gdc_launch_dependents()
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
@@ -334,19 +283,6 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     grid = (nb * hv * (dv // bv),) if v_fast else (nb * hv, dv // bv)
     ss = logical_state_strides(state, state_layout, 1)
     pdl = use_pdl(q)
-    if len(cfg) > 5 and cfg[5] and cfg[2] and mma_ok:
-        # persistent: cfg[5] programs per SM, cfg[6] pipeline stages
-        n_items = nb * hv * (dv // bv)
-        progs = min(n_items, cfg[5] * num_sms(q.device))
-        _decode_mma_persistent_kernel[(progs,)](
-            q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
-            q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
-            *ss,
-            o.stride(0), o.stride(2), n_items,
-            HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, SWAP=bool(cfg[4]), STAGES=cfg[6],
-            num_warps=warps, **pdl_launch(pdl),
-        )  # fmt: skip
-        return o
     if len(cfg) > 2 and cfg[2] and mma_ok:
         _decode_mma_kernel[grid](
             q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
