@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast|tma]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast]
 """
 
 from __future__ import annotations
@@ -78,22 +78,6 @@ GRID_SWEEPS = {
             "kv",
             B3,
             [(64, 4, 1, 1, 1), (64, 4, 1, 0, 1), (64, 8, 1, 1, 1), (128, 8, 1, 1, 1), (128, 4, 1, 1, 1)],
-        ),
-    ],
-    # tma: the MMA kernel's state tile by TMA (6th entry: 1 load, 2 load and store)
-    "tma": [
-        (
-            BF16,
-            "kv",
-            B3,
-            [
-                (64, 4, 1, 1, 1),
-                (64, 4, 1, 1, 1, 1),
-                (64, 4, 1, 1, 1, 2),
-                (128, 4, 1, 1, 1, 1),
-                (128, 4, 1, 1, 1, 2),
-            ]
-            + [(128, 8, 1, 1, 1, 2), (64, 4, 1, 0, 1, 2), (32, 4, 1, 1, 0, 2)],
         ),
     ],
 }

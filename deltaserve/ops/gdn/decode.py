@@ -12,11 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaserve.ops.device import capability
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
-from deltaserve.ops.triton_common import INTERPRET
 
 
 @triton.jit
@@ -148,7 +146,6 @@ def _decode_mma_kernel(
     alog_ptr,
     dtb_ptr,
     state_ptr,
-    s_desc,
     slot_ptr,
     o_ptr,
     scale,
@@ -174,7 +171,6 @@ def _decode_mma_kernel(
     PDL: tl.constexpr,
     V_FAST: tl.constexpr,
     SWAP: tl.constexpr,
-    TMA: tl.constexpr,
 ):
     """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
     [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
@@ -187,7 +183,6 @@ def _decode_mma_kernel(
     if PDL:
         gdc_wait()
     i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
-    pid_v = tl.program_id(0) % (DV // BV) if V_FAST else tl.program_id(1)
     i_b64 = i_b.to(tl.int64)
     k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
@@ -209,12 +204,7 @@ def _decode_mma_kernel(
         tl.store(o_ptrs, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
-    if TMA:
-        # s_desc: the pool as [slots, HV, DK, DV] blocks of [1, 1, DK, BV]
-        tile = [slot.to(tl.int32), i_h, 0, (pid_v * BV).to(tl.int32)]
-        s_raw = tl.reshape(s_desc.load(tile), (DK, BV))  # [DK, BV]
-    else:
-        s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
+    s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
     k = k_in.to(tl.float32)
     q = q_in.to(tl.float32)
     g, beta = gate_scalar(a, b, a_log, dt_b)
@@ -242,10 +232,7 @@ def _decode_mma_kernel(
     if PDL:
         gdc_launch_dependents()
     s = s_raw.to(tl.float32) * eg + (k * rk)[:, None] * delta[None, :]  # [DK, BV]
-    if TMA == 2:
-        s_desc.store(tile, tl.reshape(s.to(state_ptr.dtype.element_ty), (1, 1, DK, BV)))
-    else:
-        tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
@@ -270,19 +257,6 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     if state_layout == "vk":
         return 16, 1, False, True
     return (64, 4, True, True, True) if mma else (64, 4)
-
-
-def _tma_ok(state: torch.Tensor, state_layout: str) -> bool:
-    """Whether the pool's tiles can move by TMA: Hopper or newer, "kv" with unit stride on V, 16-byte
-    aligned base and strides."""
-    if INTERPRET or not state.is_cuda or capability(state.device)[0] < 9 or state_layout != "kv":
-        return False
-    es = state.element_size()
-    return (
-        state.stride(-1) == 1
-        and state.data_ptr() % 16 == 0
-        and all(st * es % 16 == 0 for st in state.stride()[:-1])
-    )
 
 
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
@@ -310,19 +284,13 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     ss = logical_state_strides(state, state_layout, 1)
     pdl = use_pdl(q)
     if len(cfg) > 2 and cfg[2] and mma_ok:
-        tma = cfg[5] if len(cfg) > 5 and _tma_ok(state, state_layout) else 0
-        s_desc = state
-        if tma:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            s_desc = TensorDescriptor.from_tensor(state, [1, 1, dk, bv])
         _decode_mma_kernel[grid](
-            q, k, v, a, b, A_log, dt_bias, state, s_desc, state_slots, o, scale,
+            q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
             *ss,
             o.stride(0), o.stride(2),
             HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, SWAP=len(cfg) > 4 and bool(cfg[4]),
-            TMA=tma, num_warps=warps, **pdl_launch(pdl),
+            num_warps=warps, **pdl_launch(pdl),
         )  # fmt: skip
         return o
     if inter is not None:
