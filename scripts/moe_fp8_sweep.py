@@ -78,9 +78,9 @@ def prefill(rows: list) -> None:
     swap-AB, then the down GEMM's (through ``CONFIGS["fp8"]``); bf16 experts at the shipped configs
     first, as the baseline. (The plain FP8 gate/up tile at BM 128 used 255 registers and spilled in the
     sm_90 compile, and so does the FP8 down tile (128, 64, 8, 3).)"""
-    saved = list(KN.CONFIGS["fp8"])
     ts = (1024, 4096)
-    try:
+    with KN.configs_restored() as tables:
+        shipped = list(tables["fp8"])
         ws = make_weights(False)
         ins = {t: _inputs(t, 2) for t in ts}
         base = {t: _time(ws, ins[t]) for t in ts}
@@ -88,17 +88,15 @@ def prefill(rows: list) -> None:
         torch.cuda.empty_cache()
         ws = make_weights(True)
         for t in ts:
-            at = next(j for j, c in enumerate(saved) if t * (K + 1) / (E + 1) <= c[0])  # as _pick
-            max_avg, bm, up_s, down_s = saved[at]
+            at = next(j for j, c in enumerate(shipped) if t * (K + 1) / (E + 1) <= c[0])  # as _pick
+            max_avg, bm, up_s, down_s = shipped[at]
             ref = fused_moe(ins[t][0][0], ins[t][0][1], K, True, *ws)
             cands = [(up_s, down_s)] + [((*u, sw), down_s) for u in PREFILL_UPS for sw in (True, False)]
             cands += [(up_s, d) for d in PREFILL_DOWNS]
             for up, down in cands:
-                KN.CONFIGS["fp8"][at] = (max_avg, bm, up, down)
+                tables["fp8"][at] = (max_avg, bm, up, down)
                 r = dict(kind="fp8", t=t, bm=bm, up=up, down=down, bf16_us=round(base[t], 2))
                 _measure(rows, r, ws, ins[t], ref)
-    finally:
-        KN.CONFIGS["fp8"][:] = saved
 
 
 def main() -> None:
@@ -110,32 +108,37 @@ def main() -> None:
             with open(sys.argv[1], "w") as f:
                 json.dump(rows, f, indent=1)
         return
-    saved = {kind: list(cfgs) for kind, cfgs in KN.CONFIGS.items()}
     try:
-        ws = make_weights(False)
-        base = {t: _time(ws, _inputs(t)) for t in (16, 64, 256)}  # bf16 experts, shipped configs
-        for kind in ("bf16", "fp8"):
-            if kind == "fp8":
-                del ws
-                torch.cuda.empty_cache()
-                ws = make_weights(True)
-            for t in (16, 64, 256):
-                ins = _inputs(t)
-                touched = torch.unique(torch.topk(ins[0][1].float(), K, -1).indices).numel()
-                per_expert = 3 * H * I_MOE * (1 if kind == "fp8" else 2)
-                floor_us = bytes_floor_ms((touched + 1) * per_expert) * 1e3
-                ref = fused_moe(ins[0][0], ins[0][1], K, True, *ws)
-                first = saved[kind][0]  # (max_avg, BM, up, down): the decode bucket
-                for up, down in configs(first):
-                    KN.CONFIGS[kind][0] = (first[0], first[1], (*up[:4], False), down)
-                    r = dict(kind=kind, t=t, up=up, down=down, bf16_us=round(base[t], 2))
-                    r["floor_us"] = round(floor_us, 1)
-                    _measure(rows, r, ws, ins, ref)
+        with KN.configs_restored() as tables:
+            _decode_sweep(rows, tables)
     finally:
-        for kind, cfgs in saved.items():
-            KN.CONFIGS[kind][:] = cfgs
         with open(sys.argv[1], "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def _decode_sweep(rows: list, tables: dict) -> None:
+    """T = 16 / 64 / 256 (the decode bucket), bf16 and FP8 experts: each candidate of ``configs`` written
+    into ``tables`` (``CONFIGS``, restored by the caller), against bf16 experts at the shipped configs."""
+    shipped = {kind: tables[kind][0] for kind in ("bf16", "fp8")}  # (max_avg, BM, up, down): decode bucket
+    ws = make_weights(False)
+    base = {t: _time(ws, _inputs(t)) for t in (16, 64, 256)}  # bf16 experts, shipped configs
+    for kind in ("bf16", "fp8"):
+        if kind == "fp8":
+            del ws
+            torch.cuda.empty_cache()
+            ws = make_weights(True)
+        for t in (16, 64, 256):
+            ins = _inputs(t)
+            touched = torch.unique(torch.topk(ins[0][1].float(), K, -1).indices).numel()
+            per_expert = 3 * H * I_MOE * (1 if kind == "fp8" else 2)
+            floor_us = bytes_floor_ms((touched + 1) * per_expert) * 1e3
+            ref = fused_moe(ins[0][0], ins[0][1], K, True, *ws)
+            first = shipped[kind]
+            for up, down in configs(first):
+                tables[kind][0] = (first[0], first[1], (*up[:4], False), down)
+                r = dict(kind=kind, t=t, up=up, down=down, bf16_us=round(base[t], 2))
+                r["floor_us"] = round(floor_us, 1)
+                _measure(rows, r, ws, ins, ref)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,6 @@ def sweep() -> list[dict[str, Any]]:
     """Times launch configs of the expert GEMMs (bf16) at decode and prefill sizes."""
     from deltaserve.ops.moe import kernels
 
-    saved = list(kernels.CONFIGS["bf16"])
     weights = make_weights(False)
     rows = []
     cands = {
@@ -138,10 +137,10 @@ def sweep() -> list[dict[str, Any]]:
             (128, (64, 64, 8, 3), (128, 64, 8, 3)),
         ],
     }
-    try:
+    with kernels.configs_restored() as configs:
         for t, bucket in ((1, 16), (256, 16), (4096, 64)):
             for bm, up, down in cands[bucket]:
-                kernels.CONFIGS["bf16"][:] = [(1 << 62, bm, (*up, False), down)]
+                configs["bf16"][:] = [(1 << 62, bm, (*up, False), down)]
                 try:
                     r = _rows_for(t, False, weights, with_base=False)[0]
                     r["note"] = f"BM{bm} up{up} down{down}"
@@ -149,8 +148,6 @@ def sweep() -> list[dict[str, Any]]:
                     r = dict(op="moe_bf16", shape=f"T={t}", note=f"BM{bm} {up} {down}: {exc}"[:200])
                 rows.append(r)
                 print(fmt_row(r), flush=True)
-    finally:
-        kernels.CONFIGS["bf16"][:] = saved
     return rows
 
 

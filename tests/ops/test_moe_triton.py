@@ -142,14 +142,22 @@ def swap_up(on: bool = True):
     the plain kernel, each at its bucket's ``CONFIGS`` tile."""
     from deltaserve.ops.moe import kernels
 
-    saved = {kind: list(rows) for kind, rows in kernels.CONFIGS.items()}
-    for rows in kernels.CONFIGS.values():
-        rows[:] = [(max_avg, bm, (*up[:4], on), down) for max_avg, bm, up, down in rows]
-    try:
+    with kernels.configs_restored() as configs:
+        for rows in configs.values():
+            rows[:] = [(max_avg, bm, (*up[:4], on), down) for max_avg, bm, up, down in rows]
         yield
-    finally:
-        for kind, rows in saved.items():
-            kernels.CONFIGS[kind][:] = rows
+
+
+def test_configs_restored_after_overrides_and_errors():
+    from deltaserve.ops.moe import kernels
+
+    before = {kind: list(rows) for kind, rows in kernels.CONFIGS.items()}
+    tables = {kind: rows for kind, rows in kernels.CONFIGS.items()}  # restored in place, not rebound
+    with pytest.raises(RuntimeError), swap_up(True):
+        assert all(row[2][4] for rows in kernels.CONFIGS.values() for row in rows)
+        kernels.CONFIGS["bf16"][:] = []
+        raise RuntimeError("a failing sweep step")
+    assert kernels.CONFIGS == before and all(kernels.CONFIGS[kind] is tables[kind] for kind in tables)
 
 
 def test_triton_interpret_cpu():

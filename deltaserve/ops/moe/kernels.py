@@ -40,6 +40,8 @@ Pair ids outside ``0..E-1`` (e.g. -1 for padding tokens) contribute nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -81,6 +83,19 @@ CONFIGS: dict[str, list[MoeConfig]] = {
         (1 << 62, 128, (64, 32, 4, 4, True), (128, 64, 8, 3)),
     ],
 }
+
+
+@contextlib.contextmanager
+def configs_restored() -> Iterator[dict[str, list[MoeConfig]]]:
+    """Yields ``CONFIGS`` for in-place overrides (sweeps, tests) and restores every table on exit."""
+    saved = {kind: list(rows) for kind, rows in CONFIGS.items()}
+    try:
+        yield CONFIGS
+    finally:
+        for kind, rows in saved.items():
+            CONFIGS[kind][:] = rows
+
+
 ALIGN_CHUNK = 1024
 # Up to this many (token, slot) pairs, routing + zeroing + alignment is one single-program launch
 # (decode; the [P, P] pair comparison replaces the expert histogram).
