@@ -1,6 +1,6 @@
 """Config sweep for the GDN Triton kernels (device machine): prints one line per config, JSON to argv[1].
 
-python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast]
+python scripts/gdn_tune.py OUT.json [prefill|decode|all|graph|mma|order|order2|wide|swap|kvfast|pair]
 """
 
 from __future__ import annotations
@@ -78,6 +78,22 @@ GRID_SWEEPS = {
             "kv",
             B3,
             [(64, 4, 1, 1, 1), (64, 4, 1, 0, 1), (64, 8, 1, 1, 1), (128, 8, 1, 1, 1), (128, 4, 1, 1, 1)],
+        ),
+    ],
+    # pair: the MMA kernel with two BV-column tiles of one head per program (6th entry), sharing the
+    # loads, norms and gates
+    "pair": [
+        (
+            BF16,
+            "kv",
+            B3,
+            [
+                (64, 4, 1, 1, 1),
+                (64, 4, 1, 1, 1, 1),
+                (64, 4, 1, 0, 1, 1),
+                (32, 2, 1, 1, 0, 1),
+                (32, 4, 1, 1, 0, 1),
+            ],
         ),
     ],
 }

@@ -218,13 +218,14 @@ def _decode_ref(q, k, v, a, b, A_log, dt_bias, pool, slots, layout):
         (16, 1, False, True),
         (64, 4, True, False, True),
         (64, 4, True, True, True),
+        (64, 4, True, True, True, True),
     ],
-    ids=["default", "mma64", "mma16", "mma64vfast", "vfast16", "mma64swap", "mma64swapvfast"],
+    ids=["default", "mma64", "mma16", "mma64vfast", "vfast16", "mma64swap", "mma64swapvfast", "pair"],
 )
 def test_decode_matches_reference(nb, layout, sdtype, ratio, config):
     """`config` with a true third entry: the tensor-core reduction kernel (bf16 pools; fp32 pools fall
     back to the plain kernel); a true fourth: the V_FAST grid (a head's column tiles back to back); a true
-    fifth: the MMA with the state tile as its left operand."""
+    fifth: the MMA with the state tile as its left operand; a true sixth: two column tiles per MMA program."""
     from deltaserve.ops.gdn.decode import gdn_decode
 
     gen = torch.Generator(device="cuda").manual_seed(nb * 13 + ratio)
@@ -389,7 +390,8 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     v[1] = float("nan")
     # (and the plain kernel): each with the (B*Hv, NV) grid and with V_FAST's 1-D grid
     for layout, cfg in (
-        ("kv", (16, 1, True)), ("vk", (16, 1, True, True)), ("kv", (16, 1, False, True)), ("kv", (16, 1, True, 0, 1))
+        ("kv", (16, 1, True)), ("vk", (16, 1, True, True)), ("kv", (16, 1, False, True)), ("kv", (16, 1, True, 0, 1)),
+        ("kv", (16, 1, True, 1, 1, 1)),  # a pair of column tiles per program
     ):
         full = (torch.randn(4, hv, dk, dv2) * 0.3).half()
         pool, before = (full if layout == "kv" else full.transpose(-1, -2)), full.clone()

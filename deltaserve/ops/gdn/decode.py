@@ -171,6 +171,7 @@ def _decode_mma_kernel(
     PDL: tl.constexpr,
     V_FAST: tl.constexpr,
     SWAP: tl.constexpr,
+    PAIR: tl.constexpr = False,
 ):
     """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
     [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
@@ -179,10 +180,15 @@ def _decode_mma_kernel(
     62-70 % of copy bandwidth on an H200; the product keeps each column's sum inside one warp. With
     ``SWAP`` the product is transposed, ``[BV, DK] x [DK, 16]``: the state tile is the left operand, so
     Hopper runs one m64n16 wgmma per warpgroup instead of m16n8 mma.sync tiles (80 registers instead of
-    96 at BV 64, 4 warps; bf16 "kv" 84 -> 87 % of copy bandwidth at B=256 on an H200)."""
+    96 at BV 64, 4 warps; bf16 "kv" 84 -> 87 % of copy bandwidth at B=256 on an H200). With ``PAIR`` a
+    program owns 2 * BV columns of the head and runs the product and update on each BV half in turn,
+    after one set of loads, norms and gates."""
     if PDL:
         gdc_wait()
-    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, V_FAST)
+    NT: tl.constexpr = DV // (2 * BV) if PAIR else DV // BV  # column tiles per head
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, NT, V_FAST)
+    if PAIR:  # this program's tile is 2 * BV columns, handled as two BV halves
+        offs_v = offs_v + (offs_v // BV) * BV
     i_b64 = i_b.to(tl.int64)
     k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
@@ -194,6 +200,8 @@ def _decode_mma_kernel(
     k_in = tl.load(k_row + offs_k)  # [DK]
     q_in = tl.load(q_row + offs_k)  # [DK]
     v = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
+    if PAIR:
+        v1 = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v + BV).to(tl.float32)  # [BV]
     a = tl.load(a_ptr + i_b64 * sa_b + i_h).to(tl.float32)
     b = tl.load(b_ptr + i_b64 * sb_b + i_h).to(tl.float32)
     a_log = tl.load(alog_ptr + i_h).to(tl.float32)
@@ -202,9 +210,14 @@ def _decode_mma_kernel(
     o_ptrs = o_ptr + i_b64 * so_b + i_h * so_h + offs_v
     if slot < 0:  # padding row: zero output, no state traffic
         tl.store(o_ptrs, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
+        if PAIR:
+            tl.store(o_ptrs + BV, tl.zeros([BV], dtype=o_ptr.dtype.element_ty))
         return
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
     s_raw = tl.load(s_ptrs, eviction_policy="evict_first")  # [DK, BV] (evict-first: see _decode_kernel)
+    if PAIR:
+        s_ptrs1 = s_ptrs + BV * ss_v
+        s_raw1 = tl.load(s_ptrs1, eviction_policy="evict_first")  # [DK, BV] the next BV columns
     k = k_in.to(tl.float32)
     q = q_in.to(tl.float32)
     g, beta = gate_scalar(a, b, a_log, dt_b)
@@ -213,6 +226,14 @@ def _decode_mma_kernel(
     qk = tl.sum(q * k, 0)
     # rows 0 and 1: the raw k and q, exact in the pool's dtype (the norms scale the products)
     kq = tl.where(rows == 0, k_in[None, :], tl.where(rows == 1, q_in[None, :], 0.0))  # [16, DK]
+    _mma_columns(s_raw, s_ptrs, kq, v, k, rk, rq, qk, g, beta, o_ptrs, SWAP, PDL and not PAIR)
+    if PAIR:
+        _mma_columns(s_raw1, s_ptrs1, kq, v1, k, rk, rq, qk, g, beta, o_ptrs + BV, SWAP, PDL)
+
+
+@triton.jit
+def _mma_columns(s_raw, s_ptrs, kq, v, k, rk, rq, qk, g, beta, o_ptrs, SWAP: tl.constexpr, PDL: tl.constexpr):
+    """k.S and q.S of one [DK, BV] state tile as one tensor-core product, then o and the tile's update."""
     if SWAP:
         # the state tile as the MMA's left operand (both operands still pass through shared memory)
         prod_t = tl.dot(tl.trans(s_raw), tl.trans(kq))  # [BV, 16] fp32: column 0 S^T k, column 1 S^T q
@@ -220,6 +241,7 @@ def _decode_mma_kernel(
         ks_raw = tl.sum(tl.where(cols == 0, prod_t, 0.0), 1)  # [BV]
         qs_raw = tl.sum(tl.where(cols == 1, prod_t, 0.0), 1)  # [BV]
     else:
+        rows = tl.arange(0, 16)[:, None]  # [16, 1]
         prod = tl.dot(kq, s_raw)  # [16, BV] fp32: row 0 k.S, row 1 q.S
         ks_raw = tl.sum(tl.where(rows == 0, prod, 0.0), 0)  # [BV]
         qs_raw = tl.sum(tl.where(rows == 1, prod, 0.0), 0)  # [BV]
@@ -228,16 +250,20 @@ def _decode_mma_kernel(
     eg = tl.exp(g)
     delta = (v - eg * ks) * beta  # [BV]
     o = eg * qs + (qk * rq * rk) * delta  # [BV]
-    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty))
+    tl.store(o_ptrs, o.to(o_ptrs.dtype.element_ty))
     if PDL:
         gdc_launch_dependents()
     s = s_raw.to(tl.float32) * eg + (k * rk)[:, None] * delta[None, :]  # [DK, BV]
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
+    tl.store(s_ptrs, s.to(s_ptrs.dtype.element_ty), eviction_policy="evict_first")
+
+
+PAIR_MIN_TILES = 8192  # (sequence, value head) tiles from which an MMA program takes two column tiles
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
-    """(BV, num_warps[, tensor-core reduction[, V_FAST grid[, state tile as the MMA's left operand]]]) from
-    CUDA-graph sweeps (scripts/gdn_tune.py graph / mma / order / order2 / swap; BENCHMARKS.md): one-warp
+    """(BV, num_warps[, tensor-core reduction[, V_FAST grid[, state tile as the MMA's left operand[, two
+    BV-column tiles per MMA program]]]]) from CUDA-graph sweeps (scripts/gdn_tune.py graph / mma / order /
+    order2 / swap / pair; BENCHMARKS.md): one-warp
     programs over 16 state columns for latency at tiny batch; when bandwidth-bound, % of copy bandwidth
     on an H200 at B = 64 / 256 / 512:
 
@@ -247,7 +273,10 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
       the state tile as the left operand (wgmma m64n16), V_FAST: 84-85 / 90-91 / 91 with the
       evict-first state hints and the small loads first (plain grid: 77 / 87 / 90 before the hints,
-      78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86);
+      78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86); from B * Hv = 8192
+      (B=256 at Hv=32) a program takes two such tiles of one head, sharing the loads, norms and gates
+      (146 instead of 87 registers in the local sm_90 compile): 83 / 92 / 93 against 85 / 90-91 / 91,
+      so not at B=64;
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95, 89-91 / 96-99 /
       94-98 with the hints (MMA kernel, plain grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
@@ -256,7 +285,9 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
         return 64, 4, False, True
     if state_layout == "vk":
         return 16, 1, False, True
-    return (64, 4, True, True, True) if mma else (64, 4)
+    if not mma:
+        return 64, 4
+    return (64, 4, True, True, True, True) if n_seq * hv >= PAIR_MIN_TILES else (64, 4, True, True, True)
 
 
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
@@ -284,13 +315,16 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     ss = logical_state_strides(state, state_layout, 1)
     pdl = use_pdl(q)
     if len(cfg) > 2 and cfg[2] and mma_ok:
+        pair = len(cfg) > 5 and bool(cfg[5]) and dv >= 2 * bv
+        if pair:
+            grid = (nb * hv * (dv // (2 * bv)),) if v_fast else (nb * hv, dv // (2 * bv))
         _decode_mma_kernel[grid](
             q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
             *ss,
             o.stride(0), o.stride(2),
             HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, SWAP=len(cfg) > 4 and bool(cfg[4]),
-            num_warps=warps, **pdl_launch(pdl),
+            PAIR=pair, num_warps=warps, **pdl_launch(pdl),
         )  # fmt: skip
         return o
     if inter is not None:
