@@ -257,7 +257,7 @@ def _mma_columns(s_raw, s_ptrs, kq, v, k, rk, rq, qk, g, beta, o_ptrs, SWAP: tl.
     tl.store(s_ptrs, s.to(s_ptrs.dtype.element_ty), eviction_policy="evict_first")
 
 
-PAIR_MIN_TILES = 8192  # (sequence, value head) tiles from which an MMA program takes two column tiles
+PAIR_MIN_TILES = 4096  # (sequence, value head) tiles from which an MMA program takes two column tiles
 
 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
@@ -273,10 +273,10 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     - 16-bit "kv" pools with `mma` (one token, q/k of the pool's dtype): `_decode_mma_kernel`, (64, 4),
       the state tile as the left operand (wgmma m64n16), V_FAST: 84-85 / 90-91 / 91 with the
       evict-first state hints and the small loads first (plain grid: 77 / 87 / 90 before the hints,
-      78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86); from B * Hv = 8192
-      (B=256 at Hv=32) a program takes two such tiles of one head, sharing the loads, norms and gates
-      (146 instead of 87 registers in the local sm_90 compile): 83 / 92 / 93 against 85 / 90-91 / 91,
-      so not at B=64;
+      78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86); from B * Hv = 4096
+      (B=128 at Hv=32) a program takes two such tiles of one head, sharing the loads, norms and gates
+      (146 instead of 87 registers in the local sm_90 compile): 83-85 / 92-93 / 93-94 against 84-85 /
+      90-91 / 91, and 90 against 89 at B=128 (one run), so not at B=64;
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95, 89-91 / 96-99 /
       94-98 with the hints (MMA kernel, plain grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
