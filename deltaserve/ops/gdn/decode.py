@@ -263,9 +263,8 @@ PAIR_MIN_TILES = 4096  # (sequence, value head) tiles from which an MMA program 
 def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma: bool) -> tuple[int, ...]:
     """(BV, num_warps[, tensor-core reduction[, V_FAST grid[, state tile as the MMA's left operand[, two
     BV-column tiles per MMA program]]]]) from CUDA-graph sweeps (scripts/gdn_tune.py graph / mma / order /
-    order2 / swap / pair; BENCHMARKS.md): one-warp
-    programs over 16 state columns for latency at tiny batch; when bandwidth-bound, % of copy bandwidth
-    on an H200 at B = 64 / 256 / 512:
+    order2 / swap / pair; BENCHMARKS.md): one-warp programs over 16 state columns for latency at tiny
+    batch; when bandwidth-bound, % of copy bandwidth on an H200 at B = 64 / 256 / 512:
 
     - fp32 pools (`wide_state`): 64-column, 4-warp tiles, a head's tiles launched back to back (V_FAST):
       "kv" 87 / 94 / 96 -> 89 / 97 / 98, "vk" 84 / 92 / 93 -> 87 / 95 / 97 (with the evict-first state
