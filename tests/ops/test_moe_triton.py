@@ -152,7 +152,7 @@ def test_configs_restored_after_overrides_and_errors():
     from deltaserve.ops.moe import kernels
 
     before = {kind: list(rows) for kind, rows in kernels.CONFIGS.items()}
-    tables = {kind: rows for kind, rows in kernels.CONFIGS.items()}  # restored in place, not rebound
+    tables = dict(kernels.CONFIGS)  # the lists themselves: restored in place, not rebound
     with pytest.raises(RuntimeError), swap_up(True):
         assert all(row[2][4] for rows in kernels.CONFIGS.values() for row in rows)
         kernels.CONFIGS["bf16"][:] = []

@@ -199,9 +199,10 @@ def _decode_mma_kernel(
     # bandwidth; BENCHMARKS.md, 2026-11-28 ~22:00 UTC).
     k_in = tl.load(k_row + offs_k)  # [DK]
     q_in = tl.load(q_row + offs_k)  # [DK]
-    v = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(tl.float32)  # [BV]
+    v_ptrs = v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v
+    v = tl.load(v_ptrs).to(tl.float32)  # [BV]
     if PAIR:
-        v1 = tl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v + BV).to(tl.float32)  # [BV]
+        v1 = tl.load(v_ptrs + BV).to(tl.float32)  # [BV]
     a = tl.load(a_ptr + i_b64 * sa_b + i_h).to(tl.float32)
     b = tl.load(b_ptr + i_b64 * sb_b + i_h).to(tl.float32)
     a_log = tl.load(alog_ptr + i_h).to(tl.float32)
@@ -274,8 +275,8 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
       evict-first state hints and the small loads first (plain grid: 77 / 87 / 90 before the hints,
       78 / 84 / 86 with them; right operand, i.e. mma.sync m16n8: 76 / 84 / 86); from B * Hv = 4096
       (B=128 at Hv=32) a program takes two such tiles of one head, sharing the loads, norms and gates
-      (146 instead of 87 registers in the local sm_90 compile): 83-85 / 92-93 / 93-94 against 84-85 /
-      90-91 / 91, and 90 against 89 at B=128 (one run), so not at B=64;
+      (146 instead of 87 registers in the local sm_90 compile): 82-85 / 90-93 / 91-94 against 83-85 /
+      89-91 / 90-91, and 87-90 against 86-89 at B=128 (two runs), so not at B=64;
     - 16-bit "vk" pools: one-warp 16-row tiles, V_FAST, plain kernel: 86 / 93 / 95, 89-91 / 96-99 /
       94-98 with the hints (MMA kernel, plain grid: 84 / 86 / 85)."""
     if n_seq * hv < 256:
@@ -310,13 +311,13 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
     )
     bv, warps = min(cfg[0], dv), cfg[1]
     v_fast = len(cfg) > 3 and bool(cfg[3])
-    grid = (nb * hv * (dv // bv),) if v_fast else (nb * hv, dv // bv)
+    mma = len(cfg) > 2 and bool(cfg[2]) and mma_ok
+    pair = mma and len(cfg) > 5 and bool(cfg[5]) and dv >= 2 * bv
+    nt = dv // (2 * bv) if pair else dv // bv  # programs per head (the kernels' NT / NV)
+    grid = (nb * hv * nt,) if v_fast else (nb * hv, nt)
     ss = logical_state_strides(state, state_layout, 1)
     pdl = use_pdl(q)
-    if len(cfg) > 2 and cfg[2] and mma_ok:
-        pair = len(cfg) > 5 and bool(cfg[5]) and dv >= 2 * bv
-        if pair:
-            grid = (nb * hv * (dv // (2 * bv)),) if v_fast else (nb * hv, dv // (2 * bv))
+    if mma:
         _decode_mma_kernel[grid](
             q, k, v, a, b, A_log, dt_bias, state, state_slots, o, scale,
             q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), a.stride(0), b.stride(0),
