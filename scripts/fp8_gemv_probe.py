@@ -88,7 +88,7 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                 _measure(rows, dict(base, cfg=None), "default", calls, ref)
                 if "gemv" in sections and m == 1 and mode != "w8a8":
                     for cfg in CONFIGS:
-                        kernels.CONFIG["gemv"] = cfg
+                        kernels.CONFIG["gemv"] = ((0, cfg),)
                         _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
                 if "small" in sections and m == 16 and mode != "pre":
                     for cfg, tp in SMALL:

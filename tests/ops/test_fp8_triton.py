@@ -147,8 +147,8 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
     b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
     xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
     saved = kernels.CONFIG["gemv"]
-    kernels.CONFIG["gemv"] = config or saved
-    assert kernels.gemv.supports(0, block_k, kernels.CONFIG["gemv"])
+    kernels.CONFIG["gemv"] = ((0, config),) if config else saved
+    assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n))
     outs = {}
     try:
         for name, xin, kw in (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs))):
@@ -194,6 +194,22 @@ def run_small(device: str) -> None:
     check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1))
     check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
     check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
+
+
+def test_gemv_config_tiers_by_output_width():
+    from deltaserve.ops.fp8 import kernels
+
+    saved = kernels.CONFIG["gemv"]
+    try:
+        kernels.CONFIG["gemv"] = ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3)))
+        picks = [kernels.gemv_config(n) for n in (24576, 8192, 8191, 4096, 2048, 1)]
+        assert picks == [(4, 2048, 4, 3)] * 2 + [(4, 2048, 8, 3)] * 2 + [(2, 2048, 8, 3)] * 2
+        kernels.CONFIG["gemv"] = ((100, (1, 8, 1, 1)),)  # below every tier: the last tier's config
+        assert kernels.gemv_config(5) == (1, 8, 1, 1)
+        kernels.CONFIG["gemv"] = None
+        assert kernels.gemv_config(4096) is None
+    finally:
+        kernels.CONFIG["gemv"] = saved
 
 
 def test_prequantized_reference_equals_w8a8():

@@ -3,7 +3,9 @@
 At one token the block-FP8 GEMM is a weight read, and the MMA kernel's fixed costs (split-K partials,
 the arrival counter, a shared-memory round trip per K step) are most of its time. This kernel
 streams instead: a program owns ``BN`` weight rows and walks K in ``BK``-wide steps, widening each
-e4m3 tile in registers into an fp32 accumulator; one row sum at the end, no split, no second pass.
+e4m3 tile in registers and adding its scaled 8-column chunk sums into an fp32 accumulator; one row sum
+at the end, no split, no second pass. It is bound by the weight bytes in flight per SM, which the
+registers per program set (every config of the first version held 32 KB per SM).
 Each step gathers its ``[BN, BK/8]`` weight scales (row ``row_block[n]``, or ``n // 128`` for the
 plain map; one per 8-column chunk, from L1).
 
@@ -30,8 +32,8 @@ from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_
 @triton.jit
 def _products(w, x_ptr, xs_ptr, s_rows, k0, kr, K, A_MODE: tl.constexpr, BK: tl.constexpr,
               BLOCK_K: tl.constexpr):  # fmt: skip
-    """The K step at ``k0``: ``w · x · scales`` as a ``[BN, BK/8, 8]`` fp32 tile (``w`` its e4m3 weights,
-    ``s_rows [BN, 1]`` the rows' scale-row pointers)."""
+    """The K step at ``k0``: ``w · x · scales`` summed per 8-column chunk, a ``[BN, BK/8]`` fp32 tile
+    (``w`` its ``[BN, BK/8, 8]`` e4m3 weights, ``s_rows [BN, 1]`` the rows' scale-row pointers)."""
     k = k0 + kr  # [BN, BK/8, 8]
     xv = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)  # the same row in every tile row
     grp = ((k0 + tl.arange(0, BK // 8) * 8) // BLOCK_K)[None, :]  # [1, BK/8] group of each 8-column chunk
@@ -39,7 +41,10 @@ def _products(w, x_ptr, xs_ptr, s_rows, k0, kr, K, A_MODE: tl.constexpr, BK: tl.
     scale = tl.load(s_rows + grp, mask=g_ok, other=0.0)  # [BN, BK/8]
     if A_MODE == 1:
         scale *= tl.load(xs_ptr + grp, mask=g_ok, other=0.0)
-    return w.to(tl.float32) * (xv * scale[:, :, None])
+    # the scale multiplies each chunk's sum, not each product: 64 -> 44 registers at (2, 2048, 4) in the
+    # sm_90 compile, so more programs and weight bytes in flight per SM (H200, M=1 12288x2048: 11.4 ->
+    # 10.3 us; BENCHMARKS.md, 2026-11-29)
+    return tl.sum(w.to(tl.float32) * xv, 2) * scale  # [BN, BK/8]
 
 
 @triton.jit
@@ -70,7 +75,7 @@ def _fp8_gemv_kernel(
         acc += _products(w, x_ptr, xs_ptr, s_rows, k0, kr, K, A_MODE, BK, BLOCK_K)
     if PDL:
         gdc_launch_dependents()
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
+    y = tl.sum(acc, axis=1)  # [BN]
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=n_ok)

@@ -17,7 +17,7 @@ Activation modes (constexpr ``A_MODE``):
   arithmetic as the quant kernel, one launch fewer).
 
 GEMM kernels:
-- one row, modes 0 and 1 (``CONFIG["gemv"]``): the streaming GEMV in ``gemv.py``;
+- one row, modes 0 and 1 (``CONFIG["gemv"]``, by N): the streaming GEMV in ``gemv.py``;
 - other small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
   activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
   split over programs so that about two programs per SM stream the weight; the last split to finish
@@ -57,9 +57,11 @@ CONFIG = {
     "medium_m_max": 256,
     "target_programs": 264,
     "dequant_m_min": 512,  # W8A16 from this M on: dequantise to a bf16 scratch + cuBLAS
-    # the one-row streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py): (BN, BK, warps,
-    # stages), None: the swap-AB kernel. H100 sweep: scripts/fp8_gemv_probe.py
-    "gemv": (2, 2048, 4, 3),
+    # the one-row streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py): (min N, (BN, BK,
+    # warps, stages)) tiers, the first whose min N the call reaches; None: the swap-AB kernel. Wide
+    # outputs take 4-row, 4-warp programs, narrow ones 8 warps for enough programs per SM (H200,
+    # scripts/fp8_gemv_ab.py sweep, BENCHMARKS.md 2026-11-29)
+    "gemv": ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3))),
 }
 
 
@@ -332,6 +334,14 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     return q, s
 
 
+def gemv_config(n: int) -> tuple[int, int, int, int] | None:
+    """The one-row GEMV's (BN, BK, warps, stages) for ``n`` output columns from ``CONFIG["gemv"]``."""
+    tiers = CONFIG["gemv"]
+    if tiers is None:
+        return None
+    return next((cfg for min_n, cfg in tiers if n >= min_n), tiers[-1][1])
+
+
 def check_block_fp8_weight(
     w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor | None, block_k: int
 ) -> None:
@@ -456,7 +466,7 @@ def block_fp8_linear(
         return out
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
-        cfg = CONFIG["gemv"]
+        cfg = gemv_config(n)
         if m == 1 and cfg is not None and gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,

@@ -1,0 +1,62 @@
+"""The one-row block-FP8 GEMV (ops/fp8/gemv.py, W8A16) at M=1: the shipped N tiers ("default") and each
+config of a sweep, two rounds, CUDA graphs of 8 calls on 8 weight copies, bf16 cuBLAS beside every
+shape, per-call µs (device machine).
+
+    python scripts/fp8_gemv_sweep.py OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from deltaserve.bench.common import device_record, time_cuda_graph
+from deltaserve.ops.fp8 import kernels, reference
+
+SHAPES = [(12288, 2048), (9216, 2048), (24576, 2048), (4096, 2048), (1024, 2048), (2048, 4096), (2048, 6144)]
+SWEEP = [None, (2, 2048, 4, 3), (4, 2048, 4, 3), (4, 2048, 8, 3), (2, 2048, 8, 3), (4, 1024, 8, 3),
+         (2, 4096, 4, 3), (8, 2048, 8, 3)]  # fmt: skip
+
+
+def main() -> None:
+    rows: list = [device_record()]
+    saved = kernels.CONFIG["gemv"]
+    try:
+        for n, k in SHAPES:
+            ws = []
+            for _ in range(8):
+                w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+                ws.append((w, *reference.quantize_block_fp8(w)))
+            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            ref = reference.block_fp8_linear(x, ws[0][1], ws[0][2], None)
+            calls = [(lambda q=q, s=s, x=x: kernels.block_fp8_linear(x, q, s, None)) for _, q, s in ws]
+            for rnd in range(2):
+                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+                for cfg in SWEEP:
+                    kernels.CONFIG["gemv"] = saved if cfg is None else ((0, cfg),)
+                    out = calls[0]()
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    us = time_cuda_graph(calls) * 1e3
+                    r = dict(N=n, K=k, round=rnd, cfg=cfg or "default", us=us, bf16_us=bf16, err=err)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+            torch.cuda.empty_cache()
+    finally:
+        kernels.CONFIG["gemv"] = saved
+    json.dump(rows, open(sys.argv[1], "w"), indent=1)
+    print("---- per shape and config: µs per round, bf16 µs, speed-up of the faster round ----")
+    seen: dict = {}
+    for r in rows[1:]:
+        seen.setdefault((r["N"], r["K"], str(r["cfg"])), []).append(r)
+    for (n, k, cfg), rs in seen.items():
+        us = [r["us"] for r in rs]
+        bf = min(r["bf16_us"] for r in rs)
+        print(
+            f"{n}x{k} {cfg:<18} {' / '.join(f'{u:.2f}' for u in us)} us  bf16 {bf:.2f}  {bf / min(us):.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
