@@ -104,21 +104,23 @@ def test_down_gemv_kernel_compiles(fp8, regs, pdl):
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_up_gemv_kernel_compiles(fp8):
-    """The one-token gate/up GEMV: vector weight loads (16-byte for FP8), no atomics, no local memory."""
+    """The one-token gate/up GEMV: a vector load per 8-column chunk of weights (8 bytes for FP8, 16 for
+    bf16), no atomics, no local memory."""
     w = "*fp8e4nv" if fp8 else "*bf16"
     ptr = dict(
         x_ptr="*bf16", w_ptr=w, s_ptr="*fp32", rb_ptr="*i64", shw_ptr=w, shs_ptr="*fp32", shrb_ptr="*i64",
         id_ptr="*i64", inter_ptr="*fp32",
     )  # fmt: skip
     bn, bk, warps, stages = K.UP_GEMV["fp8"] if fp8 else (2, 2048, 4, 2)  # bf16 ships tiled; still supported
-    const = dict(W_FP8=fp8, BLOCK_K=128, BN=bn, BK=bk, CH=128, PDL=True)
+    const = dict(W_FP8=fp8, BLOCK_K=128, BN=bn, BK=bk, CH=K._chunk(128, 8), PDL=True)  # as the launch
     aligned = ("x_ptr", "w_ptr", "shw_ptr", "sw_e", "sw_n", "shw_n", "H", "I")
     k = triton_compile.compile_for_hopper(
         K._moe_up_gemv_kernel, ptr, const, divisible=aligned, num_warps=warps, num_stages=stages,
         **pdl_launch(True),
     )  # fmt: skip
     ptx = k.asm["ptx"]
-    assert re.search(r"ld\.global[^;]*\.v4\.b32", ptx), "weight tiles without 16-byte loads"
+    vec = r"\.v2\.b32" if fp8 else r"\.v4\.b32"
+    assert re.search(r"ld\.global[^;]*" + vec, ptx), "weight tiles without chunk-wide vector loads"
     assert re.search(r"\b(red|atom)\.global", ptx) is None and ".local" not in ptx
 
 

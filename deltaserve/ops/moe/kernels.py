@@ -126,7 +126,10 @@ DOWN_GEMV_IDS_IN_REGS = True
 # (BN rows, BK columns per step, warps, stages), None for the tiled MMA kernel. H200, whole Qwen3-Next
 # fused_moe at T=1 (scripts/moe_gemv_probe.py, 2026-11-28): FP8 experts 37.4 us with the tiled up
 # kernel (its FP8 tiles widen to bf16 through shared memory) -> 30.6 with (4, 1024, 4, 2); bf16
-# experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel.
+# experts 33.4 tiled, 33.9 for the best GEMV, so bf16 keeps the tiled kernel. 2026-11-29, with the
+# scales on 8-column chunk sums (`_chunk_sums`; 128 -> 80 registers at (4, 1024, 4, 2)): FP8 28.4 us
+# (tiled up kernel 35.2 in the same run; 27.3-27.8 for (2, 1024, 2, 2) / (4, 512, 2, 3), one run), bf16
+# 32.5 tiled up kernel, 31.7 for the best GEMV (one run: not switched).
 UP_GEMV: dict[str, tuple[int, int, int, int] | None] = {"bf16": None, "fp8": (4, 1024, 4, 2)}
 GEMV_ACC_MAX = 8192  # most elements of that accumulator (wider intermediates: fewer columns per program)
 POISON_SCRATCH = False  # tests: fill the decode scratch buffers with NaN (see _scratch)
@@ -627,6 +630,17 @@ def _block_scaled(w_ptrs, w_mask, W_FP8: tl.constexpr, sb, srow, blk, s_mask):
 
 
 @triton.jit
+def _chunk_sums(w_ptrs, w_mask, xv, W_FP8: tl.constexpr, sb, srow, blk, s_mask):
+    """``sum(w * xv)`` over each CH-column chunk of a weight tile ``[BN, NB, CH]``, times the chunk's
+    128-block scale for FP8 weights: ``[BN, NB]``. Scaling the chunk sums instead of the elements
+    (``_block_scaled``) frees registers, so more weight bytes are in flight per SM."""
+    d = tl.sum(tl.load(w_ptrs, mask=w_mask, other=0.0).to(tl.float32) * xv, 2)  # [BN, NB]
+    if W_FP8:
+        d = d * tl.load(sb + srow[:, None] + blk[None, :], mask=s_mask, other=0.0)
+    return d
+
+
+@triton.jit
 def _moe_down_gemv_kernel(
     inter_ptr, w_ptr, s_ptr, rb_ptr, shw_ptr, shs_ptr, shrb_ptr, tw_ptr, id_ptr, act_ptr,
     P, H, I, E_SH, E1, sw_e, sw_n, ss_e, ss_r, shw_n, shs_r,
@@ -706,19 +720,22 @@ def _moe_up_gemv_kernel(
     if W_FP8:
         srow_g = tl.load(rb + n, mask=n_ok, other=0).to(tl.int64) * sr  # [BN]
         srow_u = tl.load(rb + I + n, mask=n_ok, other=0).to(tl.int64) * sr
-    acc_g = tl.zeros((BN, NB, CH), dtype=tl.float32)
-    acc_u = tl.zeros((BN, NB, CH), dtype=tl.float32)
+    kr = c[None, :, :] + 0 * n[:, None, None]  # [BN, NB, CH]
+    acc_g = tl.zeros((BN, NB), dtype=tl.float32)
+    acc_u = tl.zeros((BN, NB), dtype=tl.float32)
     for k0 in range(0, H, BK):
-        k = k0 + c  # [NB, CH]
+        k = k0 + kr  # [BN, NB, CH]
         k_ok = k < H
-        xv = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :, :]  # [1, NB, CH]
+        # x at the weight tile's shape: one register layout for both (a [1, NB, CH] row would be converted
+        # through shared memory every step), the repeated rows hit L1
+        xv = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)  # [BN, NB, CH]
         blk = (k0 + tl.arange(0, NB) * CH) // BLOCK_K  # [NB]
         s_mask = n_ok[:, None] & (blk * BLOCK_K < H)[None, :]
-        w_mask = n_ok[:, None, None] & k_ok[None, :, :]
-        acc_g += _block_scaled(g_rows + k[None, :, :], w_mask, W_FP8, sb, srow_g, blk, s_mask) * xv
-        acc_u += _block_scaled(u_rows + k[None, :, :], w_mask, W_FP8, sb, srow_u, blk, s_mask) * xv
-    g = tl.sum(tl.sum(acc_g, axis=2), axis=1)  # [BN]
-    u = tl.sum(tl.sum(acc_u, axis=2), axis=1)
+        w_mask = n_ok[:, None, None] & k_ok
+        acc_g += _chunk_sums(g_rows + k, w_mask, xv, W_FP8, sb, srow_g, blk, s_mask)
+        acc_u += _chunk_sums(u_rows + k, w_mask, xv, W_FP8, sb, srow_u, blk, s_mask)
+    g = tl.sum(acc_g, axis=1)  # [BN]
+    u = tl.sum(acc_u, axis=1)
     h = g / (1.0 + tl.exp(-g)) * u
     tl.store(inter_ptr + p.to(tl.int64) * I + n, h.to(inter_ptr.dtype.element_ty), mask=n_ok)
 
@@ -990,7 +1007,7 @@ def _run_experts(
             x, w.w13, s13, rb13, sh13, shs13, shrb13, topk_ids, inter,
             p, h, i, e, e1, w.w13.stride(0), w.w13.stride(1), ss(s13, 0), ss(s13, 1),
             sh13.stride(-2), ss(shs13, -2),
-            W_FP8=fp8, BLOCK_K=block_k or 128, BN=bn4, BK=bk4, CH=_chunk(block_k, bk4), PDL=pdl,
+            W_FP8=fp8, BLOCK_K=block_k or 128, BN=bn4, BK=bk4, CH=_chunk(block_k, 8), PDL=pdl,
             num_warps=wa4, num_stages=st4, **pdl_launch(pdl),
         )  # fmt: skip
     else:
