@@ -60,7 +60,7 @@ CONFIG = {
     # the one-row streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py): (min N, (BN, BK,
     # warps, stages)) tiers, the first whose min N the call reaches; None: the swap-AB kernel. Wide
     # outputs take 4-row, 4-warp programs, narrow ones 8 warps for enough programs per SM (H200,
-    # scripts/fp8_gemv_ab.py sweep, BENCHMARKS.md 2026-11-29)
+    # scripts/fp8_gemv_sweep.py, BENCHMARKS.md 2026-11-29)
     "gemv": ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3))),
 }
 
