@@ -1,6 +1,6 @@
 """The one-row block-FP8 GEMV (ops/fp8/gemv.py, W8A16) at M=1: the shipped N tiers ("default") and each
 config of a sweep, two rounds, CUDA graphs of 8 calls on 8 weight copies, bf16 cuBLAS beside every
-shape, per-call µs (device machine).
+shape, per-call µs (device machine). Weights, calls and timing rows are fp8_gemv_probe.py's.
 
     python scripts/fp8_gemv_sweep.py OUT.json
 """
@@ -11,6 +11,7 @@ import json
 import sys
 
 import torch
+from fp8_gemv_probe import _calls, _measure, _weights
 
 from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops.fp8 import kernels, reference
@@ -25,23 +26,21 @@ def main() -> None:
     saved = kernels.CONFIG["gemv"]
     try:
         for n, k in SHAPES:
-            ws = []
-            for _ in range(8):
-                w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-                ws.append((w, *reference.quantize_block_fp8(w)))
+            ws = _weights(n, k)
             x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
             ref = reference.block_fp8_linear(x, ws[0][1], ws[0][2], None)
-            calls = [(lambda q=q, s=s, x=x: kernels.block_fp8_linear(x, q, s, None)) for _, q, s in ws]
+            calls = _calls("w8a16", x, None, None, ws)
             for rnd in range(2):
                 bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
                 for cfg in SWEEP:
                     kernels.CONFIG["gemv"] = saved if cfg is None else ((0, cfg),)
-                    out = calls[0]()
-                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-                    us = time_cuda_graph(calls) * 1e3
-                    r = dict(N=n, K=k, round=rnd, cfg=cfg or "default", us=us, bf16_us=bf16, err=err)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
+                    _measure(
+                        rows,
+                        dict(N=n, K=k, round=rnd, cfg=cfg or "default", bf16_us=bf16),
+                        "gemv",
+                        calls,
+                        ref,
+                    )
             torch.cuda.empty_cache()
     finally:
         kernels.CONFIG["gemv"] = saved
@@ -51,7 +50,10 @@ def main() -> None:
     for r in rows[1:]:
         seen.setdefault((r["N"], r["K"], str(r["cfg"])), []).append(r)
     for (n, k, cfg), rs in seen.items():
-        us = [r["us"] for r in rs]
+        us = [r["us"] for r in rs if "us" in r]
+        if not us:
+            print(f"{n}x{k} {cfg:<18} {rs[0].get('error')}")
+            continue
         bf = min(r["bf16_us"] for r in rs)
         print(
             f"{n}x{k} {cfg:<18} {' / '.join(f'{u:.2f}' for u in us)} us  bf16 {bf:.2f}  {bf / min(us):.2f}x"
