@@ -466,8 +466,8 @@ def block_fp8_linear(
         return out
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
-        cfg = gemv_config(n)
-        if m == 1 and cfg is not None and gemv.supports(mode, block_k, cfg):
+        cfg = gemv_config(n) if m == 1 else None
+        if cfg is not None and gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
                 plain_bn=PLAIN_BN,
