@@ -86,6 +86,10 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                 calls = _calls(mode, x, xq, xs, ws)
                 kernels.CONFIG.update(saved)
                 _measure(rows, dict(base, cfg=None), "default", calls, ref)
+                if mode == "w8a8" and m == 1:  # A/B: the swap-AB kernel quantising in every program
+                    kernels.CONFIG["w8a8_row_fake_quant"] = False
+                    _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
+                    kernels.CONFIG["w8a8_row_fake_quant"] = saved["w8a8_row_fake_quant"]
                 if "gemv" in sections and m == 1 and mode != "w8a8":
                     for cfg in CONFIGS:
                         kernels.CONFIG["gemv"] = ((0, cfg),)

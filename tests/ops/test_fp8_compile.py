@@ -81,3 +81,12 @@ def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain):
     # the weight tile is used in the layout it was loaded in (no shared-memory round trip per K step)
     loop = k.asm["ttgir"].split("scf.for")[1].split("scf.yield")[0]
     assert not any("convert_layout" in ln and "f8E4M3FN" in ln for ln in loop.splitlines())
+
+
+def test_fake_quant_row_kernel_waits_then_lets_the_gemv_start():
+    ptr = dict(x_ptr="*bf16", y_ptr="*fp32")
+    const = dict(G=128, GPP=16, FP8_MAX_C=448.0, PDL=True)
+    ptx = compile_for_hopper(K._fake_quant_row_kernel, ptr, const, num_warps=4, **pdl_launch(True)).asm["ptx"]
+    wait, launch = ptx.index("griddepcontrol.wait"), ptx.index("griddepcontrol.launch_dependents")
+    assert wait < launch < ptx.index("ld.global")  # x is read only after the producer finished
+    assert "e4m3x2" in ptx  # rounded through e4m3

@@ -35,13 +35,13 @@ def make_weight(n: int, k: int, layout: str, device, seed: int = 0):
     return q[perm].contiguous(), s, (perm // 128).to(device)
 
 
-def _w8a8_from_kernel_quant(x, q, s, rb, b):
+def _w8a8_from_kernel_quant(x, q, s, rb, b, block_k=128):
     """W8A8 reference built on the quant kernel's own output (isolates the GEMM from quant rounding)."""
     from deltaserve.ops.fp8 import kernels, reference
 
-    xq, xs = kernels.per_token_group_quant_fp8(x, 128)
-    xf = xq.float() * xs.repeat_interleave(128, dim=-1)[:, : x.shape[1]]
-    y = xf @ reference.dequant_block_fp8(q, s, rb, 128).T
+    xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
+    xf = xq.float() * xs.repeat_interleave(block_k, dim=-1)[:, : x.shape[1]]
+    y = xf @ reference.dequant_block_fp8(q, s, rb, block_k).T
     return (y + b.float() if b is not None else y).to(x.dtype)
 
 
@@ -149,16 +149,24 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
     saved = kernels.CONFIG["gemv"]
     kernels.CONFIG["gemv"] = ((0, config),) if config else saved
     assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n))
+    # the W8A8 path's activation: the quant kernel's values times their group scales, exactly
+    fq = kernels.fake_quant_row(x, block_k)
+    assert torch.equal(fq, xq.float() * xs.repeat_interleave(block_k, dim=1)[:, :k])
     outs = {}
+    calls = (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs)), ("w8a8", x, dict(quantize_activation=True)))
     try:
-        for name, xin, kw in (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs))):
+        for name, xin, kw in calls:
             outs[name] = kernels.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
-            ref = reference.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
+            if name == "w8a8":  # on the quant kernel's own values (see check_gemm)
+                ref = _w8a8_from_kernel_quant(x, q, s, rb, b, block_k)
+            else:
+                ref = reference.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
             assert outs[name].shape == (1, n) and not outs[name].isnan().any()
             assert rel_err(outs[name], ref) < 1e-2, (n, k, name, rel_err(outs[name], ref))
         kernels.CONFIG["gemv"] = None
         swap_ab = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
         swap_ab_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
+        swap_ab_w8a8 = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k, quantize_activation=True)
     finally:
         kernels.CONFIG["gemv"] = saved
     # the swap-AB kernel rounds each dequantised weight to bf16 (the GEMV keeps fp32) and both round
@@ -166,6 +174,7 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
     # errors (an unseeded run hit 5.0e-3)
     assert rel_err(outs["w8a16"], swap_ab) < 1e-2, rel_err(outs["w8a16"], swap_ab)
     assert rel_err(outs["pre"], swap_ab_pre) < 2e-3, rel_err(outs["pre"], swap_ab_pre)
+    assert rel_err(outs["w8a8"], swap_ab_w8a8) < 2e-3, rel_err(outs["w8a8"], swap_ab_w8a8)
 
 
 def run_small(device: str) -> None:

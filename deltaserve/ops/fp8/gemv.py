@@ -15,9 +15,10 @@ With ``[BN, BK]`` tiles Triton gives the e4m3 weight 16-wide and the bf16 activa
 and converts one through shared memory every step; a per-column scale gather does the same.
 
 Activations (constexpr ``A_MODE``, as in ``kernels.py``): 0 bf16/fp16 (W8A16), 1 e4m3 with
-per-token-group scales (pre-quantised). Mode 2 (W8A8 quantising in the kernel) stays on the swap-AB
-kernel: re-quantising the activation row in every program made this kernel 1.5x slower than that one
-on an H100 (scripts/fp8_gemv_probe.py, BENCHMARKS.md).
+per-token-group scales (pre-quantised). W8A8 quantising the row is mode 0 on ``kernels.fake_quant_row``'s
+output (a small kernel ahead, overlapped by PDL). Quantising the row inside this kernel cost more: 1.5x
+the swap-AB kernel's time on an H100 (per element of the tile), 0.9-1.4 us over the two kernels on an
+H200 (once per program, compact layout, 2026-11-29; BENCHMARKS.md).
 """
 
 from __future__ import annotations

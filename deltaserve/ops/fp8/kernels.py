@@ -13,11 +13,12 @@ Activation modes (constexpr ``A_MODE``):
   checkpoint would hold), so its MMAs accumulate in place.
 - 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (larger M), or handed in
   already quantised (``x_scale``: e.g. a norm with fp8 output), at any M.
-- 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M; the same
-  arithmetic as the quant kernel, one launch fewer).
+- 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M, ``block_k``
+  128; the same arithmetic as the quant kernel, one launch fewer).
 
 GEMM kernels:
-- one row, modes 0 and 1 (``CONFIG["gemv"]``, by N): the streaming GEMV in ``gemv.py``;
+- one row, modes 0 and 1 (``CONFIG["gemv"]``, by N): the streaming GEMV in ``gemv.py``; one-row W8A8
+  runs it in mode 0 on ``fake_quant_row``'s output (the quantised values as fp32);
 - other small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
   activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
   split over programs so that about two programs per SM stream the weight; the last split to finish
@@ -37,6 +38,7 @@ import triton.language as tl
 from deltaserve.ops.device import capability
 from deltaserve.ops.fp8 import gemv
 from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
+from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 from deltaserve.ops.triton_common import INTERPRET, dot
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -62,6 +64,9 @@ CONFIG = {
     # outputs take 4-row, 4-warp programs, narrow ones 8 warps for enough programs per SM (H200,
     # scripts/fp8_gemv_sweep.py, BENCHMARKS.md 2026-11-29)
     "gemv": ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3))),
+    # one-row W8A8: `fake_quant_row` then the W8A16 GEMV (False: the swap-AB kernel quantising inline;
+    # H200 1.26-1.31x -> 1.33-1.69x bf16, scripts/fp8_gemv_probe.py, BENCHMARKS.md 2026-11-29)
+    "w8a8_row_fake_quant": True,
 }
 
 
@@ -88,6 +93,22 @@ def _group_quant_kernel(
     q, scale = _quant_tile(x, FP8_MAX_C)
     tl.store(q_ptr + row * sq + col, q, mask=m)
     tl.store(s_ptr + row * ss + grp, scale, mask=grp < KB)
+
+
+@triton.jit
+def _fake_quant_row_kernel(x_ptr, y_ptr, K, KB, G: tl.constexpr, GPP: tl.constexpr, FP8_MAX_C: tl.constexpr,
+                           PDL: tl.constexpr):  # fmt: skip
+    """``y [K]`` fp32 = the e4m3 value times its group scale for each element of one row ``x [K]``."""
+    if PDL:
+        gdc_wait()
+        # the GEMV after this only streams weights before its own wait: let it start now
+        gdc_launch_dependents()
+    grp = tl.program_id(0) * GPP + tl.arange(0, GPP)  # [GPP]
+    col = grp[:, None] * G + tl.arange(0, G)[None, :]  # [GPP, G]
+    m = (grp[:, None] < KB) & (col < K)
+    x = tl.load(x_ptr + col, mask=m, other=0.0).to(tl.float32)
+    q, scale = _quant_tile(x, FP8_MAX_C)
+    tl.store(y_ptr + col, q.to(tl.float32) * scale[:, None], mask=m)
 
 
 @triton.jit
@@ -334,6 +355,28 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     return q, s
 
 
+def fake_quant_row(x: torch.Tensor, group: int = 128) -> torch.Tensor:
+    """``x [1, K]`` -> ``[1, K]`` fp32: each element's e4m3 value times its group's scale, the activation a
+    W8A8 GEMM multiplies (``per_token_group_quant_fp8``'s arithmetic; each product rounds once in fp32,
+    2^-24 relative, far below the e4m3 rounding)."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.stride(1) != 1:
+        raise ValueError(f"x must be [1, K] with unit stride on K, got {tuple(x.shape)} {tuple(x.stride())}")
+    if group <= 0 or group & (group - 1):
+        raise ValueError(f"group must be a power of two, got {group}")
+    k = x.shape[1]
+    kb = triton.cdiv(k, group)
+    y = torch.empty(1, k, dtype=torch.float32, device=x.device)
+    if k == 0:
+        return y
+    # one program per 16 groups: 1, 2 or 4 programs per 1-row GEMV made no difference (H200)
+    gpp = min(triton.next_power_of_2(kb), 16)
+    pdl = use_pdl(x)
+    _fake_quant_row_kernel[(triton.cdiv(kb, gpp),)](
+        x, y, k, kb, G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, PDL=pdl, num_warps=4, **pdl_launch(pdl)
+    )
+    return y
+
+
 def gemv_config(n: int) -> tuple[int, int, int, int] | None:
     """The one-row GEMV's (BN, BK, warps, stages) for ``n`` output columns from ``CONFIG["gemv"]``."""
     tiers = CONFIG["gemv"]
@@ -467,11 +510,20 @@ def block_fp8_linear(
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
         cfg = gemv_config(n) if m == 1 else None
+        if mode == 2 and CONFIG["w8a8_row_fake_quant"] and cfg is not None and gemv.supports(0, block_k, cfg):
+            # one row: the row's quantised values (e4m3 times group scale, in fp32) into the W8A16
+            # GEMV; PDL overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV
+            # quantising the row itself, once per program, was 0.9-1.4 us slower on an H200.)
+            x, mode = fake_quant_row(x, block_k), 0
         if cfg is not None and gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
                 plain_bn=PLAIN_BN,
             )  # fmt: skip
+        if mode == 2 and block_k != BK:
+            # the inline quant groups are one 128-wide K step; W8A8 groups are block_k wide
+            x, x_scale = per_token_group_quant_fp8(x, block_k)
+            mode = 1
         return _gemm_small(
             x, x if x_scale is None else x_scale, w_q, scale_inv, row_block, bias, out, mode, block_k
         )

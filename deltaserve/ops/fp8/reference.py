@@ -84,7 +84,7 @@ def block_fp8_linear(
 ) -> torch.Tensor:
     """`y = x Wᵀ (+ b)` with a block-FP8 weight. `x [M, K]` -> `[M, N]` in `x.dtype`.
 
-    With `quantize_activation`, `x` is first quantised per token and 128-wide group (the W8A8 math
+    With `quantize_activation`, `x` is first quantised per token and `block_k`-wide group (the W8A8 math
     the GPU kernel computes); otherwise the weight is dequantised and the product is fp32 (W8A16).
     With `x_scale [M, ceil(K/block_k)]`, `x` is already quantised (e4m3, as `per_token_group_quant_fp8`
     with `group=block_k` returns it): W8A8 on those activations, output in `out_dtype` (bf16 default).
