@@ -28,7 +28,7 @@ def main() -> None:
                 for name, rb in maps:
                     fns = [
                         (
-                            lambda q=q, s=s, rb=rb, qa=qa: kernels.block_fp8_linear(
+                            lambda q=q, s=s, rb=rb, qa=qa, x=x: kernels.block_fp8_linear(
                                 x, q, s, rb, quantize_activation=qa
                             )
                         )
