@@ -3,7 +3,8 @@ cuBLAS beside every row: "gemv" sweeps the one-row streaming GEMV's configs (ops
 the swap-AB kernel's configs at M=16, "bench" runs `python -m deltaserve.bench.ops fp8`'s rows, "pdl"
 a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), alternating rounds.
 
-    python scripts/fp8_gemv_probe.py OUT.json [gemv] [small] [bench] [pdl]   (default: the first three)
+    python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl]
+    (default: gemv, small, bench; gemv-w8a8 sweeps the GEMV's configs for one-row W8A8)
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                     kernels.CONFIG["w8a8_row_fake_quant"] = False
                     _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
                     kernels.CONFIG["w8a8_row_fake_quant"] = saved["w8a8_row_fake_quant"]
-                if "gemv" in sections and m == 1 and mode != "w8a8":
+                sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant_row's fp32 row
+                if sweep in sections and m == 1:
                     for cfg in CONFIGS:
-                        kernels.CONFIG["gemv"] = ((0, cfg),)
+                        kernels.CONFIG[sweep.replace("-", "_")] = ((0, cfg),)
                         _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
                 if "small" in sections and m == 16 and mode != "pre":
                     for cfg, tp in SMALL:

@@ -146,8 +146,9 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
     x = torch.randn(1, k, device=device).to(torch.bfloat16)
     b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
     xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
-    saved = kernels.CONFIG["gemv"]
-    kernels.CONFIG["gemv"] = ((0, config),) if config else saved
+    saved = kernels.CONFIG["gemv"], kernels.CONFIG["gemv_w8a8"]
+    if config:
+        kernels.CONFIG["gemv"] = kernels.CONFIG["gemv_w8a8"] = ((0, config),)
     assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n))
     # the W8A8 path's activation: the quant kernel's values times their group scales, exactly
     fq = kernels.fake_quant_row(x, block_k)
@@ -163,12 +164,12 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
                 ref = reference.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
             assert outs[name].shape == (1, n) and not outs[name].isnan().any()
             assert rel_err(outs[name], ref) < 1e-2, (n, k, name, rel_err(outs[name], ref))
-        kernels.CONFIG["gemv"] = None
+        kernels.CONFIG["gemv"] = kernels.CONFIG["gemv_w8a8"] = None
         swap_ab = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
         swap_ab_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
         swap_ab_w8a8 = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k, quantize_activation=True)
     finally:
-        kernels.CONFIG["gemv"] = saved
+        kernels.CONFIG["gemv"], kernels.CONFIG["gemv_w8a8"] = saved
     # the swap-AB kernel rounds each dequantised weight to bf16 (the GEMV keeps fp32) and both round
     # their outputs to bf16; the CPU interpreter truncates instead of rounding, which doubles both
     # errors (an unseeded run hit 5.0e-3)

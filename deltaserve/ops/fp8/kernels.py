@@ -67,6 +67,10 @@ CONFIG = {
     # one-row W8A8: `fake_quant_row` then the W8A16 GEMV (False: the swap-AB kernel quantising inline;
     # H200 1.26-1.31x -> 1.33-1.69x bf16, scripts/fp8_gemv_probe.py, BENCHMARKS.md 2026-11-29)
     "w8a8_row_fake_quant": True,
+    # its GEMV reads an fp32 row (20 more registers at 4 rows): 2-row, 4-warp programs at every N
+    # (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 11.8 / 5.9 / 7.6 -> 10.7 / 5.8 / 7.2 us;
+    # scripts/fp8_gemv_probe.py gemv-w8a8)
+    "gemv_w8a8": ((0, (2, 2048, 4, 3)),),
 }
 
 
@@ -377,9 +381,9 @@ def fake_quant_row(x: torch.Tensor, group: int = 128) -> torch.Tensor:
     return y
 
 
-def gemv_config(n: int) -> tuple[int, int, int, int] | None:
-    """The one-row GEMV's (BN, BK, warps, stages) for ``n`` output columns from ``CONFIG["gemv"]``."""
-    tiers = CONFIG["gemv"]
+def gemv_config(n: int, key: str = "gemv") -> tuple[int, int, int, int] | None:
+    """The one-row GEMV's (BN, BK, warps, stages) for ``n`` output columns from ``CONFIG[key]``."""
+    tiers = CONFIG[key]
     if tiers is None:
         return None
     return next((cfg for min_n, cfg in tiers if n >= min_n), tiers[-1][1])
@@ -509,7 +513,7 @@ def block_fp8_linear(
         return out
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
-        cfg = gemv_config(n) if m == 1 else None
+        cfg = gemv_config(n, "gemv_w8a8" if mode == 2 else "gemv") if m == 1 else None
         if mode == 2 and CONFIG["w8a8_row_fake_quant"] and cfg is not None and gemv.supports(0, block_k, cfg):
             # one row: the row's quantised values (e4m3 times group scale, in fp32) into the W8A16
             # GEMV; PDL overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV
