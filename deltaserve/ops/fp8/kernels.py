@@ -65,7 +65,8 @@ CONFIG = {
     # scripts/fp8_gemv_sweep.py, BENCHMARKS.md 2026-11-29)
     "gemv": ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3))),
     # one-row W8A8: `fake_quant_row` then the W8A16 GEMV (False: the swap-AB kernel quantising inline;
-    # H200 1.26-1.31x -> 1.33-1.69x bf16, scripts/fp8_gemv_probe.py, BENCHMARKS.md 2026-11-29)
+    # H200 1.26-1.31x -> 1.48-1.75x bf16 with the tier below; scripts/fp8_gemv_probe.py, BENCHMARKS.md
+    # 2026-11-29)
     "w8a8_row_fake_quant": True,
     # its GEMV reads an fp32 row (20 more registers at 4 rows): 2-row, 4-warp programs at every N
     # (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 11.8 / 5.9 / 7.6 -> 10.7 / 5.8 / 7.2 us;
