@@ -7,18 +7,16 @@ W8A8, three interleaved rounds of 8-call CUDA graphs (device machine; per-call Â
 from __future__ import annotations
 
 import torch
+from fp8_gemv_probe import _weights
 
 from deltaserve.bench.common import time_cuda_graph
-from deltaserve.ops.fp8 import kernels, reference
+from deltaserve.ops.fp8 import kernels
 
 
 def main() -> None:
     print(torch.cuda.get_device_name(0))
     for n, k in ((12288, 2048), (2048, 4096)):
-        ws = []
-        for _ in range(8):
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-            ws.append((w, *reference.quantize_block_fp8(w)))
+        ws = _weights(n, k)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         rb64 = torch.arange(n, device="cuda") // 128
         maps = (("plain", None), ("rb64", rb64), ("rb32", rb64.int()))

@@ -7,18 +7,16 @@
 from __future__ import annotations
 
 import torch
+from fp8_gemv_probe import _weights
 
 from deltaserve.bench.common import time_cuda_graph
-from deltaserve.ops.fp8 import kernels, reference
+from deltaserve.ops.fp8 import kernels
 
 
 def main() -> None:
     print(torch.cuda.get_device_name(0))
     for n, k in ((12288, 2048), (2048, 4096), (2048, 6144)):
-        ws = []
-        for _ in range(8):
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-            ws.append((w, *reference.quantize_block_fp8(w)))
+        ws = _weights(n, k)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         calls = {
             "bf16": [(lambda w=w, x=x: x @ w.T) for w, _, _ in ws],
