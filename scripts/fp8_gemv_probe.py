@@ -88,10 +88,10 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                 kernels.CONFIG.update(saved)
                 _measure(rows, dict(base, cfg=None), "default", calls, ref)
                 if mode == "w8a8" and m == 1:  # A/B: the swap-AB kernel quantising in every program
-                    kernels.CONFIG["w8a8_row_fake_quant"] = False
+                    kernels.CONFIG["w8a8_fake_quant"] = False
                     _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
-                    kernels.CONFIG["w8a8_row_fake_quant"] = saved["w8a8_row_fake_quant"]
-                sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant_row's fp32 row
+                    kernels.CONFIG["w8a8_fake_quant"] = saved["w8a8_fake_quant"]
+                sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant's fp32 rows
                 if sweep in sections and m == 1:
                     for cfg in CONFIGS:
                         kernels.CONFIG[sweep.replace("-", "_")] = ((0, cfg),)

@@ -61,16 +61,19 @@ def test_tma_kernel_compiles_with_tma_and_wgmma():
 
 
 @pytest.mark.parametrize(
-    "mode,pdl,plain", [(0, True, True), (1, False, True), (1, True, True), (0, True, False)]
-)
-def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain):
+    "mode,pdl,plain,rows,chunk_major",
+    [(0, True, True, 1, True), (1, False, True, 1, True), (1, True, True, 1, True), (0, True, False, 1, True),
+     (0, True, True, 2, True), (1, True, False, 2, True), (0, True, True, 1, False), (0, True, False, 2, False)],
+)  # fmt: skip
+def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain, rows, chunk_major):
     from deltaserve.ops.fp8 import gemv
 
-    a = "*fp8e4nv" if mode == 1 else "*bf16"
+    a = "*fp8e4nv" if mode == 1 else "*bf16" if chunk_major else "*fp32"
     ptr = dict(x_ptr=a, xs_ptr="*fp32" if mode == 1 else a, w_ptr="*fp8e4nv", s_ptr="*fp32")
     ptr.update(bias_ptr="*bf16", y_ptr="*bf16", rb_ptr="*i64")
     const = dict(
-        A_MODE=mode, HAS_BIAS=mode == 0, PLAIN=plain, BN=2, BK=1024, BLOCK_K=128, PLAIN_BN_C=128, PDL=pdl
+        A_MODE=mode, HAS_BIAS=mode == 0, PLAIN=plain, ROWS=rows, BN=2, BK=1024, BLOCK_K=128, PLAIN_BN_C=128,
+        CA=gemv.chunk_axis(chunk_major), PDL=pdl,
     )  # fmt: skip
     k = compile_for_hopper(gemv._fp8_gemv_kernel, ptr, const, num_warps=4, num_stages=3, **pdl_launch(pdl))
     ptx = k.asm["ptx"]
@@ -81,12 +84,24 @@ def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain):
     # the weight tile is used in the layout it was loaded in (no shared-memory round trip per K step)
     loop = k.asm["ttgir"].split("scf.for")[1].split("scf.yield")[0]
     assert not any("convert_layout" in ln and "f8E4M3FN" in ln for ln in loop.splitlines())
+    # chunk-major: a warp's lanes all on the chunk axis (each thread holds every weight row of a chunk),
+    # with the alignment the launcher reports at run time (8-wide vectors)
+    hints = ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "K", "sw_n", "sx")
+    ttgir = compile_for_hopper(gemv._fp8_gemv_kernel, ptr, const, divisible=hints, num_warps=4, num_stages=3,
+                               **pdl_launch(pdl)).asm["ttgir"]  # fmt: skip
+    loop = ttgir.split("scf.for")[1].split("scf.yield")[0]
+    w_load = next(ln for ln in loop.splitlines() if "tt.load" in ln and "x8x!tt.ptr<f8E4M3FN>" in ln)
+    name = re.search(r"tt\.ptr<f8E4M3FN>, #(\w+)>", w_load).group(1)
+    layout = next(ln for ln in ttgir.splitlines() if ln.startswith(f"#{name} ="))
+    assert "sizePerThread = [1, 1, 8]" in layout, layout
+    lanes = [int(v) for v in re.search(r"threadsPerWarp = \[([\d, ]+)\]", layout).group(1).split(",")]
+    assert (lanes[gemv.chunk_axis(chunk_major)] == 32) == chunk_major, layout
 
 
-def test_fake_quant_row_kernel_waits_then_lets_the_gemv_start():
-    ptr = dict(x_ptr="*bf16", y_ptr="*fp32")
-    const = dict(G=128, GPP=16, FP8_MAX_C=448.0, PDL=True)
-    ptx = compile_for_hopper(K._fake_quant_row_kernel, ptr, const, num_warps=4, **pdl_launch(True)).asm["ptx"]
+def test_fake_quant_kernel_waits_then_lets_the_gemv_start():
+    ptr = dict(x_ptr="*bf16", q_ptr="*fp32", s_ptr="*fp32")
+    const = dict(G=128, GPP=16, FP8_MAX_C=448.0, FAKE=True, PDL=True)
+    ptx = compile_for_hopper(K._group_quant_kernel, ptr, const, num_warps=4, **pdl_launch(True)).asm["ptx"]
     wait, launch = ptx.index("griddepcontrol.wait"), ptx.index("griddepcontrol.launch_dependents")
     assert wait < launch < ptx.index("ld.global")  # x is read only after the producer finished
     assert "e4m3x2" in ptx  # rounded through e4m3

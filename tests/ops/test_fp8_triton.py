@@ -119,39 +119,41 @@ def check_split_k(device, m, n, k, layout="plain"):
     b = torch.randn(n, device=device).to(torch.bfloat16)
     tiles = -(-m // kernels.CONFIG["small"][0]) * -(-n // kernels.CONFIG["small"][1])
     assert tiles < kernels.CONFIG["target_programs"] and k // kernels.BK >= 4  # so split > 1
-    saved = kernels.CONFIG["gemv"]
-    kernels.CONFIG["gemv"] = None  # the plain row map would take the GEMV at M=1
+    saved = kernels.CONFIG["gemv_m_max"]
+    kernels.CONFIG["gemv_m_max"] = 0  # small M would take the streaming GEMV
     try:
         check_gemm(device, m, n, k, layout, bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
         first = kernels.block_fp8_linear(x, q, s, rb, b)
         again = kernels.block_fp8_linear(x, q, s, rb, b)
     finally:
-        kernels.CONFIG["gemv"] = saved
+        kernels.CONFIG["gemv_m_max"] = saved
     assert torch.equal(first, again)
     assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
 
 
-def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
-    """The one-row streaming GEMV for bf16 and pre-quantised activations, against the references and
-    against the swap-AB kernel on the same call; ``config`` overrides ``CONFIG["gemv"]``; ``layout`` as
-    in ``make_weight`` (block_k 128 there)."""
+def check_gemv(device, n, k, block_k=128, config=None, layout="none", m=1):
+    """The streaming GEMV (``m`` activation rows, strided when ``m`` > 1) for bf16, pre-quantised and
+    W8A8 activations, against the references and against the swap-AB kernel on the same call;
+    ``config`` overrides the GEMV's tiers; ``layout`` as in ``make_weight`` (block_k 128 there)."""
     from deltaserve.ops.fp8 import kernels, reference
 
-    torch.manual_seed(n * 31 + k)
+    torch.manual_seed(n * 31 + k + m)
     if layout == "none":
         q, s = reference.quantize_block_fp8(torch.randn(n, k, device=device) * 0.05, 128, block_k)
         rb = None
     else:
         q, s, rb = make_weight(n, k, layout, device, seed=n + k)
-    x = torch.randn(1, k, device=device).to(torch.bfloat16)
+    x = torch.randn(m, k + 24 * (m > 1), device=device).to(torch.bfloat16)[:, :k]  # rows k + 24 apart
     b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
     xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
-    saved = kernels.CONFIG["gemv"], kernels.CONFIG["gemv_w8a8"]
+    keys = ("gemv", "gemv_w8a8", "gemv_rows", "gemv_rows_w8a8", "gemv_m_max")
+    saved = {key: kernels.CONFIG[key] for key in keys}
     if config:
-        kernels.CONFIG["gemv"] = kernels.CONFIG["gemv_w8a8"] = ((0, config),)
-    assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n))
+        kernels.CONFIG.update({key: ((0, config),) for key in keys[:-1]})
+    kernels.CONFIG["gemv_m_max"] = max(m, saved["gemv_m_max"])
+    assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n, m=m))
     # the W8A8 path's activation: the quant kernel's values times their group scales, exactly
-    fq = kernels.fake_quant_row(x, block_k)
+    fq = kernels.fake_quant(x, block_k)
     assert torch.equal(fq, xq.float() * xs.repeat_interleave(block_k, dim=1)[:, :k])
     outs = {}
     calls = (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs)), ("w8a8", x, dict(quantize_activation=True)))
@@ -162,14 +164,14 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none"):
                 ref = _w8a8_from_kernel_quant(x, q, s, rb, b, block_k)
             else:
                 ref = reference.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
-            assert outs[name].shape == (1, n) and not outs[name].isnan().any()
-            assert rel_err(outs[name], ref) < 1e-2, (n, k, name, rel_err(outs[name], ref))
-        kernels.CONFIG["gemv"] = kernels.CONFIG["gemv_w8a8"] = None
+            assert outs[name].shape == (m, n) and not outs[name].isnan().any()
+            assert rel_err(outs[name], ref) < 1e-2, (n, k, m, name, rel_err(outs[name], ref))
+        kernels.CONFIG["gemv_m_max"] = 0
         swap_ab = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
         swap_ab_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
         swap_ab_w8a8 = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k, quantize_activation=True)
     finally:
-        kernels.CONFIG["gemv"], kernels.CONFIG["gemv_w8a8"] = saved
+        kernels.CONFIG.update(saved)
     # the swap-AB kernel rounds each dequantised weight to bf16 (the GEMV keeps fp32) and both round
     # their outputs to bf16; the CPU interpreter truncates instead of rounding, which doubles both
     # errors (an unseeded run hit 5.0e-3)
@@ -202,6 +204,9 @@ def run_small(device: str) -> None:
     check_gemv(device, 200, 384, layout="perm")
     check_gemv(device, 256, 256, layout="shards", config=(4, 128, 2, 1))
     check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1))
+    check_gemv(device, 201, 300, m=2)
+    check_gemv(device, 200, 384, layout="perm", m=2, config=(4, 128, 2, 1))
+    check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1), m=2)
     check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
     check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
 
@@ -209,7 +214,7 @@ def run_small(device: str) -> None:
 def test_gemv_config_tiers_by_output_width():
     from deltaserve.ops.fp8 import kernels
 
-    saved = kernels.CONFIG["gemv"]
+    saved = dict(kernels.CONFIG)
     try:
         kernels.CONFIG["gemv"] = ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3)))
         picks = [kernels.gemv_config(n) for n in (24576, 8192, 8191, 4096, 2048, 1)]
@@ -218,8 +223,21 @@ def test_gemv_config_tiers_by_output_width():
         assert kernels.gemv_config(5) == (1, 8, 1, 1)
         kernels.CONFIG["gemv"] = None
         assert kernels.gemv_config(4096) is None
+        # more rows read the _rows tiers, up to gemv_m_max rows; a None tier is the swap-AB kernel
+        kernels.CONFIG.update(gemv_m_max=2, gemv_rows_w8a8=((8192, None), (0, (2, 512, 2, 3))))
+        assert kernels.gemv_config(4096, "gemv_w8a8", m=2) == (2, 512, 2, 3)
+        assert kernels.gemv_config(8192, "gemv_w8a8", m=2) is None
+        assert kernels.gemv_config(4096, "gemv_w8a8", m=3) is None
+        kernels.CONFIG["gemv_m_max"] = 16  # the kernel keeps one accumulator per row, two at most
+        assert kernels.gemv_config(4096, "gemv_w8a8", m=3) is None
+        w = torch.zeros(8, 8, dtype=kernels.FP8_DTYPE)
+        with pytest.raises(ValueError, match="1 to 2 rows"):
+            kernels.gemv.gemv(torch.zeros(3, 8), None, w, torch.ones(1, 1), None, None, torch.empty(3, 8),
+                              mode=0, block_k=128, config=(2, 8, 1, 1), plain_bn=128)  # fmt: skip
+        assert not kernels.gemv.supports(0, 128, None)
     finally:
-        kernels.CONFIG["gemv"] = saved
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(saved)
 
 
 def test_prequantized_reference_equals_w8a8():
@@ -298,6 +316,24 @@ def test_split_k_gpu(layout):
 )  # fmt: skip
 def test_gemv_gpu(n, k, layout):
     check_gemv("cuda", n, k, layout=layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "n,k,layout", [(2048, 4096, "none"), (12288, 2048, "shards"), (1000, 4100, "none"), (640, 4096, "perm")]
+)
+def test_gemv_two_rows_gpu(n, k, layout):
+    """Two rows on shapes the dispatch gives the swap-AB kernel too (the kernel is right at any N)."""
+    check_gemv("cuda", n, k, layout=layout, m=2, config=(2, 1024, 4, 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(2048, 4096), (2048, 6144), (201, 300)])
+def test_gemv_two_rows_default_tiers_gpu(n, k):
+    from deltaserve.ops.fp8 import kernels
+
+    assert kernels.gemv_config(n, m=2) is not None  # the dispatch takes the GEMV here
+    check_gemv("cuda", n, k, m=2)
 
 
 @pytest.mark.gpu

@@ -17,8 +17,9 @@ Activation modes (constexpr ``A_MODE``):
   128; the same arithmetic as the quant kernel, one launch fewer).
 
 GEMM kernels:
-- one row, modes 0 and 1 (``CONFIG["gemv"]``, by N): the streaming GEMV in ``gemv.py``; one-row W8A8
-  runs it in mode 0 on ``fake_quant_row``'s output (the quantised values as fp32);
+- one or two rows (``CONFIG["gemv_m_max"]``), modes 0 and 1 (``CONFIG["gemv"]`` / ``["gemv_rows"]``, by
+  N): the streaming GEMV in ``gemv.py``; W8A8 runs it in mode 0 on ``fake_quant``'s output (the quantised
+  values as fp32; ``CONFIG["gemv_w8a8"]`` / ``["gemv_rows_w8a8"]``);
 - other small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
   activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
   split over programs so that about two programs per SM stream the weight; the last split to finish
@@ -59,19 +60,26 @@ CONFIG = {
     "medium_m_max": 256,
     "target_programs": 264,
     "dequant_m_min": 512,  # W8A16 from this M on: dequantise to a bf16 scratch + cuBLAS
-    # the one-row streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py): (min N, (BN, BK,
-    # warps, stages)) tiers, the first whose min N the call reaches; None: the swap-AB kernel. Wide
-    # outputs take 4-row, 4-warp programs, narrow ones 8 warps for enough programs per SM (H200,
-    # scripts/fp8_gemv_sweep.py, BENCHMARKS.md 2026-11-29)
-    "gemv": ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3))),
-    # one-row W8A8: `fake_quant_row` then the W8A16 GEMV (False: the swap-AB kernel quantising inline;
-    # H200 1.26-1.31x -> 1.48-1.75x bf16 with the tier below; scripts/fp8_gemv_probe.py, BENCHMARKS.md
-    # 2026-11-29)
-    "w8a8_row_fake_quant": True,
-    # its GEMV reads an fp32 row (20 more registers at 4 rows): 2-row, 4-warp programs at every N
-    # (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 11.8 / 5.9 / 7.6 -> 10.7 / 5.8 / 7.2 us;
-    # scripts/fp8_gemv_probe.py gemv-w8a8)
+    # the streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py) up to this many rows (the
+    # kernel keeps one accumulator per row, gemv.MAX_ROWS at most). Rows cost registers per program, so
+    # bytes in flight per SM: past 2 rows the swap-AB MMA kernel wins (H200: 8.5-8.9 against 7.9-8.1 us
+    # at M=4, 2048x4096; scripts/fp8_gemv_rows.py, BENCHMARKS.md 2026-11-29)
+    "gemv_m_max": 2,
+    # its (min N, (BN, BK, warps, stages) | None) tiers, the first whose min N the call reaches (below
+    # every tier: the last); None: the swap-AB kernel. One bf16 row: 4 weight rows per program, 4 warps
+    # for wide outputs, 8 below (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 9.6 / 4.7 / 6.5 us;
+    # scripts/fp8_gemv_probe.py gemv, BENCHMARKS.md 2026-11-29)
+    "gemv": ((8192, (4, 1024, 4, 3)), (0, (4, 2048, 8, 3))),
+    # W8A8 quantising the activations: `fake_quant` then the GEMV on its fp32 rows (False: the swap-AB
+    # kernel quantising inline; H200, one row: 1.23-1.28x -> 1.46-1.72x bf16; scripts/fp8_gemv_probe.py)
+    "w8a8_fake_quant": True,
+    # one fp32 row: 2-row, 4-warp programs at every N (H200, M=1: 10.8 / 5.6 / 7.0 us; gemv-w8a8 sweep)
     "gemv_w8a8": ((0, (2, 2048, 4, 3)),),
+    # two rows, bf16 / fp32 (W8A8): the GEMV below N 8192 (H200, 2048x4096 / 2048x6144: W8A16 6.0 / 8.0
+    # us against 7.8 / 9.5 for swap-AB, W8A8 6.5 / 8.2 against 8.2 / 9.6), swap-AB above (12288x2048:
+    # W8A16 13.4 against the GEMV's best 13.3, W8A8 12.3 against 14.9; scripts/fp8_gemv_rows.py)
+    "gemv_rows": ((8192, None), (0, (2, 1024, 4, 3))),
+    "gemv_rows_w8a8": ((8192, None), (0, (2, 1024, 4, 3))),
 }
 
 
@@ -88,32 +96,25 @@ def _quant_tile(a, FP8_MAX_C: tl.constexpr):
 @triton.jit
 def _group_quant_kernel(
     x_ptr, q_ptr, s_ptr, K, KB, sx, sq, ss,
-    G: tl.constexpr, GPP: tl.constexpr, FP8_MAX_C: tl.constexpr,
+    G: tl.constexpr, GPP: tl.constexpr, FP8_MAX_C: tl.constexpr, FAKE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    """Per-token-group quant of ``GPP`` groups of one row: ``q`` e4m3 and ``s`` its scales, or with
+    ``FAKE`` only ``q`` as fp32, each e4m3 value times its group scale (``s_ptr`` unused)."""
+    if PDL:
+        gdc_wait()
+        # the GEMV after this only streams weights before its own wait: let it start now
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1) * GPP + tl.arange(0, GPP)  # [GPP]
     col = grp[:, None] * G + tl.arange(0, G)[None, :]  # [GPP, G]
     m = (grp[:, None] < KB) & (col < K)
     x = tl.load(x_ptr + row * sx + col, mask=m, other=0.0).to(tl.float32)
     q, scale = _quant_tile(x, FP8_MAX_C)
-    tl.store(q_ptr + row * sq + col, q, mask=m)
-    tl.store(s_ptr + row * ss + grp, scale, mask=grp < KB)
-
-
-@triton.jit
-def _fake_quant_row_kernel(x_ptr, y_ptr, K, KB, G: tl.constexpr, GPP: tl.constexpr, FP8_MAX_C: tl.constexpr,
-                           PDL: tl.constexpr):  # fmt: skip
-    """``y [K]`` fp32 = the e4m3 value times its group scale for each element of one row ``x [K]``."""
-    if PDL:
-        gdc_wait()
-        # the GEMV after this only streams weights before its own wait: let it start now
-        gdc_launch_dependents()
-    grp = tl.program_id(0) * GPP + tl.arange(0, GPP)  # [GPP]
-    col = grp[:, None] * G + tl.arange(0, G)[None, :]  # [GPP, G]
-    m = (grp[:, None] < KB) & (col < K)
-    x = tl.load(x_ptr + col, mask=m, other=0.0).to(tl.float32)
-    q, scale = _quant_tile(x, FP8_MAX_C)
-    tl.store(y_ptr + col, q.to(tl.float32) * scale[:, None], mask=m)
+    if FAKE:
+        tl.store(q_ptr + row * sq + col, q.to(tl.float32) * scale[:, None], mask=m)
+    else:
+        tl.store(q_ptr + row * sq + col, q, mask=m)
+        tl.store(s_ptr + row * ss + grp, scale, mask=grp < KB)
 
 
 @triton.jit
@@ -338,14 +339,18 @@ def dequant_to(
     return out
 
 
-def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of ``reference.per_token_group_quant_fp8``: ``x [M, K]`` -> ``(x_q, scales)``."""
+def _check_quant_input(x: torch.Tensor, group: int) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
     if x.stride(1) != 1:
         raise ValueError(f"x must have unit stride on K, got strides {tuple(x.stride())}")
     if group <= 0 or group & (group - 1):
         raise ValueError(f"group must be a power of two, got {group}")
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``reference.per_token_group_quant_fp8``: ``x [M, K]`` -> ``(x_q, scales)``."""
+    _check_quant_input(x, group)
     m, k = x.shape
     kb = triton.cdiv(k, group)
     q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
@@ -355,36 +360,39 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     gpp = min(triton.next_power_of_2(kb), max(1, 2048 // group))
     _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
         x, q, s, k, kb, x.stride(0), q.stride(0), s.stride(0),
-        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, num_warps=4,
+        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=False, PDL=False, num_warps=4,
     )  # fmt: skip
     return q, s
 
 
-def fake_quant_row(x: torch.Tensor, group: int = 128) -> torch.Tensor:
-    """``x [1, K]`` -> ``[1, K]`` fp32: each element's e4m3 value times its group's scale, the activation a
+def fake_quant(x: torch.Tensor, group: int = 128) -> torch.Tensor:
+    """``x [M, K]`` -> ``[M, K]`` fp32: each element's e4m3 value times its group's scale, the activation a
     W8A8 GEMM multiplies (``per_token_group_quant_fp8``'s arithmetic; each product rounds once in fp32,
-    2^-24 relative, far below the e4m3 rounding)."""
-    if x.dim() != 2 or x.shape[0] != 1 or x.stride(1) != 1:
-        raise ValueError(f"x must be [1, K] with unit stride on K, got {tuple(x.shape)} {tuple(x.stride())}")
-    if group <= 0 or group & (group - 1):
-        raise ValueError(f"group must be a power of two, got {group}")
-    k = x.shape[1]
+    2^-24 relative, far below the e4m3 rounding). With PDL the GEMV after it starts streaming weights
+    while this runs."""
+    _check_quant_input(x, group)
+    m, k = x.shape
     kb = triton.cdiv(k, group)
-    y = torch.empty(1, k, dtype=torch.float32, device=x.device)
-    if k == 0:
+    y = torch.empty(m, k, dtype=torch.float32, device=x.device)
+    if m == 0 or k == 0:
         return y
     # one program per 16 groups: 1, 2 or 4 programs per 1-row GEMV made no difference (H200)
     gpp = min(triton.next_power_of_2(kb), 16)
     pdl = use_pdl(x)
-    _fake_quant_row_kernel[(triton.cdiv(kb, gpp),)](
-        x, y, k, kb, G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, PDL=pdl, num_warps=4, **pdl_launch(pdl)
-    )
+    _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
+        x, y, y, k, kb, x.stride(0), y.stride(0), 0,
+        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=True, PDL=pdl, num_warps=4, **pdl_launch(pdl),
+    )  # fmt: skip
     return y
 
 
-def gemv_config(n: int, key: str = "gemv") -> tuple[int, int, int, int] | None:
-    """The one-row GEMV's (BN, BK, warps, stages) for ``n`` output columns from ``CONFIG[key]``."""
-    tiers = CONFIG[key]
+def gemv_config(n: int, key: str = "gemv", m: int = 1) -> tuple[int, int, int, int] | None:
+    """The streaming GEMV's (BN, BK, warps, stages) for ``m`` activation rows and ``n`` output columns
+    from ``CONFIG[key]`` (``key`` names the one-row tiers; ``m`` >= 2 reads ``key``'s ``_rows`` tiers);
+    None: past ``CONFIG["gemv_m_max"]`` rows, or no tiers."""
+    if m > min(CONFIG["gemv_m_max"], gemv.MAX_ROWS):
+        return None
+    tiers = CONFIG[key if m == 1 else key.replace("gemv", "gemv_rows")]
     if tiers is None:
         return None
     return next((cfg for min_n, cfg in tiers if n >= min_n), tiers[-1][1])
@@ -514,12 +522,12 @@ def block_fp8_linear(
         return out
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
-        cfg = gemv_config(n, "gemv_w8a8" if mode == 2 else "gemv") if m == 1 else None
-        if mode == 2 and CONFIG["w8a8_row_fake_quant"] and cfg is not None and gemv.supports(0, block_k, cfg):
-            # one row: the row's quantised values (e4m3 times group scale, in fp32) into the W8A16
-            # GEMV; PDL overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV
-            # quantising the row itself, once per program, was 0.9-1.4 us slower on an H200.)
-            x, mode = fake_quant_row(x, block_k), 0
+        cfg = gemv_config(n, "gemv_w8a8" if mode == 2 else "gemv", m)
+        if mode == 2 and CONFIG["w8a8_fake_quant"] and cfg is not None and gemv.supports(0, block_k, cfg):
+            # the rows' quantised values (e4m3 times group scale, in fp32) into the W8A16 GEMV; PDL
+            # overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV quantising the
+            # row itself, once per program, was 0.9-1.4 us slower on an H200.)
+            x, mode = fake_quant(x, block_k), 0
         if cfg is not None and gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
