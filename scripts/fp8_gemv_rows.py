@@ -17,41 +17,17 @@ import statistics
 import sys
 
 import torch
+from fp8_gemv_probe import SHAPES, _measure, _weights, rel
 
 from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops.fp8 import gemv, kernels, reference
 
-SHAPES = [(12288, 2048), (2048, 4096), (2048, 6144)]
 MS = (2,)  # the kernel keeps one accumulator per row, two at most (1-16 rows: git history)
 CONFIGS = [  # (BN, BK, warps, stages)
     (1, 2048, 4, 3), (2, 2048, 4, 3), (4, 2048, 4, 3), (2, 1024, 4, 3), (4, 1024, 4, 3), (2, 2048, 8, 3),
     (4, 2048, 8, 3), (1, 1024, 2, 3), (2, 512, 2, 3), (8, 1024, 8, 3),
 ]  # fmt: skip
 GEMV_KEYS = ("gemv", "gemv_w8a8", "gemv_rows", "gemv_rows_w8a8")
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def _weights(n: int, k: int) -> list:
-    ws = []
-    for _ in range(8):
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        ws.append((w, *reference.quantize_block_fp8(w)))
-    return ws
-
-
-def _time(rows: list[dict], base: dict, fns: list, ref: torch.Tensor) -> None:
-    r = dict(base)
-    try:
-        r["err"] = rel(fns[0](), ref)
-        r["us"] = time_cuda_graph(fns) * 1e3
-        r["ratio"] = r["bf16_us"] / r["us"]
-    except Exception as exc:  # noqa: BLE001 - a config that fails is a row
-        r["error"] = f"{type(exc).__name__}: {exc}"[:200]
-    rows.append(r)
-    print(json.dumps(r), flush=True)
 
 
 def rows_section() -> list[dict]:
@@ -76,10 +52,10 @@ def rows_section() -> list[dict]:
                     ]
                     base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
                     kernels.CONFIG.update(saved, gemv_m_max=0)
-                    _time(rows, dict(base, kernel="swap-AB", cfg=None), fns, ref)
+                    _measure(rows, dict(base, cfg=None), "swap-AB", fns, ref)
                     for cfg in CONFIGS:
                         kernels.CONFIG.update(saved, gemv_m_max=16, **{key: ((0, cfg),) for key in GEMV_KEYS})
-                        _time(rows, dict(base, kernel="gemv", cfg=cfg), fns, ref)
+                        _measure(rows, dict(base, cfg=cfg), "gemv", fns, ref)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(saved)
