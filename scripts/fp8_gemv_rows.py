@@ -17,7 +17,7 @@ import statistics
 import sys
 
 import torch
-from fp8_gemv_probe import SHAPES, _measure, _weights, rel
+from fp8_gemv_probe import SHAPES, _measure, _weights, print_best, rel
 
 from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops.fp8 import gemv, kernels, reference
@@ -132,16 +132,7 @@ def main() -> None:
             f"AB M={r['M']} N={r['N']} K={r['K']} {r['mode']:5s} {r['head_cfg']} / {r['cfg']}: head {r['head_med']:.2f} us, "
             f"tree {r['tree_med']:.2f} us, bf16 {r['bf16_us']:.2f}"
         )
-    best: dict = {}
-    for r in res["rows"]:
-        key = (r["N"], r["K"], r["M"], r["mode"], r["kernel"])
-        if "us" in r and r["err"] < 2e-2 and (key not in best or r["us"] < best[key]["us"]):
-            best[key] = r
-    for key, r in sorted(best.items()):
-        print(
-            f"N={key[0]} K={key[1]} M={key[2]:2d} {key[3]:5s} {key[4]:7s} {r['cfg']}: {r['us']:.2f} us, "
-            f"bf16 {r['bf16_us']:.2f}, {r['ratio']:.2f}x"
-        )
+    print_best(res["rows"])
     bad = [r for r in res["rows"] if "error" in r or r.get("err", 0) >= 2e-2]
     print(
         f"{len(bad)} rows failed or over 2e-2",
