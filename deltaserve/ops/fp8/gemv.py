@@ -16,9 +16,10 @@ elements per thread). With ``[BN, BK]`` tiles Triton gives the e4m3 weight 16-wi
 activations 8-wide vectors and converts one through shared memory every step; a per-column scale gather
 does the same. How a warp's lanes split over the two leading axes decides the rest, and Triton gives the
 lanes to whichever tied axis its version prefers (``chunk_axis``). Lanes along the chunks give each
-thread all ``BN`` weight rows of its chunks, so one activation chunk in registers serves them all (bf16
-and e4m3 rows; H200, M=1 12288x2048 10.1 -> 9.5 us, M=2 2048x4096 6.5 -> 5.8 us); fp32 rows want the
-lanes along the weight rows (the other way took 12.7-13.9 against 9.9 us there). A third tile axis for
+thread all ``BN`` weight rows of its chunks, so one activation chunk in registers serves them all. bf16
+and e4m3 rows take that (H200, same process, chunk-major against row-major: M=1 12288x2048 9.5 against
+10.1 us, M=2 2048x4096 5.8 against 6.5 us); fp32 rows keep lanes along the weight rows (chunk-major took
+12.7-13.9 against 9.9 us there; BENCHMARKS.md 2026-11-29 ~06:30). A third tile axis for
 the activation rows would tie too and take lanes itself, hence one accumulator per row (two at most).
 
 Activations (constexpr ``A_MODE``, as in ``kernels.py``): 0 bf16/fp16/fp32 (W8A16), 1 e4m3 with
