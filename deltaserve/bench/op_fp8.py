@@ -3,11 +3,12 @@
     python -m deltaserve.bench.ops fp8 [--quick] [--json PATH]
 
 Weights e4m3 with 128x128 scales, activations bf16. Ours: ``ops.fp8.block_fp8_linear`` W8A8
-(``quantize_activation=True``: per-token-group quant + fp8 MMA, timed together; at M = 1, and M = 2 below
-N 8192, a quant kernel then the streaming GEMV, for other M up to 16 the quant is inline), W8A16 (M <= 16:
-fp8 weight widened in registers; large M: dequantised + cuBLAS), both on the plain row map (``row_block=None``), and W8A8
-through an explicit row map ("rowmap"). Baselines: bf16 ``x @ Wᵀ`` (cuBLAS) and ``torch._scaled_mm``
-with per-tensor scales (the fp8 cuBLAS ceiling, not block-scaled; its input quantisation is not timed). Shapes: Qwen3-Next ``in_proj_qkvz`` (N 12288, K 2048) and
+(``quantize_activation=True``: per-token-group quant + fp8 MMA, timed together; at M = 1, and M = 2
+below N 8192, a quant kernel then the streaming GEMV, for other M up to 16 the quant is inline), W8A16
+(M <= 16: fp8 weight widened in registers; large M: dequantised + cuBLAS), both on the plain row map
+(``row_block=None``), and W8A8 through an explicit row map ("rowmap"). Baselines: bf16 ``x @ Wᵀ``
+(cuBLAS) and ``torch._scaled_mm`` with per-tensor scales (the fp8 cuBLAS ceiling, not block-scaled; its
+input quantisation is not timed). Shapes: Qwen3-Next ``in_proj_qkvz`` (N 12288, K 2048) and
 ``out_proj`` (N 2048, K 4096) at decode M 1, 2, 16 and prefill M 2048-8192. Small M: CUDA-graph
 replays over 8 weight copies (no L2 reuse); large M: CUDA-graph replays of one call (device time; the
 eager Python cost per call is in the note as host µs). ``achieved`` = TFLOP/s (large M)

@@ -523,12 +523,12 @@ def block_fp8_linear(
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
         cfg = gemv_config(n, "gemv_w8a8" if mode == 2 else "gemv", m)
-        if mode == 2 and CONFIG["w8a8_fake_quant"] and cfg is not None and gemv.supports(0, block_k, cfg):
+        if mode == 2 and CONFIG["w8a8_fake_quant"] and gemv.supports(0, block_k, cfg):
             # the rows' quantised values (e4m3 times group scale, in fp32) into the W8A16 GEMV; PDL
             # overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV quantising the
             # row itself, once per program, was 0.9-1.4 us slower on an H200.)
             x, mode = fake_quant(x, block_k), 0
-        if cfg is not None and gemv.supports(mode, block_k, cfg):
+        if gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
                 plain_bn=PLAIN_BN,
