@@ -30,6 +30,13 @@ SMALL = [  # swap-AB kernel (BMT, BN, warps, stages) x target programs, at M = 1
 ]  # fmt: skip
 
 
+def swap_ab_tiers(cfg: tuple[int, int, int, int], target: int) -> dict:
+    """CONFIG overrides running the small-M kernel swap-AB without PDL (what these sweeps measured) at
+    every N, from an old-style (BMT, BN, warps, stages) tile and split target."""
+    tiers = ((0, kernels.SmallTile(True, cfg[1], cfg[2], cfg[3], target, 0)),)
+    return dict(small=tiers, small_w8a8=tiers)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -98,7 +105,7 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                         _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
                 if "small" in sections and m == 16 and mode != "pre":
                     for cfg, tp in SMALL:
-                        kernels.CONFIG.update(small=cfg, target_programs=tp)
+                        kernels.CONFIG.update(swap_ab_tiers(cfg, tp))
                         _measure(rows, dict(base, cfg=(*cfg, tp)), "swap-AB", calls, ref)
     kernels.CONFIG.clear()
     kernels.CONFIG.update(saved)

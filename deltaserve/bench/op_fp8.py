@@ -107,8 +107,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def sweep() -> list[dict[str, Any]]:
-    """Times launch configs: M=1 W8A8 (swap-AB small-M configs x split targets) and M=4096 W8A8 (TMA
-    tile configs for N >= 8192 and below)."""
+    """Times launch configs: M=16 W8A8 (small-M kernel tiles, both forms) and M=4096 W8A8 (TMA tile
+    configs for N >= 8192 and below)."""
     from deltaserve.ops.fp8 import kernels
 
     saved = dict(kernels.CONFIG)
@@ -124,11 +124,14 @@ def sweep() -> list[dict[str, Any]]:
         print(fmt_row(r), flush=True)
 
     try:
-        for cfg in [(16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 2, 4), (16, 128, 4, 4), (16, 64, 4, 6)]:
-            for tp in (198, 264, 396):
-                for n, k in SHAPES:
-                    kernels.CONFIG.update(small=cfg, target_programs=tp)
-                    row(1, n, k, f"small={cfg} target={tp}")
+        for swap in (False, True):
+            for bn, warps, stages in [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]:
+                for target in (132, 264):
+                    for pdl in (0, 2):
+                        tile = kernels.SmallTile(swap, bn, warps, stages, target, pdl)
+                        kernels.CONFIG.update(small_w8a8=((0, tile),))
+                        for n, k in SHAPES:
+                            row(16, n, k, f"small={tile}")
         kernels.CONFIG.update(saved)
         for cfg in [(64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4), (64, 128, 4, 5)]:
             kernels.CONFIG.update(tma_wide=cfg, tma_narrow=cfg)

@@ -9,7 +9,8 @@ step. The contract each opted-in kernel keeps (``PDL`` constexpr):
 - ``gdc_wait()`` then waits for the previous grid to complete with its writes visible. Every
   opted-in kernel waits, so completion is transitive down the chain;
 - ``gdc_launch_dependents()`` (after its main loop) lets the next kernel launch early. Only the
-  one-row GEMVs, the norms and GDN decode trigger early; the others let their successor launch at
+  one-row GEMVs, the norms, GDN decode and the small-M FP8 GEMM trigger early (the last right after its
+  wait where that measured faster, ``kernels.SmallTile.pdl``); the others let their successor launch at
   their exit (conv1d decode's early trigger made it slower at batch 256, BENCHMARKS.md).
 
 Off on the CPU interpreter (inline PTX), before sm_90, on CUDA builds before 12.3, and with

@@ -30,14 +30,46 @@ def test_small_kernel_compiles_with_wgmma(mode, plain, split):
     ptr = dict(_operands(mode, plain), ws_ptr="*fp32", cnt_ptr="*i32")
     const = dict(
         A_MODE=mode, HAS_BIAS=split == 1, PLAIN=plain, SPLIT=split, BLOCK_K=128, BMT=16, BN=64, BKC=128,
-        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False,
+        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=True, PDL=2 if split > 1 else 0,
     )  # fmt: skip
-    ptx = compile_for_hopper(K._fp8_small_kernel, ptr, const, SMALL_DIVISIBLE, num_warps=4, num_stages=3).asm[
-        "ptx"
-    ]
+    ptx = compile_for_hopper(
+        K._fp8_small_kernel,
+        ptr,
+        const,
+        SMALL_DIVISIBLE,
+        num_warps=4,
+        num_stages=3,
+        **pdl_launch(const["PDL"] > 0),
+    ).asm["ptx"]
     assert "wgmma" in ptx and "cp.async" in ptx
     if mode == 0:  # W8A16 accumulates in place: MMAs stay in flight while the next tile is converted
         assert re.search(r"wgmma\.wait_group\.sync\.aligned [1-9]", ptx)  # triton 3.6: 7, 3.9: 1
+
+
+@pytest.mark.parametrize(
+    "mode,plain,pdl", [(0, True, 1), (0, False, 2), (1, True, 0), (2, False, 2), (2, True, 1)]
+)
+def test_small_kernel_rows_form_widens_the_weight_in_its_operand_layout(mode, plain, pdl):
+    """Activations on the MMA's 16-row side: mma.sync, and the e4m3 weight tile is widened after it
+    reaches the MMA operand layout (no shared-memory round trip of the widened tile, which the swap-AB
+    form's W8A16 step pays); PDL waits before any load."""
+    ptr = dict(_operands(mode, plain), ws_ptr="*fp32", cnt_ptr="*i32")
+    const = dict(
+        A_MODE=mode, HAS_BIAS=True, PLAIN=plain, SPLIT=2, BLOCK_K=128, BMT=16, BN=64, BKC=128,
+        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=False, PDL=pdl,
+    )  # fmt: skip
+    k = compile_for_hopper(
+        K._fp8_small_kernel, ptr, const, SMALL_DIVISIBLE, num_warps=4, num_stages=3, **pdl_launch(pdl > 0)
+    )
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
+    assert "mma.sync" in ptx and "wgmma" not in ptx and "cp.async" in ptx
+    assert re.search(r"tt\.fp_to_fp %\w+ : tensor<128x64xf8E4M3FN, #ttg\.dot_op<\{opIdx = 1", ttgir), ttgir
+    if pdl:
+        head = ptx[: ptx.index("griddepcontrol.wait")]
+        assert "ld.global" not in head and "cp.async" not in head
+        assert ("griddepcontrol.launch_dependents" in ptx) and (
+            (ptx.index("griddepcontrol.launch_dependents") < ptx.index("mma.sync")) == (pdl == 2)
+        )
 
 
 @pytest.mark.parametrize("mode,plain", list(itertools.product((0, 1), (True, False))))

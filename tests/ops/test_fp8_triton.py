@@ -117,8 +117,9 @@ def check_split_k(device, m, n, k, layout="plain"):
     q, s, rb = make_weight(n, k, layout, device, seed=k)
     x = torch.randn(m, k, device=device).to(torch.bfloat16)
     b = torch.randn(n, device=device).to(torch.bfloat16)
-    tiles = -(-m // kernels.CONFIG["small"][0]) * -(-n // kernels.CONFIG["small"][1])
-    assert tiles < kernels.CONFIG["target_programs"] and k // kernels.BK >= 4  # so split > 1
+    for tiers in (kernels.CONFIG["small"], kernels.CONFIG["small_w8a8"]):
+        tile = kernels._tier(tiers, n)
+        assert -(-n // tile.bn) < tile.target and k // kernels.BK >= 4  # so split > 1
     saved = kernels.CONFIG["gemv_m_max"]
     kernels.CONFIG["gemv_m_max"] = 0  # small M would take the streaming GEMV
     try:
@@ -129,6 +130,66 @@ def check_split_k(device, m, n, k, layout="plain"):
         kernels.CONFIG["gemv_m_max"] = saved
     assert torch.equal(first, again)
     assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
+
+
+def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
+    """The small-M kernel in both forms (activations on the MMA's row side, and swap-AB), each PDL mode
+    and one or many splits, for W8A16, pre-quantised and inline-quantised W8A8, against the references."""
+    from deltaserve.ops.fp8 import kernels, reference
+
+    q, s, rb = make_weight(n, k, layout, device, seed=m * 7 + n + k)
+    x = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype) if m % 2 else None
+    xq, xs = kernels.per_token_group_quant_fp8(x, 128)
+    refs = {
+        "w8a16": reference.block_fp8_linear(x, q, s, rb, b),
+        "pre": reference.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),
+        "w8a8": _w8a8_from_kernel_quant(x, q, s, rb, b),
+    }
+    saved = dict(kernels.CONFIG)
+    try:
+        for swap, pdl, target in ((False, 1, 264), (False, 2, 1), (True, 2, 264), (True, 0, 1)):
+            tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl)
+            kernels.CONFIG.update(gemv_m_max=0, small=((0, tile),), small_w8a8=((0, tile),))
+            outs = {
+                "w8a16": kernels.block_fp8_linear(x, q, s, rb, b),
+                "pre": kernels.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),
+                "w8a8": kernels.block_fp8_linear(x, q, s, rb, b, quantize_activation=True),
+            }
+            for name, out in outs.items():
+                assert out.shape == (m, n) and out.dtype == dtype and not out.isnan().any()
+                err = rel_err(out, refs[name])
+                assert err < tol, (m, n, k, layout, swap, pdl, target, name, err)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(saved)
+
+
+def check_extreme_rows(device):
+    """Rows of very large, very small and zero activations through the row form's fp16 widening (each
+    row is scaled by a power of two into fp16's range): every row within bf16 rounding of the reference."""
+    from deltaserve.ops.fp8 import kernels, reference
+
+    q, s, rb = make_weight(256, 384, "none", device, seed=1)
+    x = torch.randn(5, 384, device=device)
+    x[1] *= 1e30
+    x[2] *= 1e-30
+    x[3] = 0
+    x[4, :200] *= 1e6  # one row spanning 2^20 within a K step
+    x = x.bfloat16()
+    saved = dict(kernels.CONFIG)
+    try:
+        kernels.CONFIG.update(gemv_m_max=0, small=((0, kernels.SmallTile(False, 64, 4, 3, 264, 0)),))
+        out = kernels.block_fp8_linear(x, q, s, rb).float()
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(saved)
+    ref = reference.block_fp8_linear(x, q, s, rb).float()
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+    for r in (0, 1, 2, 4):  # per-row relative error, the scale divided out first (fp32 norms overflow)
+        scale = ref[r].abs().max()
+        err = ((out[r] - ref[r]) / scale).norm() / (ref[r] / scale).norm()
+        assert err < 1e-2, (r, err.item())
 
 
 def check_gemv(device, n, k, block_k=128, config=None, layout="none", m=1):
@@ -209,6 +270,10 @@ def run_small(device: str) -> None:
     check_gemv(device, 64, 520, block_k=256, config=(2, 256, 1, 1), m=2)
     check_prequantized(device, 3, 200, 300, "shards", tol=1e-2)
     check_prequantized(device, 20, 130, 256, "perm", out_dtype=torch.float32)
+    check_small_forms(device, 3, 200, 300, "plain")
+    check_small_forms(device, 16, 192, 640, "perm")
+    check_small_forms(device, 5, 130, 256, "none", dtype=torch.float16)
+    check_extreme_rows(device)
 
 
 def test_gemv_config_tiers_by_output_width():
@@ -300,6 +365,26 @@ def test_block_fp8_linear_gpu(m, n, k, layout):
 @pytest.mark.gpu
 def test_block_fp8_linear_fp16_gpu():
     check_gemm("cuda", 5, 384, 256, "plain", dtype=torch.float16, tol_w8a16=5e-3, tol_w8a8=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "m,n,k,layout",
+    [(3, 2048, 4096, "none"), (16, 12288, 2048, "none"), (2, 12288, 2048, "shards"), (9, 640, 4096, "perm"),
+     (16, 1000, 4100, "plain"), (4, 200, 300, "none")],
+)  # fmt: skip
+def test_small_forms_gpu(m, n, k, layout):
+    check_small_forms("cuda", m, n, k, layout, tol=5e-3)
+
+
+@pytest.mark.gpu
+def test_small_forms_fp16_gpu():
+    check_small_forms("cuda", 7, 2048, 2048, "plain", dtype=torch.float16, tol=5e-3)
+
+
+@pytest.mark.gpu
+def test_small_rows_form_extreme_rows_gpu():
+    check_extreme_rows("cuda")
 
 
 @pytest.mark.gpu
@@ -413,11 +498,18 @@ def test_block_fp8_linear_cuda_graph(m):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [3, 16])
 @pytest.mark.parametrize("qa", [False, True])
-def test_block_fp8_linear_dependent_chain_cuda_graph(m, qa):
+@pytest.mark.parametrize("tile", [None, (True, 64, 4, 3, 264, 2), (False, 128, 4, 3, 264, 1)])
+def test_block_fp8_linear_dependent_chain_cuda_graph(m, qa, tile, monkeypatch):
     """Four split-K small-M GEMMs, each reading the one before, in one CUDA graph, replayed with fresh
     inputs: the shared tile counters reset between launches and each GEMM reads its predecessor's output
-    (the check any PDL variant of the kernel must pass, ops/pdl.py)."""
-    from deltaserve.ops.fp8 import block_fp8_linear, reference
+    (the check any PDL variant of the kernel must pass, ops/pdl.py). ``tile``: the default tiers, or one
+    forced for every N (both kernel forms, both PDL modes)."""
+    from deltaserve.ops.fp8 import block_fp8_linear, kernels, reference
+
+    if tile is not None:
+        tiers = ((0, kernels.SmallTile(*tile)),)
+        monkeypatch.setitem(kernels.CONFIG, "small", tiers)
+        monkeypatch.setitem(kernels.CONFIG, "small_w8a8", tiers)
 
     weights = [make_weight(2048, 2048, "plain", "cuda", seed=i) for i in range(4)]
     x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)

@@ -8,9 +8,9 @@ a scalar, instead of a per-column gather and an outer product of scales). ``BK``
 Activation modes (constexpr ``A_MODE``):
 
 - 0 ``W8A16``: bf16/fp16 activations, the e4m3 tile is widened in registers (exact) and the product
-  is scaled per column: the dequantised computation with fp32 accumulation. The small-M kernel
-  instead scales the widened tile and rounds it to the activation dtype (the weight a dequantised
-  checkpoint would hold), so its MMAs accumulate in place.
+  is scaled per column: the dequantised computation with fp32 accumulation. The small-M kernel's
+  swap-AB form instead scales the widened tile and rounds it to the activation dtype (the weight a
+  dequantised checkpoint would hold), so its MMAs accumulate in place.
 - 1 ``W8A8``: activations pre-quantised by ``per_token_group_quant_fp8`` (larger M), or handed in
   already quantised (``x_scale``: e.g. a norm with fp8 output), at any M.
 - 2 ``W8A8`` with the per-token-group quantisation done inline on each A tile (small M, ``block_k``
@@ -20,10 +20,12 @@ GEMM kernels:
 - one or two rows (``CONFIG["gemv_m_max"]``), modes 0 and 1 (``CONFIG["gemv"]`` / ``["gemv_rows"]``, by
   N): the streaming GEMV in ``gemv.py``; W8A8 runs it in mode 0 on ``fake_quant``'s output (the quantised
   values as fp32; ``CONFIG["gemv_w8a8"]`` / ``["gemv_rows_w8a8"]``);
-- other small M (``<= 16``), ``_fp8_small_kernel``: swap-AB (a 64-row weight tile is the MMA's M side, the
-  activations its N side, so Hopper's wgmma reads the e4m3 tile straight from shared memory) with K
-  split over programs so that about two programs per SM stream the weight; the last split to finish
-  a tile adds the fp32 partials in split order (one launch, deterministic);
+- other small M (``<= 16``), ``_fp8_small_kernel`` (``CONFIG["small"]`` / ``["small_w8a8"]``, by N): a
+  16-row activation tile times a weight tile, either as mma.sync's M side with the e4m3 tile widened to
+  fp16 in registers (``_rows_step``) or swapped, the weight tile as wgmma's M side read from shared
+  memory (``_swap_ab_step``; W8A8 at wide N). K is split over programs so that about two programs per SM
+  stream the weight; the last split to finish a tile adds the fp32 partials in split order (one launch,
+  deterministic);
 - large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
 - otherwise ``_fp8_gemm_kernel`` (plain loads, any row map).
 Large-M W8A16 dequantises the weight to a bf16 scratch and runs cuBLAS. No host syncs: every launch
@@ -31,6 +33,8 @@ size follows from the shapes.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -46,11 +50,29 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 BK = 128
 
-# (BM, BN, warps, stages) by M range ("small": (BMT, BN, warps, stages) of the swap-AB kernel; "tma_*":
-# the TMA kernel for N >= / < tma_wide_n); benchmarks may override for sweeps. H100 measurements:
-# BENCHMARKS.md (scripts/fp8_probe.py).
+
+class SmallTile(NamedTuple):
+    """A launch of the small-M kernel (``_fp8_small_kernel``; its 16-row activation tile is fixed)."""
+
+    swap: bool  # the weight tile on the MMA's M side (wgmma) or the activations (16 rows, mma.sync)
+    bn: int  # weight rows per program
+    warps: int
+    stages: int
+    target: int  # K is split until there are about this many programs
+    # 0: no PDL; 1: wait at the start, the next kernel launched after the main loop; 2: both at the start
+    pdl: int
+
+
+# (BM, BN, warps, stages) by M range ("tma_*": the TMA kernel for N >= / < tma_wide_n); benchmarks may
+# override for sweeps. H100 measurements: BENCHMARKS.md (scripts/fp8_probe.py).
 CONFIG = {
-    "small": (16, 64, 4, 3),
+    # small M past the GEMV, (min N, SmallTile) tiers (the first whose min N the call reaches): W8A16, and
+    # W8A8 (inline quant or pre-quantised). Activations on the MMA's 16-row side win everywhere but W8A8 at
+    # wide N (H200, M = 2-16, same process: W8A16 2048x4096 8.2-8.5 -> 7.1-7.3 us, 12288x2048 13.5 ->
+    # 11.7-12.5 us; W8A8 12288x2048 swap-AB with PDL 12.4 -> 11.7-12.0; scripts/fp8_small_rows.py,
+    # BENCHMARKS.md 2026-11-29 ~08:30)
+    "small": ((8192, SmallTile(False, 128, 4, 3, 264, 1)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
+    "small_w8a8": ((8192, SmallTile(True, 64, 4, 3, 264, 2)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
     "medium": (64, 128, 4, 4),
     "large": (64, 128, 4, 4),
     "tma_wide": (64, 128, 4, 4),
@@ -58,15 +80,15 @@ CONFIG = {
     "tma_wide_n": 8192,
     "small_m_max": 16,
     "medium_m_max": 256,
-    "target_programs": 264,
     "dequant_m_min": 512,  # W8A16 from this M on: dequantise to a bf16 scratch + cuBLAS
     # the streaming GEMV (W8A16 or pre-quantised W8A8, any row map; gemv.py) up to this many rows (the
     # kernel keeps one accumulator per row, gemv.MAX_ROWS at most). Rows cost registers per program, so
-    # bytes in flight per SM: past 2 rows the swap-AB MMA kernel wins (H200: 8.5-8.9 against 7.9-8.1 us
-    # at M=4, 2048x4096; scripts/fp8_gemv_rows.py, BENCHMARKS.md 2026-11-29)
+    # bytes in flight per SM: past 2 rows the small-M MMA kernel wins (H200, M=4, 2048x4096: 8.5-8.9 us
+    # against 7.9-8.1 for its swap-AB form, 6.9 for the row form; scripts/fp8_gemv_rows.py,
+    # scripts/fp8_small_rows.py, BENCHMARKS.md 2026-11-29)
     "gemv_m_max": 2,
     # its (min N, (BN, BK, warps, stages) | None) tiers, the first whose min N the call reaches (below
-    # every tier: the last); None: the swap-AB kernel. One bf16 row: 4 weight rows per program, 4 warps
+    # every tier: the last); None: the small-M kernel. One bf16 row: 4 weight rows per program, 4 warps
     # for wide outputs, 8 below (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 9.6 / 4.7 / 6.5 us;
     # scripts/fp8_gemv_probe.py gemv, BENCHMARKS.md 2026-11-29)
     "gemv": ((8192, (4, 1024, 4, 3)), (0, (4, 2048, 8, 3))),
@@ -76,8 +98,9 @@ CONFIG = {
     # one fp32 row: 2-row, 4-warp programs at every N (H200, M=1: 10.8 / 5.6 / 7.0 us; gemv-w8a8 sweep)
     "gemv_w8a8": ((0, (2, 2048, 4, 3)),),
     # two rows, bf16 / fp32 (W8A8): the GEMV below N 8192 (H200, 2048x4096 / 2048x6144: W8A16 6.0 / 8.0
-    # us against 7.8 / 9.5 for swap-AB, W8A8 6.5 / 8.2 against 8.2 / 9.6), swap-AB above (12288x2048:
-    # W8A16 13.4 against the GEMV's best 13.3, W8A8 12.3 against 14.9; scripts/fp8_gemv_rows.py)
+    # us against 6.9 / 8.3 for the small-M kernel, W8A8 6.5 / 8.2 against 7.2 / 9.2), the small-M kernel
+    # above (12288x2048: W8A16 11.6 against the GEMV's best 13.3, W8A8 11.8 against 14.9;
+    # scripts/fp8_gemv_rows.py, scripts/fp8_small_rows.py)
     "gemv_rows": ((8192, None), (0, (2, 1024, 4, 3))),
     "gemv_rows_w8a8": ((8192, None), (0, (2, 1024, 4, 3))),
 }
@@ -91,6 +114,22 @@ def _quant_tile(a, FP8_MAX_C: tl.constexpr):
     q = a / scale[:, None]
     q = tl.minimum(tl.maximum(q, -FP8_MAX_C), FP8_MAX_C)
     return q.to(tl.float8e4nv), scale
+
+
+@triton.jit
+def _pow2_fp16_rows(a):
+    """One K step's ``a [BM, BK]`` bf16 -> (``a · 2^e`` in fp16, ``2^-e`` ``[BM]`` fp32), ``2^e`` per row putting
+    its largest magnitude in [2^14, 2^15): exact (bf16's 8 significant bits fit fp16's 11, and no row
+    overflows), so an fp16 MMA on it times ``2^-e`` is the bf16 product. Only values under 2^-28 of the
+    row's largest lose bits (fp16 subnormals; far under bf16's own rounding of the sum). e4m3 weights
+    widen to fp16 in one instruction per pair, to bf16 in three."""
+    af = a.to(tl.float32)
+    amax = tl.max(tl.abs(af), axis=1)  # [BM]
+    # biased exponent of the row max, floored so that 2^-e stays a normal fp32 (rows under 2^-112)
+    ex = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
+    s = ((268 - ex) << 23).to(tl.float32, bitcast=True)  # 2^(14 - (ex - 127))
+    inv = ((ex - 14) << 23).to(tl.float32, bitcast=True)  # 1 / s
+    return (af * s[:, None]).to(tl.float16), inv
 
 
 @triton.jit
@@ -208,19 +247,70 @@ def _fp8_gemm_tma_kernel(
 
 
 @triton.jit
+def _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr,
+                  F32: tl.constexpr):  # fmt: skip
+    """One K step of the swap-AB tile ``acc [BN, BMT]``: ``w [BN, BK]`` e4m3 is wgmma's M side (read from
+    shared memory as is for W8A8), ``a [BMT, BK]`` its N side; ``w_s`` the weight scale (scalar or ``[BN, 1]``)."""
+    if A_MODE == 0:
+        # the weight is dequantised in registers (w·scale rounded to the activation dtype, as a
+        # dequantised checkpoint is) and the MMA accumulates into acc: with nothing to scale after
+        # the product, each step's MMA runs while the next tile is converted (asynchronous wgmma;
+        # H200, M=16, 12288x2048: 15.8 -> 13.3 us)
+        wd = (w.to(tl.float32) * w_s).to(a.dtype)
+        return dot(wd, tl.trans(a), F32, acc)
+    # per-token activation scales vary with the K step: each product is scaled before it is added, so
+    # the MMA is waited on every step
+    if A_MODE == 1:
+        part = dot(w, tl.trans(a), F32) * tl.load(as_rows + sblk, mask=m_ok, other=0.0)[None, :]
+    else:
+        aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+        part = dot(w, tl.trans(aq), F32) * a_s[None, :]
+    return acc + part * w_s
+
+
+@triton.jit
+def _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr,
+               F32: tl.constexpr):  # fmt: skip
+    """One K step of the tile ``acc [BMT, BN]`` with the activations on the MMA's 16-row side: mma.sync,
+    both operands in registers, the e4m3 tile read from the pipeline's shared memory straight into its
+    operand layout and widened to fp16 (one conversion per pair); every step's product is scaled in
+    registers. ``w_s``: the weight scale, scalar or ``[1, BN]``."""
+    wt = tl.trans(w)  # [BK, BN]
+    if A_MODE == 0:
+        if a.dtype == tl.bfloat16:
+            a16, inv = _pow2_fp16_rows(a)
+            part = dot(a16, wt.to(tl.float16), F32) * inv[:, None]  # [BMT, BN]
+        else:
+            part = dot(a, wt.to(a.dtype), F32)
+    elif A_MODE == 1:
+        part = dot(a, wt, F32) * tl.load(as_rows + sblk, mask=m_ok, other=0.0)[:, None]
+    else:
+        aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+        part = dot(aq, wt, F32) * a_s[:, None]
+    return acc + part * w_s
+
+
+@triton.jit
 def _fp8_small_kernel(
     a_ptr, as_ptr, b_ptr, bs_ptr, rb_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
     M, N, K, sa_m, sas_m, sb_n, sbs_r, sc_m, KB_PER_SPLIT,
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
-    PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr,
+    PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr, SWAP: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
-    """Small M, swap-AB: the transposed output tile ``[BN, BMT]`` = W tile ``[BN, BK]`` · A tileᵀ, for the
-    K steps of split ``program_id(1)``; splits meet at a per-tile arrival counter."""
-    # Not in the PDL chain (ops/pdl.py), by measurement (H200, M=16, 12288x2048 / 2048x4096 W8A16,
-    # 8-GEMM graphs): waiting at the start made it 13.7 -> 14.4 / 8.6 -> 9.1 us, and reading the first
-    # weight tile before the wait (the GEMV's trick) needs the first K step peeled, which puts its
-    # activation load in front of the pipeline's prologue (13.3 -> 14.2 us). BENCHMARKS.md, 2026-11-28.
+    """Small M: the output tile ``[BMT, BN]`` over the K steps of split ``program_id(1)``, with the weight
+    tile on the MMA's M side (``SWAP``, ``_swap_ab_step``) or the activations (``_rows_step``); splits meet
+    at a per-tile arrival counter. ``PDL`` 1 or 2: wait for the previous kernel at the start, let the next
+    one launch after the main loop (1) or at once (2)."""
+    # Nothing is read before the wait: reading the first weight tile first (the GEMV's trick) needs the
+    # first K step peeled, which put its activation load in front of the pipeline's prologue (H200, M=16
+    # 12288x2048: 13.3 -> 14.2 us), and a bulk L2 prefetch of each program's weights slowed every shape
+    # (BENCHMARKS.md, 2026-11-28 and 2026-11-29).
+    if PDL > 0:
+        gdc_wait()
+    if PDL == 2:
+        gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
@@ -233,9 +323,13 @@ def _fp8_small_kernel(
     kr = tl.arange(0, BKC)
     w_rows = b_ptr + offs_n.to(tl.int64)[:, None] * sb_n  # [BN, 1]
     a_rows = a_ptr + offs_m64[:, None] * sa_m  # [BMT, 1]
+    as_rows = as_ptr + offs_m64 * sas_m  # [BMT]
     kb0 = pid_k * KB_PER_SPLIT
     kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
-    acc = tl.zeros((BN, BMT), dtype=tl.float32)
+    if SWAP:
+        acc = tl.zeros((BN, BMT), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BMT, BN), dtype=tl.float32)
     for kb in range(kb0, kb1):
         k = kb * BKC + kr  # [BK]
         k_ok = k < K
@@ -245,25 +339,16 @@ def _fp8_small_kernel(
         if PLAIN:
             w_s = tl.load(bs_ptr + srow0 * sbs_r + sblk)
         else:
-            w_s = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)[:, None]  # [BN, 1]
-        if A_MODE == 0:
-            # the weight is dequantised in registers (w·scale rounded to the activation dtype, as a
-            # dequantised checkpoint is) and the MMA accumulates into acc: with nothing to scale after
-            # the product, each step's MMA runs while the next tile is converted (asynchronous wgmma;
-            # H200, M=16, 12288x2048: 15.8 -> 13.3 us)
-            wd = (w.to(tl.float32) * w_s).to(a.dtype)
-            acc = dot(wd, tl.trans(a), F32, acc)  # [BN, BMT]
+            w_s = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)
+            w_s = tl.expand_dims(w_s, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
+        if SWAP:
+            acc = _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BN, BMT]
         else:
-            # per-token activation scales vary with the K step: each product is scaled before it is
-            # added, so the MMA is waited on every step
-            if A_MODE == 1:
-                part = dot(w, tl.trans(a), F32)
-                part = part * tl.load(as_ptr + offs_m64 * sas_m + sblk, mask=m_ok, other=0.0)[None, :]
-            else:
-                aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
-                part = dot(w, tl.trans(aq), F32) * a_s[None, :]
-            acc += part * w_s
-    acc = tl.trans(acc)  # [BMT, BN]
+            acc = _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BMT, BN]
+    if PDL == 1:
+        gdc_launch_dependents()
+    if SWAP:
+        acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT > 1:
         # every split stores its fp32 partial; the last one to arrive at the tile's counter adds them
@@ -392,7 +477,12 @@ def gemv_config(n: int, key: str = "gemv", m: int = 1) -> tuple[int, int, int, i
     None: past ``CONFIG["gemv_m_max"]`` rows, or no tiers."""
     if m > min(CONFIG["gemv_m_max"], gemv.MAX_ROWS):
         return None
-    tiers = CONFIG[key if m == 1 else key.replace("gemv", "gemv_rows")]
+    return _tier(CONFIG[key if m == 1 else key.replace("gemv", "gemv_rows")], n)
+
+
+def _tier(tiers, n: int):
+    """The config of the first ``(min N, config)`` tier that ``n`` reaches (below every tier: the last; no
+    tiers: None)."""
     if tiers is None:
         return None
     return next((cfg for min_n, cfg in tiers if n >= min_n), tiers[-1][1])
@@ -454,22 +544,23 @@ def _gemm_tma(a, a_s, w_q, scale_inv, bias, out, block_k: int) -> torch.Tensor:
 def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k: int) -> torch.Tensor:
     m, k = a.shape
     n = w_q.shape[0]
-    bmt, bn, warps, stages = CONFIG["small"]
+    tile = _tier(CONFIG["small" if mode == 0 else "small_w8a8"], n)
     n_kb = triton.cdiv(k, BK)
-    tiles = triton.cdiv(n, bn)
+    tiles = triton.cdiv(n, tile.bn)
     split = 1
-    if tiles < CONFIG["target_programs"]:
-        split = min(triton.cdiv(CONFIG["target_programs"], tiles), max(1, n_kb // 2), 16)
+    if tiles < tile.target:
+        split = min(triton.cdiv(tile.target, tiles), max(1, n_kb // 2), 16)
     kps = triton.cdiv(n_kb, split)
     split = triton.cdiv(n_kb, kps)  # no empty splits
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=a.device)
     cnt = _tile_counters(a.device, tiles) if split > 1 else out
+    pdl = tile.pdl if use_pdl(a) else 0
     _fp8_small_kernel[(tiles, split)](
         a, a_s, w_q, scale_inv, w_q if row_block is None else row_block, out if bias is None else bias, out,
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
-        BMT=bmt, BN=bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX, F32=INTERPRET,
-        num_warps=warps, num_stages=stages,
+        BMT=max(16, triton.next_power_of_2(m)), BN=tile.bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX,
+        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
     )  # fmt: skip
     return out
 

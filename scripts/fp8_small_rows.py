@@ -1,0 +1,113 @@
+"""Small-M block-FP8 GEMM: the activations as the MMA's 16-row side (mma.sync, both operands in
+registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
+of 8 calls on 8 weight copies (µs per call).
+
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship] [MS]
+
+Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
+conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
+(STS, three barriers, LDSM) to reach wgmma's register operand. With the activations on the MMA's M side
+the e4m3 tile is read from the pipeline's shared memory straight into the operand layout and widened to
+fp16 with one conversion per pair (the bf16 activations are scaled per row by a power of two into
+fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is scaled in registers.
+
+"sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
+"ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds.
+(A bulk L2 prefetch of each program's weights before the PDL wait was also tried, in call 2 of
+BENCHMARKS.md 2026-11-29 ~08:30, and slowed every shape; the code is gone.)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from fp8_gemv_probe import SHAPES, _measure, _weights, print_best
+
+from deltaserve.bench.common import device_record, time_cuda_graph
+from deltaserve.ops.fp8 import kernels, reference
+
+ROWS_TILES = [  # (BN, warps, stages, split-K target programs)
+    (bn, w, st, t)
+    for bn, w in ((64, 4), (64, 8), (128, 4), (128, 8))
+    for st in (3, 4)
+    for t in ((132, 264) if bn == 128 else (264,))
+]
+SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
+    ("swap-AB" if swap else "rows", kernels.SmallTile(swap, *tile, pdl))
+    for swap, tiles in ((True, [(64, 4, 3, 264)]), (False, ROWS_TILES))
+    for tile in tiles
+    for pdl in (0, 1, 2)
+]
+BEFORE = kernels.SmallTile(True, 64, 4, 3, 264, 0)  # shipped until 2026-11-29
+
+
+def _variants(section: str, saved: dict) -> list[tuple[str, dict]]:
+    """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
+    if section == "ship":
+        old = ((0, BEFORE),)
+        return [("before", dict(small=old, small_w8a8=old)), ("shipped", {})] * 2
+    return [(name, dict(small=((0, t),), small_w8a8=((0, t),))) for name, t in SWEEP]
+
+
+def run(section: str, ms: tuple[int, ...]) -> list[dict]:
+    rows: list[dict] = []
+    saved = dict(kernels.CONFIG)
+    try:
+        for n, k in SHAPES:
+            ws = _weights(n, k)
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+                q0, s0 = ws[0][1], ws[0][2]
+                for mode, qa in (("w8a16", False), ("w8a8", True)):
+                    ref = reference.block_fp8_linear(x, q0, s0, None, quantize_activation=qa)
+                    fns = [
+                        (
+                            lambda q=q, s=s, qa=qa, x=x: kernels.block_fp8_linear(
+                                x, q, s, None, quantize_activation=qa
+                            )
+                        )
+                        for _, q, s in ws
+                    ]
+                    base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
+                    for name, over in _variants(section, saved):
+                        kernels.CONFIG.clear()
+                        kernels.CONFIG.update(saved, gemv_m_max=0, **over)
+                        tiers = kernels.CONFIG["small" if mode == "w8a16" else "small_w8a8"]
+                        cfg = tuple(kernels._tier(tiers, n))
+                        _measure(rows, dict(base, cfg=cfg), name, fns, ref)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(saved)
+    return rows
+
+
+def summary(rows: list[dict]) -> None:
+    """Per shape, M and mode: the fastest config of each (kernel, PDL mode), µs."""
+    best: dict = {}
+    for r in rows:
+        if "us" not in r or r["err"] >= 2e-2:
+            continue
+        key = (r["N"], r["K"], r["M"], r["mode"])
+        var = f"{r['kernel']}{r['cfg'][-1]}"
+        cur = best.setdefault(key, {"bf16": round(r["bf16_us"], 2)})
+        cur[var] = min(cur.get(var, 1e9), round(r["us"], 2))
+    for key, v in sorted(best.items()):
+        print(*key, json.dumps(v))
+
+
+def main() -> None:
+    out = sys.argv[1]
+    section = sys.argv[2] if len(sys.argv) > 2 else "sweep"
+    ms = tuple(int(v) for v in sys.argv[3].split(",")) if len(sys.argv) > 3 else (16, 4, 2)
+    rows = run(section, ms)
+    with open(out, "w") as f:
+        json.dump(dict(device=device_record(), section=section, rows=rows), f, indent=1)
+    print_best(rows)
+    summary(rows)
+
+
+if __name__ == "__main__":
+    main()
