@@ -51,13 +51,13 @@ def chunk_axis(chunk_major: bool) -> int:
 
 
 @triton.jit
-def _row_part(wf, scale, x_row, xs_row, k, k_lim, grp, g_lim, A_MODE: tl.constexpr):
+def _row_part(wf, scale, x_row, xs_row, k, K, grp, KB, A_MODE: tl.constexpr):
     """One activation row's share of a K step: ``wf · x`` summed per 8-column chunk, times the chunk's
     scale (``wf [D0, D1, 8]`` the widened weights, ``k`` their columns, ``grp [D0, D1]`` each chunk's
-    scale group; columns from ``k_lim`` and groups from ``g_lim`` on read as zero)."""
-    xv = tl.load(x_row + k, mask=k < k_lim, other=0.0).to(tl.float32)  # [D0, D1, 8]
+    scale group; columns past ``K`` and groups past the ``KB``-th read as zero)."""
+    xv = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)  # [D0, D1, 8]
     if A_MODE == 1:
-        scale = scale * tl.load(xs_row + grp, mask=grp < g_lim, other=0.0)
+        scale = scale * tl.load(xs_row + grp, mask=grp < KB, other=0.0)
     # the scale multiplies each chunk's sum, not each product: 64 -> 44 registers at (2, 2048, 4) in the
     # sm_90 compile, so more programs and weight bytes in flight per SM (H200, M=1 12288x2048: 11.4 ->
     # 10.3 us; BENCHMARKS.md, 2026-11-29)
