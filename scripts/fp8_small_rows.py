@@ -14,7 +14,8 @@ fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
 "ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds.
 (A bulk L2 prefetch of each program's weights before the PDL wait was also tried, in call 2 of
-BENCHMARKS.md 2026-11-29 ~08:30, and slowed every shape; the code is gone.)
+BENCHMARKS.md 2026-11-29 ~08:20: slower, up to 31 %, everywhere but at 2048x4096 with PDL 2, where
+it was within 3 %; the code is gone.)
 """
 
 from __future__ import annotations

@@ -305,8 +305,9 @@ def _fp8_small_kernel(
     one launch after the main loop (1) or at once (2)."""
     # Nothing is read before the wait: reading the first weight tile first (the GEMV's trick) needs the
     # first K step peeled, which put its activation load in front of the pipeline's prologue (H200, M=16
-    # 12288x2048: 13.3 -> 14.2 us), and a bulk L2 prefetch of each program's weights slowed every shape
-    # (BENCHMARKS.md, 2026-11-28 and 2026-11-29).
+    # 12288x2048: 13.3 -> 14.2 us), and a bulk L2 prefetch of each program's weights was slower (up to
+    # 31 %) everywhere but at 2048x4096 with PDL 2, where it was within 3 % (BENCHMARKS.md, 2026-11-28
+    # and 2026-11-29).
     if PDL > 0:
         gdc_wait()
     if PDL == 2:
