@@ -2,7 +2,7 @@
 registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
 of 8 calls on 8 weight copies (µs per call).
 
-    python scripts/fp8_small_rows.py OUT.json [sweep|ship] [MS]
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap] [MS]
 
 Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
 conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
@@ -12,7 +12,9 @@ fp16 with one conversion per pair (the bf16 activations are scaled per row by a 
 fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is scaled in registers.
 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
-"ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds.
+"ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds;
+"ship-rowmap": the same through an explicit row map (per-column weight scales, as for Qwen3-Next's
+de-interleaved in_proj).
 (A bulk L2 prefetch of each program's weights before the PDL wait was also tried, in call 2 of
 BENCHMARKS.md 2026-11-29 ~08:20: slower, up to 31 %, everywhere but at 2048x4096 with PDL 2, where
 it was within 3 %; the code is gone.)
@@ -46,7 +48,7 @@ BEFORE = kernels.SmallTile(True, 64, 4, 3, 264, 0)  # shipped until 2026-11-29
 
 def _variants(section: str, saved: dict) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
-    if section == "ship":
+    if section.startswith("ship"):
         old = ((0, BEFORE),)
         return [("before", dict(small=old, small_w8a8=old)), ("shipped", {})] * 2
     return [(name, dict(small=((0, t),), small_w8a8=((0, t),))) for name, t in SWEEP]
@@ -62,12 +64,13 @@ def run(section: str, ms: tuple[int, ...]) -> list[dict]:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
                 q0, s0 = ws[0][1], ws[0][2]
+                rb = torch.arange(n, device="cuda") // 128 if section == "ship-rowmap" else None
                 for mode, qa in (("w8a16", False), ("w8a8", True)):
-                    ref = reference.block_fp8_linear(x, q0, s0, None, quantize_activation=qa)
+                    ref = reference.block_fp8_linear(x, q0, s0, rb, quantize_activation=qa)
                     fns = [
                         (
-                            lambda q=q, s=s, qa=qa, x=x: kernels.block_fp8_linear(
-                                x, q, s, None, quantize_activation=qa
+                            lambda q=q, s=s, qa=qa, x=x, rb=rb: kernels.block_fp8_linear(
+                                x, q, s, rb, quantize_activation=qa
                             )
                         )
                         for _, q, s in ws
