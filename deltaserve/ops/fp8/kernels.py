@@ -331,6 +331,10 @@ def _fp8_small_kernel(
         acc = tl.zeros((BN, BMT), dtype=tl.float32)
     else:
         acc = tl.zeros((BMT, BN), dtype=tl.float32)
+    s_cols = bs_ptr + srow * sbs_r  # [BN] each column's scale row (row maps)
+    # row maps: the pipeliner leaves the per-column scale gather synchronous, so each step's scales are
+    # read one step ahead (H200, M=16 12288x2048: 13.2 us against 12.3 for the plain map without this)
+    w_s_next = tl.load(s_cols + (kb0 * BKC) // BLOCK_K, mask=n_ok, other=0.0)  # [BN] (dead for the plain map)
     for kb in range(kb0, kb1):
         k = kb * BKC + kr  # [BK]
         k_ok = k < K
@@ -340,8 +344,9 @@ def _fp8_small_kernel(
         if PLAIN:
             w_s = tl.load(bs_ptr + srow0 * sbs_r + sblk)
         else:
-            w_s = tl.load(bs_ptr + srow * sbs_r + sblk, mask=n_ok, other=0.0)
-            w_s = tl.expand_dims(w_s, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
+            w_s = tl.expand_dims(w_s_next, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
+            nxt = (tl.minimum(kb + 1, kb1 - 1) * BKC) // BLOCK_K
+            w_s_next = tl.load(s_cols + nxt, mask=n_ok, other=0.0)
         if SWAP:
             acc = _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BN, BMT]
         else:
@@ -546,6 +551,10 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
     m, k = a.shape
     n = w_q.shape[0]
     tile = _tier(CONFIG["small" if mode == 0 else "small_w8a8"], n)
+    if mode != 0 and row_block is not None:
+        # W8A8 through a row map: the row form's per-column scales were 0-9 % slower than swap-AB's
+        # (H200, 2048x4096 / 2048x6144, M = 2-16; BENCHMARKS.md 2026-11-29 ~08:20, call 8)
+        tile = tile._replace(swap=True)
     n_kb = triton.cdiv(k, BK)
     tiles = triton.cdiv(n, tile.bn)
     split = 1
