@@ -37,6 +37,29 @@ def swap_ab_tiers(cfg: tuple[int, int, int, int], target: int) -> dict:
     return dict(small=tiers, small_w8a8=tiers)
 
 
+def layer_calls(ms: tuple[int, ...], row_map: bool = False):
+    """Per shape of ``SHAPES``, M of ``ms`` and mode (W8A16, then W8A8 quantising inline): ``(base row,
+    8 calls of block_fp8_linear on the 8 weight copies, the reference output)``; ``row_map``: through an
+    explicit (plain) row map. bf16 cuBLAS on the same shape and rows is timed into the base row."""
+    for n, k in SHAPES:
+        ws = _weights(n, k)
+        rb = torch.arange(n, device="cuda") // 128 if row_map else None
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+            for mode, qa in (("w8a16", False), ("w8a8", True)):
+                ref = reference.block_fp8_linear(x, ws[0][1], ws[0][2], rb, quantize_activation=qa)
+                fns = [
+                    (
+                        lambda q=q, s=s, qa=qa, x=x, rb=rb: kernels.block_fp8_linear(
+                            x, q, s, rb, quantize_activation=qa
+                        )
+                    )
+                    for _, q, s in ws
+                ]
+                yield dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode), fns, ref
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 

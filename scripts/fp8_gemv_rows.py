@@ -17,7 +17,7 @@ import statistics
 import sys
 
 import torch
-from fp8_gemv_probe import SHAPES, _measure, _weights, print_best, rel
+from fp8_gemv_probe import SHAPES, _measure, _weights, layer_calls, print_best, rel
 
 from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops.fp8 import gemv, kernels, reference
@@ -34,28 +34,12 @@ def rows_section() -> list[dict]:
     rows: list[dict] = []
     saved = dict(kernels.CONFIG)
     try:
-        for n, k in SHAPES:
-            ws = _weights(n, k)
-            for m in MS:
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
-                q0, s0 = ws[0][1], ws[0][2]
-                for mode, qa in (("w8a16", False), ("w8a8", True)):
-                    ref = reference.block_fp8_linear(x, q0, s0, None, quantize_activation=qa)
-                    fns = [
-                        (
-                            lambda q=q, s=s, qa=qa, x=x: kernels.block_fp8_linear(
-                                x, q, s, None, quantize_activation=qa
-                            )
-                        )
-                        for _, q, s in ws
-                    ]
-                    base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
-                    kernels.CONFIG.update(saved, gemv_m_max=0)
-                    _measure(rows, dict(base, cfg=None), "swap-AB", fns, ref)
-                    for cfg in CONFIGS:
-                        kernels.CONFIG.update(saved, gemv_m_max=16, **{key: ((0, cfg),) for key in GEMV_KEYS})
-                        _measure(rows, dict(base, cfg=cfg), "gemv", fns, ref)
+        for base, fns, ref in layer_calls(MS):
+            kernels.CONFIG.update(saved, gemv_m_max=0)
+            _measure(rows, dict(base, cfg=None), "swap-AB", fns, ref)
+            for cfg in CONFIGS:
+                kernels.CONFIG.update(saved, gemv_m_max=16, **{key: ((0, cfg),) for key in GEMV_KEYS})
+                _measure(rows, dict(base, cfg=cfg), "gemv", fns, ref)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(saved)

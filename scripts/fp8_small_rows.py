@@ -25,11 +25,10 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-from fp8_gemv_probe import SHAPES, _measure, _weights, print_best
+from fp8_gemv_probe import _measure, layer_calls, print_best
 
-from deltaserve.bench.common import device_record, time_cuda_graph
-from deltaserve.ops.fp8 import kernels, reference
+from deltaserve.bench.common import device_record
+from deltaserve.ops.fp8 import kernels
 
 ROWS_TILES = [  # (BN, warps, stages, split-K target programs)
     (bn, w, st, t)
@@ -58,30 +57,13 @@ def run(section: str, ms: tuple[int, ...]) -> list[dict]:
     rows: list[dict] = []
     saved = dict(kernels.CONFIG)
     try:
-        for n, k in SHAPES:
-            ws = _weights(n, k)
-            for m in ms:
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
-                q0, s0 = ws[0][1], ws[0][2]
-                rb = torch.arange(n, device="cuda") // 128 if section == "ship-rowmap" else None
-                for mode, qa in (("w8a16", False), ("w8a8", True)):
-                    ref = reference.block_fp8_linear(x, q0, s0, rb, quantize_activation=qa)
-                    fns = [
-                        (
-                            lambda q=q, s=s, qa=qa, x=x, rb=rb: kernels.block_fp8_linear(
-                                x, q, s, rb, quantize_activation=qa
-                            )
-                        )
-                        for _, q, s in ws
-                    ]
-                    base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
-                    for name, over in _variants(section, saved):
-                        kernels.CONFIG.clear()
-                        kernels.CONFIG.update(saved, gemv_m_max=0, **over)
-                        tiers = kernels.CONFIG["small" if mode == "w8a16" else "small_w8a8"]
-                        cfg = tuple(kernels._tier(tiers, n))
-                        _measure(rows, dict(base, cfg=cfg), name, fns, ref)
+        for base, fns, ref in layer_calls(ms, row_map=section == "ship-rowmap"):
+            for name, over in _variants(section, saved):
+                kernels.CONFIG.clear()
+                kernels.CONFIG.update(saved, gemv_m_max=0, **over)
+                tiers = kernels.CONFIG["small" if base["mode"] == "w8a16" else "small_w8a8"]
+                cfg = tuple(kernels._tier(tiers, base["N"]))
+                _measure(rows, dict(base, cfg=cfg), name, fns, ref)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(saved)
