@@ -23,7 +23,7 @@ GEMM kernels:
 - other small M (``<= 16``), ``_fp8_small_kernel`` (``CONFIG["small"]`` / ``["small_w8a8"]``, by N): a
   16-row activation tile times a weight tile, either as mma.sync's M side with the e4m3 tile widened to
   fp16 in registers (``_rows_step``) or swapped, the weight tile as wgmma's M side read from shared
-  memory (``_swap_ab_step``; W8A8 at wide N). K is split over programs so that about two programs per SM
+  memory (``_swap_ab_step``; W8A8 at wide N or through a row map). K is split over programs so that about two programs per SM
   stream the weight; the last split to finish a tile adds the fp32 partials in split order (one launch,
   deterministic);
 - large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
