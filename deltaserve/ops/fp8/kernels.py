@@ -70,7 +70,7 @@ CONFIG = {
     # W8A8 (inline quant or pre-quantised). Activations on the MMA's 16-row side win everywhere but W8A8 at
     # wide N (H200, M = 2-16, same process: W8A16 2048x4096 8.2-8.5 -> 7.1-7.3 us, 12288x2048 13.5 ->
     # 11.7-12.5 us; W8A8 12288x2048 swap-AB with PDL 12.4 -> 11.7-12.0; scripts/fp8_small_rows.py,
-    # BENCHMARKS.md 2026-11-29 ~08:30)
+    # BENCHMARKS.md 2026-11-29 ~08:20)
     "small": ((8192, SmallTile(False, 128, 4, 3, 264, 1)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
     "small_w8a8": ((8192, SmallTile(True, 64, 4, 3, 264, 2)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
     "medium": (64, 128, 4, 4),
