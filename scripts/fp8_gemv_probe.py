@@ -98,40 +98,38 @@ def _calls(mode: str, x, xq, xs, ws) -> list:
 
 def fp8_rows(sections: set[str]) -> list[dict]:
     rows: list[dict] = []
-    saved = dict(kernels.CONFIG)
-    for n, k in SHAPES:
-        ws = _weights(n, k)
-        for m in (1, 16):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            xq, xs = kernels.per_token_group_quant_fp8(x)
-            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
-            q0, s0 = ws[0][1], ws[0][2]
-            refs = {
-                "w8a16": reference.block_fp8_linear(x, q0, s0, None),
-                "w8a8": reference.block_fp8_linear(x, q0, s0, None, quantize_activation=True),
-                "pre": reference.block_fp8_linear(xq, q0, s0, None, x_scale=xs),
-            }
-            refs["rowmap"] = refs["w8a16"]
-            for mode, ref in refs.items():
-                base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
-                calls = _calls(mode, x, xq, xs, ws)
-                kernels.CONFIG.update(saved)
-                _measure(rows, dict(base, cfg=None), "default", calls, ref)
-                if mode == "w8a8" and m == 1:  # A/B: the swap-AB kernel quantising in every program
-                    kernels.CONFIG["w8a8_fake_quant"] = False
-                    _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
-                    kernels.CONFIG["w8a8_fake_quant"] = saved["w8a8_fake_quant"]
-                sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant's fp32 rows
-                if sweep in sections and m == 1:
-                    for cfg in CONFIGS:
-                        kernels.CONFIG[sweep.replace("-", "_")] = ((0, cfg),)
-                        _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
-                if "small" in sections and m == 16 and mode != "pre":
-                    for cfg, tp in SMALL:
-                        kernels.CONFIG.update(swap_ab_tiers(cfg, tp))
-                        _measure(rows, dict(base, cfg=(*cfg, tp)), "swap-AB", calls, ref)
-    kernels.CONFIG.clear()
-    kernels.CONFIG.update(saved)
+    with kernels.config_restored() as saved:
+        for n, k in SHAPES:
+            ws = _weights(n, k)
+            for m in (1, 16):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                xq, xs = kernels.per_token_group_quant_fp8(x)
+                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+                q0, s0 = ws[0][1], ws[0][2]
+                refs = {
+                    "w8a16": reference.block_fp8_linear(x, q0, s0, None),
+                    "w8a8": reference.block_fp8_linear(x, q0, s0, None, quantize_activation=True),
+                    "pre": reference.block_fp8_linear(xq, q0, s0, None, x_scale=xs),
+                }
+                refs["rowmap"] = refs["w8a16"]
+                for mode, ref in refs.items():
+                    base = dict(N=n, K=k, M=m, bf16_us=bf16, mode=mode)
+                    calls = _calls(mode, x, xq, xs, ws)
+                    kernels.CONFIG.update(saved)
+                    _measure(rows, dict(base, cfg=None), "default", calls, ref)
+                    if mode == "w8a8" and m == 1:  # A/B: the swap-AB kernel quantising in every program
+                        kernels.CONFIG["w8a8_fake_quant"] = False
+                        _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
+                        kernels.CONFIG["w8a8_fake_quant"] = saved["w8a8_fake_quant"]
+                    sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant's fp32 rows
+                    if sweep in sections and m == 1:
+                        for cfg in CONFIGS:
+                            kernels.CONFIG[sweep.replace("-", "_")] = ((0, cfg),)
+                            _measure(rows, dict(base, cfg=cfg), "gemv", calls, ref)
+                    if "small" in sections and m == 16 and mode != "pre":
+                        for cfg, tp in SMALL:
+                            kernels.CONFIG.update(swap_ab_tiers(cfg, tp))
+                            _measure(rows, dict(base, cfg=(*cfg, tp)), "swap-AB", calls, ref)
     return rows
 
 

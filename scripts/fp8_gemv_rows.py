@@ -1,12 +1,13 @@
-"""The streaming block-FP8 GEMV at 1 to 16 activation rows against the swap-AB MMA kernel and bf16 cuBLAS,
+"""The streaming block-FP8 GEMV at 1 to 16 activation rows against the small-M MMA kernel and bf16 cuBLAS,
 same process, CUDA graphs of 8 calls on 8 weight copies (µs per call).
 
     python scripts/fp8_gemv_rows.py OUT.json [rows] [ab] [HEAD_GEMV.py]
 
-"rows": at M=2, W8A16 and W8A8 (the layers' entry point, ``block_fp8_linear``): the swap-AB
-kernel (``CONFIG["gemv_m_max"] = 0``) and the GEMV with each config of ``CONFIGS``. "ab": the GEMV's
-kernel from another file (``HEAD_GEMV.py``, e.g. ``git show HEAD:deltaserve/ops/fp8/gemv.py``) against
-this tree's at M = 1, each with its own configs, same inputs, interleaved rounds.
+"rows": at M=2, W8A16 and W8A8 (the layers' entry point, ``block_fp8_linear``): the small-M MMA
+kernel (``CONFIG["gemv_m_max"] = 0``; swap-AB until 2026-11-29) and the GEMV with each config of
+``CONFIGS``. "ab": the GEMV's kernel from another file (``HEAD_GEMV.py``, e.g. ``git show
+HEAD:deltaserve/ops/fp8/gemv.py``) against this tree's at M = 1, each with its own configs, same inputs,
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -32,17 +33,13 @@ GEMV_KEYS = ("gemv", "gemv_w8a8", "gemv_rows", "gemv_rows_w8a8")
 
 def rows_section() -> list[dict]:
     rows: list[dict] = []
-    saved = dict(kernels.CONFIG)
-    try:
+    with kernels.config_restored() as saved:
         for base, fns, ref in layer_calls(MS):
             kernels.CONFIG.update(saved, gemv_m_max=0)
-            _measure(rows, dict(base, cfg=None), "swap-AB", fns, ref)
+            _measure(rows, dict(base, cfg=None), "small-M", fns, ref)
             for cfg in CONFIGS:
                 kernels.CONFIG.update(saved, gemv_m_max=16, **{key: ((0, cfg),) for key in GEMV_KEYS})
                 _measure(rows, dict(base, cfg=cfg), "gemv", fns, ref)
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
     return rows
 
 

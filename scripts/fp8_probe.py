@@ -258,12 +258,10 @@ def probe_large(rows, shapes, ms):
                 rows.append(r)
                 print(json.dumps(r), flush=True)
 
-            saved = dict(K.CONFIG)
-            for cfg in [(128, 128, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3)]:
-                K.CONFIG.update(large=cfg)
-                add(f"shipped {cfg}", lambda: K.block_fp8_linear(xq, q, s, rb, x_scale=xs))
-            K.CONFIG.clear()
-            K.CONFIG.update(saved)
+            with K.config_restored():
+                for cfg in [(128, 128, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4), (128, 256, 8, 3)]:
+                    K.CONFIG.update(large=cfg)
+                    add(f"shipped {cfg}", lambda: K.block_fp8_linear(xq, q, s, rb, x_scale=xs))
             for cfg in [
                 (128, 128, 8, 3, 8),
                 (128, 128, 8, 4, 8),

@@ -45,7 +45,7 @@ SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
 BEFORE = kernels.SmallTile(True, 64, 4, 3, 264, 0)  # shipped until 2026-11-29
 
 
-def _variants(section: str, saved: dict) -> list[tuple[str, dict]]:
+def _variants(section: str) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
     if section.startswith("ship"):
         old = ((0, BEFORE),)
@@ -55,18 +55,14 @@ def _variants(section: str, saved: dict) -> list[tuple[str, dict]]:
 
 def run(section: str, ms: tuple[int, ...]) -> list[dict]:
     rows: list[dict] = []
-    saved = dict(kernels.CONFIG)
-    try:
+    with kernels.config_restored() as saved:
         for base, fns, ref in layer_calls(ms, row_map=section == "ship-rowmap"):
-            for name, over in _variants(section, saved):
+            for name, over in _variants(section):
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(saved, gemv_m_max=0, **over)
                 tiers = kernels.CONFIG["small" if base["mode"] == "w8a16" else "small_w8a8"]
                 cfg = tuple(kernels._tier(tiers, base["N"]))
                 _measure(rows, dict(base, cfg=cfg), name, fns, ref)
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
     return rows
 
 

@@ -46,7 +46,6 @@ def _measure(rows: list, r: dict, fns: list, ref: torch.Tensor, t_bf16: float) -
 def ship(rows: list, narrow: bool = False) -> None:
     """The shipped kernel over tiles and split targets; ``narrow``: M=16 only, with weight tiles under 64
     rows (1-2 warps, so mma.sync instead of wgmma) and more programs per SM."""
-    saved = dict(K.CONFIG)
     cfgs = [
         ((16, bn, w, st), tp)
         for bn, w in ((64, 4), (128, 4), (128, 8))
@@ -60,7 +59,7 @@ def ship(rows: list, narrow: bool = False) -> None:
             for st in (3, 5)
             for tp in (264, 528)
         ]
-    try:
+    with K.config_restored() as saved:
         for n, k in ((12288, 2048), (2048, 4096)):
             ws, _ = _weights(n, k, 8)
             for m in (16,) if narrow else (16, 8, 2):
@@ -85,9 +84,6 @@ def ship(rows: list, narrow: bool = False) -> None:
                         _measure(rows, r, fns, ref, t_bf16)
             del ws
             torch.cuda.empty_cache()
-    finally:
-        K.CONFIG.clear()
-        K.CONFIG.update(saved)
 
 
 def inplace(rows: list) -> None:

@@ -111,7 +111,6 @@ def sweep() -> list[dict[str, Any]]:
     configs for N >= 8192 and below)."""
     from deltaserve.ops.fp8 import kernels
 
-    saved = dict(kernels.CONFIG)
     rows = []
 
     def row(m: int, n: int, k: int, note: str) -> None:
@@ -123,7 +122,7 @@ def sweep() -> list[dict[str, Any]]:
         rows.append(r)
         print(fmt_row(r), flush=True)
 
-    try:
+    with kernels.config_restored():
         for swap in (False, True):
             for bn, warps, stages in [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]:
                 for target in (132, 264):
@@ -132,14 +131,11 @@ def sweep() -> list[dict[str, Any]]:
                         kernels.CONFIG.update(small_w8a8=((0, tile),))
                         for n, k in SHAPES:
                             row(16, n, k, f"small={tile}")
-        kernels.CONFIG.update(saved)
+    with kernels.config_restored():
         for cfg in [(64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4), (64, 128, 4, 5)]:
             kernels.CONFIG.update(tma_wide=cfg, tma_narrow=cfg)
             for n, k in SHAPES:
                 row(4096, n, k, f"tma={cfg}")
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
     return rows
 
 

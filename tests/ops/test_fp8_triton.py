@@ -120,21 +120,19 @@ def check_split_k(device, m, n, k, layout="plain"):
     for tiers in (kernels.CONFIG["small"], kernels.CONFIG["small_w8a8"]):
         tile = kernels._tier(tiers, n)
         assert -(-n // tile.bn) < tile.target and k // kernels.BK >= 4  # so split > 1
-    saved = kernels.CONFIG["gemv_m_max"]
-    kernels.CONFIG["gemv_m_max"] = 0  # small M would take the streaming GEMV
-    try:
+    with kernels.config_restored():
+        kernels.CONFIG["gemv_m_max"] = 0  # small M would take the streaming GEMV
         check_gemm(device, m, n, k, layout, bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
         first = kernels.block_fp8_linear(x, q, s, rb, b)
         again = kernels.block_fp8_linear(x, q, s, rb, b)
-    finally:
-        kernels.CONFIG["gemv_m_max"] = saved
     assert torch.equal(first, again)
     assert int(kernels._tile_counters(x.device, 1).abs().sum()) == 0
 
 
 def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
     """The small-M kernel in both forms (activations on the MMA's row side, and swap-AB), each PDL mode
-    and one or many splits, for W8A16, pre-quantised and inline-quantised W8A8, against the references."""
+    and one or many splits, for W8A16, pre-quantised and inline-quantised W8A8, against the references.
+    (W8A8 through a row map always takes the swap-AB form: ``kernels._gemm_small``.)"""
     from deltaserve.ops.fp8 import kernels, reference
 
     q, s, rb = make_weight(n, k, layout, device, seed=m * 7 + n + k)
@@ -146,23 +144,19 @@ def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
         "pre": reference.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),
         "w8a8": _w8a8_from_kernel_quant(x, q, s, rb, b),
     }
-    saved = dict(kernels.CONFIG)
-    try:
-        for swap, pdl, target in ((False, 1, 264), (False, 2, 1), (True, 2, 264), (True, 0, 1)):
-            tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl)
+    for swap, pdl, target in ((False, 1, 264), (False, 2, 1), (True, 2, 264), (True, 0, 1)):
+        tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl)
+        with kernels.config_restored():
             kernels.CONFIG.update(gemv_m_max=0, small=((0, tile),), small_w8a8=((0, tile),))
             outs = {
                 "w8a16": kernels.block_fp8_linear(x, q, s, rb, b),
                 "pre": kernels.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),
                 "w8a8": kernels.block_fp8_linear(x, q, s, rb, b, quantize_activation=True),
             }
-            for name, out in outs.items():
-                assert out.shape == (m, n) and out.dtype == dtype and not out.isnan().any()
-                err = rel_err(out, refs[name])
-                assert err < tol, (m, n, k, layout, swap, pdl, target, name, err)
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
+        for name, out in outs.items():
+            assert out.shape == (m, n) and out.dtype == dtype and not out.isnan().any()
+            err = rel_err(out, refs[name])
+            assert err < tol, (m, n, k, layout, swap, pdl, target, name, err)
 
 
 def check_extreme_rows(device):
@@ -177,13 +171,9 @@ def check_extreme_rows(device):
     x[3] = 0
     x[4, :200] *= 1e6  # one row spanning 2^20 within a K step
     x = x.bfloat16()
-    saved = dict(kernels.CONFIG)
-    try:
+    with kernels.config_restored():
         kernels.CONFIG.update(gemv_m_max=0, small=((0, kernels.SmallTile(False, 64, 4, 3, 264, 0)),))
         out = kernels.block_fp8_linear(x, q, s, rb).float()
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
     ref = reference.block_fp8_linear(x, q, s, rb).float()
     assert torch.equal(out[3], torch.zeros_like(out[3]))
     for r in (0, 1, 2, 4):  # per-row relative error, the scale divided out first (fp32 norms overflow)
@@ -194,7 +184,7 @@ def check_extreme_rows(device):
 
 def check_gemv(device, n, k, block_k=128, config=None, layout="none", m=1):
     """The streaming GEMV (``m`` activation rows, strided when ``m`` > 1) for bf16, pre-quantised and
-    W8A8 activations, against the references and against the swap-AB kernel on the same call;
+    W8A8 activations, against the references and against the small-M MMA kernel on the same call;
     ``config`` overrides the GEMV's tiers; ``layout`` as in ``make_weight`` (block_k 128 there)."""
     from deltaserve.ops.fp8 import kernels, reference
 
@@ -207,18 +197,18 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none", m=1):
     x = torch.randn(m, k + 24 * (m > 1), device=device).to(torch.bfloat16)[:, :k]  # rows k + 24 apart
     b = torch.randn(n, device=device).to(torch.bfloat16) if n % 2 else None
     xq, xs = kernels.per_token_group_quant_fp8(x, block_k)
-    keys = ("gemv", "gemv_w8a8", "gemv_rows", "gemv_rows_w8a8", "gemv_m_max")
-    saved = {key: kernels.CONFIG[key] for key in keys}
-    if config:
-        kernels.CONFIG.update({key: ((0, config),) for key in keys[:-1]})
-    kernels.CONFIG["gemv_m_max"] = max(m, saved["gemv_m_max"])
-    assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n, m=m))
     # the W8A8 path's activation: the quant kernel's values times their group scales, exactly
     fq = kernels.fake_quant(x, block_k)
     assert torch.equal(fq, xq.float() * xs.repeat_interleave(block_k, dim=1)[:, :k])
     outs = {}
     calls = (("w8a16", x, {}), ("pre", xq, dict(x_scale=xs)), ("w8a8", x, dict(quantize_activation=True)))
-    try:
+    with kernels.config_restored() as saved:
+        if config:
+            kernels.CONFIG.update(
+                {key: ((0, config),) for key in ("gemv", "gemv_w8a8", "gemv_rows", "gemv_rows_w8a8")}
+            )
+        kernels.CONFIG["gemv_m_max"] = max(m, saved["gemv_m_max"])
+        assert kernels.gemv.supports(0, block_k, kernels.gemv_config(n, m=m))
         for name, xin, kw in calls:
             outs[name] = kernels.block_fp8_linear(xin, q, s, rb, b, block_k=block_k, **kw)
             if name == "w8a8":  # on the quant kernel's own values (see check_gemm)
@@ -228,17 +218,15 @@ def check_gemv(device, n, k, block_k=128, config=None, layout="none", m=1):
             assert outs[name].shape == (m, n) and not outs[name].isnan().any()
             assert rel_err(outs[name], ref) < 1e-2, (n, k, m, name, rel_err(outs[name], ref))
         kernels.CONFIG["gemv_m_max"] = 0
-        swap_ab = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
-        swap_ab_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
-        swap_ab_w8a8 = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k, quantize_activation=True)
-    finally:
-        kernels.CONFIG.update(saved)
-    # the swap-AB kernel rounds each dequantised weight to bf16 (the GEMV keeps fp32) and both round
-    # their outputs to bf16; the CPU interpreter truncates instead of rounding, which doubles both
-    # errors (an unseeded run hit 5.0e-3)
-    assert rel_err(outs["w8a16"], swap_ab) < 1e-2, rel_err(outs["w8a16"], swap_ab)
-    assert rel_err(outs["pre"], swap_ab_pre) < 2e-3, rel_err(outs["pre"], swap_ab_pre)
-    assert rel_err(outs["w8a8"], swap_ab_w8a8) < 2e-3, rel_err(outs["w8a8"], swap_ab_w8a8)
+        mma = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k)
+        mma_pre = kernels.block_fp8_linear(xq, q, s, rb, b, block_k=block_k, x_scale=xs)
+        mma_w8a8 = kernels.block_fp8_linear(x, q, s, rb, b, block_k=block_k, quantize_activation=True)
+    # the small-M kernel's swap-AB form rounds each dequantised weight to bf16 (the GEMV and its row form
+    # keep exact products) and all round their outputs to bf16; the CPU interpreter truncates instead of
+    # rounding, which doubles both errors (an unseeded run hit 5.0e-3)
+    assert rel_err(outs["w8a16"], mma) < 1e-2, rel_err(outs["w8a16"], mma)
+    assert rel_err(outs["pre"], mma_pre) < 2e-3, rel_err(outs["pre"], mma_pre)
+    assert rel_err(outs["w8a8"], mma_w8a8) < 2e-3, rel_err(outs["w8a8"], mma_w8a8)
 
 
 def run_small(device: str) -> None:
@@ -254,12 +242,9 @@ def run_small(device: str) -> None:
     check_tma(device, 20, 200, 256)
     from deltaserve.ops.fp8 import kernels
 
-    saved = kernels.CONFIG["dequant_m_min"]
-    kernels.CONFIG["dequant_m_min"] = 8  # the large-M W8A16 path (bf16 weight copy + matmul)
-    try:
+    with kernels.config_restored():
+        kernels.CONFIG["dequant_m_min"] = 8  # the large-M W8A16 path (bf16 weight copy + matmul)
         check_gemm(device, 9, 200, 300, "perm", bias=True, tol_w8a16=1e-2, tol_w8a8=1e-2, own_quant=True)
-    finally:
-        kernels.CONFIG["dequant_m_min"] = saved
     check_gemv(device, 201, 300)
     check_gemv(device, 130, 1024, config=(8, 256, 4, 2))
     check_gemv(device, 200, 384, layout="perm")
@@ -279,8 +264,7 @@ def run_small(device: str) -> None:
 def test_gemv_config_tiers_by_output_width():
     from deltaserve.ops.fp8 import kernels
 
-    saved = dict(kernels.CONFIG)
-    try:
+    with kernels.config_restored():
         kernels.CONFIG["gemv"] = ((8192, (4, 2048, 4, 3)), (4096, (4, 2048, 8, 3)), (0, (2, 2048, 8, 3)))
         picks = [kernels.gemv_config(n) for n in (24576, 8192, 8191, 4096, 2048, 1)]
         assert picks == [(4, 2048, 4, 3)] * 2 + [(4, 2048, 8, 3)] * 2 + [(2, 2048, 8, 3)] * 2
@@ -288,7 +272,7 @@ def test_gemv_config_tiers_by_output_width():
         assert kernels.gemv_config(5) == (1, 8, 1, 1)
         kernels.CONFIG["gemv"] = None
         assert kernels.gemv_config(4096) is None
-        # more rows read the _rows tiers, up to gemv_m_max rows; a None tier is the swap-AB kernel
+        # more rows read the _rows tiers, up to gemv_m_max rows; a None tier is the small-M MMA kernel
         kernels.CONFIG.update(gemv_m_max=2, gemv_rows_w8a8=((8192, None), (0, (2, 512, 2, 3))))
         assert kernels.gemv_config(4096, "gemv_w8a8", m=2) == (2, 512, 2, 3)
         assert kernels.gemv_config(8192, "gemv_w8a8", m=2) is None
@@ -300,9 +284,18 @@ def test_gemv_config_tiers_by_output_width():
             kernels.gemv.gemv(torch.zeros(3, 8), None, w, torch.ones(1, 1), None, None, torch.empty(3, 8),
                               mode=0, block_k=128, config=(2, 8, 1, 1), plain_bn=128)  # fmt: skip
         assert not kernels.gemv.supports(0, 128, None)
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(saved)
+
+
+def test_config_restored_puts_every_key_back_even_on_error():
+    from deltaserve.ops.fp8 import kernels
+
+    before = dict(kernels.CONFIG)
+    with pytest.raises(RuntimeError), kernels.config_restored() as saved:
+        assert saved == before and saved is not kernels.CONFIG
+        kernels.CONFIG["small"] = None
+        kernels.CONFIG["not_a_key"] = 1
+        raise RuntimeError
+    assert kernels.CONFIG == before
 
 
 def test_prequantized_reference_equals_w8a8():
@@ -408,7 +401,7 @@ def test_gemv_gpu(n, k, layout):
     "n,k,layout", [(2048, 4096, "none"), (12288, 2048, "shards"), (1000, 4100, "none"), (640, 4096, "perm")]
 )
 def test_gemv_two_rows_gpu(n, k, layout):
-    """Two rows on shapes the dispatch gives the swap-AB kernel too (the kernel is right at any N)."""
+    """Two rows on shapes the dispatch gives the small-M MMA kernel too (the GEMV is right at any N)."""
     check_gemv("cuda", n, k, layout=layout, m=2, config=(2, 1024, 4, 3))
 
 

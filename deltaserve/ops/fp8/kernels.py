@@ -23,9 +23,9 @@ GEMM kernels:
 - other small M (``<= 16``), ``_fp8_small_kernel`` (``CONFIG["small"]`` / ``["small_w8a8"]``, by N): a
   16-row activation tile times a weight tile, either as mma.sync's M side with the e4m3 tile widened to
   fp16 in registers (``_rows_step``) or swapped, the weight tile as wgmma's M side read from shared
-  memory (``_swap_ab_step``; W8A8 at wide N or through a row map). K is split over programs so that about two programs per SM
-  stream the weight; the last split to finish a tile adds the fp32 partials in split order (one launch,
-  deterministic);
+  memory (``_swap_ab_step``; W8A8 at wide N or through a row map). K is split over programs so that
+  about two programs per SM stream the weight; the last split to finish a tile adds the fp32 partials
+  in split order (one launch, deterministic);
 - large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
 - otherwise ``_fp8_gemm_kernel`` (plain loads, any row map).
 Large-M W8A16 dequantises the weight to a bf16 scratch and runs cuBLAS. No host syncs: every launch
@@ -34,7 +34,9 @@ size follows from the shapes.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -475,6 +477,18 @@ def fake_quant(x: torch.Tensor, group: int = 128) -> torch.Tensor:
         G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=True, PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )  # fmt: skip
     return y
+
+
+@contextlib.contextmanager
+def config_restored() -> Iterator[dict[str, Any]]:
+    """For overrides of ``CONFIG`` (sweeps, tests): yields a copy of it as it was, and puts that back on
+    exit (``ops.moe.kernels.configs_restored`` is the MoE tables' twin)."""
+    saved = dict(CONFIG)
+    try:
+        yield dict(saved)
+    finally:
+        CONFIG.clear()
+        CONFIG.update(saved)
 
 
 def gemv_config(n: int, key: str = "gemv", m: int = 1) -> tuple[int, int, int, int] | None:
