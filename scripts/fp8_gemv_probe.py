@@ -34,7 +34,7 @@ def swap_ab_tiers(cfg: tuple[int, int, int, int], target: int) -> dict:
     """CONFIG overrides running the small-M kernel swap-AB without PDL (what these sweeps measured) at
     every N, from an old-style (BMT, BN, warps, stages) tile and split target."""
     tiers = ((0, kernels.SmallTile(True, cfg[1], cfg[2], cfg[3], target, 0)),)
-    return dict(small=tiers, small_w8a8=tiers)
+    return dict(small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
 
 
 def layer_calls(ms: tuple[int, ...], row_map: bool = False):

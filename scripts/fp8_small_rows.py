@@ -49,8 +49,8 @@ def _variants(section: str) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
     if section.startswith("ship"):
         old = ((0, BEFORE),)
-        return [("before", dict(small=old, small_w8a8=old)), ("shipped", {})] * 2
-    return [(name, dict(small=((0, t),), small_w8a8=((0, t),))) for name, t in SWEEP]
+        return [("before", dict(small=old, small_w8a8=old, small_w8a8_rowmap=old)), ("shipped", {})] * 2
+    return [(name, dict(small=((0, t),), small_w8a8=((0, t),), small_w8a8_rowmap=((0, t),))) for name, t in SWEEP]
 
 
 def run(section: str, ms: tuple[int, ...]) -> list[dict]:
@@ -60,8 +60,7 @@ def run(section: str, ms: tuple[int, ...]) -> list[dict]:
             for name, over in _variants(section):
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(saved, gemv_m_max=0, **over)
-                tiers = kernels.CONFIG["small" if base["mode"] == "w8a16" else "small_w8a8"]
-                cfg = tuple(kernels._tier(tiers, base["N"]))
+                cfg = tuple(kernels.small_tile(base["N"], base["mode"] != "w8a16", section == "ship-rowmap"))
                 _measure(rows, dict(base, cfg=cfg), name, fns, ref)
     return rows
 

@@ -117,8 +117,8 @@ def check_split_k(device, m, n, k, layout="plain"):
     q, s, rb = make_weight(n, k, layout, device, seed=k)
     x = torch.randn(m, k, device=device).to(torch.bfloat16)
     b = torch.randn(n, device=device).to(torch.bfloat16)
-    for tiers in (kernels.CONFIG["small"], kernels.CONFIG["small_w8a8"]):
-        tile = kernels._tier(tiers, n)
+    for w8a8 in (False, True):
+        tile = kernels.small_tile(n, w8a8, layout != "none")
         assert -(-n // tile.bn) < tile.target and k // kernels.BK >= 4  # so split > 1
     with kernels.config_restored():
         kernels.CONFIG["gemv_m_max"] = 0  # small M would take the streaming GEMV
@@ -131,8 +131,8 @@ def check_split_k(device, m, n, k, layout="plain"):
 
 def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
     """The small-M kernel in both forms (activations on the MMA's row side, and swap-AB), each PDL mode
-    and one or many splits, for W8A16, pre-quantised and inline-quantised W8A8, against the references.
-    (W8A8 through a row map always takes the swap-AB form: ``kernels._gemm_small``.)"""
+    and one or many splits, for W8A16, pre-quantised and inline-quantised W8A8 (through row maps too,
+    whose W8A8 tiers ship only the swap-AB form), against the references."""
     from deltaserve.ops.fp8 import kernels, reference
 
     q, s, rb = make_weight(n, k, layout, device, seed=m * 7 + n + k)
@@ -147,7 +147,8 @@ def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
     for swap, pdl, target in ((False, 1, 264), (False, 2, 1), (True, 2, 264), (True, 0, 1)):
         tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl)
         with kernels.config_restored():
-            kernels.CONFIG.update(gemv_m_max=0, small=((0, tile),), small_w8a8=((0, tile),))
+            tiers = ((0, tile),)
+            kernels.CONFIG.update(gemv_m_max=0, small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
             outs = {
                 "w8a16": kernels.block_fp8_linear(x, q, s, rb, b),
                 "pre": kernels.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),

@@ -20,12 +20,12 @@ GEMM kernels:
 - one or two rows (``CONFIG["gemv_m_max"]``), modes 0 and 1 (``CONFIG["gemv"]`` / ``["gemv_rows"]``, by
   N): the streaming GEMV in ``gemv.py``; W8A8 runs it in mode 0 on ``fake_quant``'s output (the quantised
   values as fp32; ``CONFIG["gemv_w8a8"]`` / ``["gemv_rows_w8a8"]``);
-- other small M (``<= 16``), ``_fp8_small_kernel`` (``CONFIG["small"]`` / ``["small_w8a8"]``, by N): a
-  16-row activation tile times a weight tile, either as mma.sync's M side with the e4m3 tile widened to
-  fp16 in registers (``_rows_step``) or swapped, the weight tile as wgmma's M side read from shared
-  memory (``_swap_ab_step``; W8A8 at wide N or through a row map). K is split over programs so that
-  about two programs per SM stream the weight; the last split to finish a tile adds the fp32 partials
-  in split order (one launch, deterministic);
+- other small M (``<= 16``), ``_fp8_small_kernel`` (``small_tile``: ``CONFIG["small"]``, ``["small_w8a8"]``
+  or ``["small_w8a8_rowmap"]``, by N): a 16-row activation tile times a weight tile, either as
+  mma.sync's M side with the e4m3 tile widened to fp16 in registers (``_rows_step``) or swapped, the
+  weight tile as wgmma's M side read from shared memory (``_swap_ab_step``; W8A8 at wide N or through a
+  row map). K is split over programs so that about two programs per SM stream the weight; the last
+  split to finish a tile adds the fp32 partials in split order (one launch, deterministic);
 - large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
 - otherwise ``_fp8_gemm_kernel`` (plain loads, any row map).
 Large-M W8A16 dequantises the weight to a bf16 scratch and runs cuBLAS. No host syncs: every launch
@@ -75,6 +75,9 @@ CONFIG = {
     # BENCHMARKS.md 2026-11-29 ~08:20)
     "small": ((8192, SmallTile(False, 128, 4, 3, 264, 1)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
     "small_w8a8": ((8192, SmallTile(True, 64, 4, 3, 264, 2)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
+    # W8A8 through a row map: swap-AB at every N (the row form's per-column scales were 0-9 % slower; H200,
+    # 2048x4096 / 2048x6144, M = 2-16; BENCHMARKS.md 2026-11-29 ~08:20, call 8)
+    "small_w8a8_rowmap": ((0, SmallTile(True, 64, 4, 3, 264, 2)),),
     "medium": (64, 128, 4, 4),
     "large": (64, 128, 4, 4),
     "tma_wide": (64, 128, 4, 4),
@@ -249,6 +252,17 @@ def _fp8_gemm_tma_kernel(
 
 
 @triton.jit
+def _w8a8_rows(a, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr):
+    """One K step's W8A8 activations: (``[BMT, BK]`` e4m3, ``[BMT]`` fp32 scales), read (``A_MODE`` 1: ``a``
+    pre-quantised, its scales at ``as_rows + sblk``) or quantised here (2: ``a`` bf16/fp16)."""
+    if A_MODE == 1:
+        aq, a_s = a, tl.load(as_rows + sblk, mask=m_ok, other=0.0)
+    else:
+        aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+    return aq, a_s
+
+
+@triton.jit
 def _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr,
                   F32: tl.constexpr):  # fmt: skip
     """One K step of the swap-AB tile ``acc [BN, BMT]``: ``w [BN, BK]`` e4m3 is wgmma's M side (read from
@@ -262,34 +276,40 @@ def _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8
         return dot(wd, tl.trans(a), F32, acc)
     # per-token activation scales vary with the K step: each product is scaled before it is added, so
     # the MMA is waited on every step
-    if A_MODE == 1:
-        part = dot(w, tl.trans(a), F32) * tl.load(as_rows + sblk, mask=m_ok, other=0.0)[None, :]
-    else:
-        aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
-        part = dot(w, tl.trans(aq), F32) * a_s[None, :]
-    return acc + part * w_s
+    aq, a_s = _w8a8_rows(a, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C)
+    return acc + dot(w, tl.trans(aq), F32) * a_s[None, :] * w_s
 
 
 @triton.jit
 def _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr,
-               F32: tl.constexpr):  # fmt: skip
+               F32: tl.constexpr, AB_NOSCALE: tl.constexpr):  # fmt: skip
     """One K step of the tile ``acc [BMT, BN]`` with the activations on the MMA's 16-row side: mma.sync,
     both operands in registers, the e4m3 tile read from the pipeline's shared memory straight into its
     operand layout and widened to fp16 (one conversion per pair); every step's product is scaled in
     registers. ``w_s``: the weight scale, scalar or ``[1, BN]``."""
     wt = tl.trans(w)  # [BK, BN]
     if A_MODE == 0:
-        if a.dtype == tl.bfloat16:
+        if AB_NOSCALE:
+            part = dot(a.to(tl.float16), wt.to(tl.float16), F32)
+        elif a.dtype == tl.bfloat16:
             a16, inv = _pow2_fp16_rows(a)
             part = dot(a16, wt.to(tl.float16), F32) * inv[:, None]  # [BMT, BN]
         else:
             part = dot(a, wt.to(a.dtype), F32)
-    elif A_MODE == 1:
-        part = dot(a, wt, F32) * tl.load(as_rows + sblk, mask=m_ok, other=0.0)[:, None]
     else:
-        aq, a_s = _quant_tile(a.to(tl.float32), FP8_MAX_C)
+        aq, a_s = _w8a8_rows(a, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C)
         part = dot(aq, wt, F32) * a_s[:, None]
     return acc + part * w_s
+
+
+@triton.jit
+def _step_scales(s_cols, kb, n_ok, BKC: tl.constexpr, BLOCK_K: tl.constexpr, PLAIN: tl.constexpr):
+    """The weight scales of K step ``kb``: the tile's one (``PLAIN``) or each column's ``[BN]``."""
+    if PLAIN:
+        w_s = tl.load(s_cols + (kb * BKC) // BLOCK_K)
+    else:
+        w_s = tl.load(s_cols + (kb * BKC) // BLOCK_K, mask=n_ok, other=0.0)
+    return w_s
 
 
 @triton.jit
@@ -299,7 +319,8 @@ def _fp8_small_kernel(
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
     PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr, SWAP: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, SCALE_AHEAD: tl.constexpr, AB_NOFIX: tl.constexpr, AB_NOSCALE: tl.constexpr,
+    AB_NOLOOP: tl.constexpr,
 ):  # fmt: skip
     """Small M: the output tile ``[BMT, BN]`` over the K steps of split ``program_id(1)``, with the weight
     tile on the MMA's M side (``SWAP``, ``_swap_ab_step``) or the activations (``_rows_step``); splits meet
@@ -321,44 +342,53 @@ def _fp8_small_kernel(
     offs_m = tl.arange(0, BMT)  # [BMT]
     m_ok = offs_m < M
     offs_m64 = offs_m.to(tl.int64)
-    srow = _scale_rows(rb_ptr, offs_n, n_ok, PLAIN, PLAIN_BN_C)  # [BN]
-    srow0 = (pid_n * BN) // PLAIN_BN_C
+    srow0 = (pid_n * BN) // PLAIN_BN_C  # the plain map's one scale row (BN divides PLAIN_BN_C)
     kr = tl.arange(0, BKC)
     w_rows = b_ptr + offs_n.to(tl.int64)[:, None] * sb_n  # [BN, 1]
     a_rows = a_ptr + offs_m64[:, None] * sa_m  # [BMT, 1]
     as_rows = as_ptr + offs_m64 * sas_m  # [BMT]
     kb0 = pid_k * KB_PER_SPLIT
     kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
+    if AB_NOLOOP:
+        kb1 = kb0
     if SWAP:
         acc = tl.zeros((BN, BMT), dtype=tl.float32)
     else:
         acc = tl.zeros((BMT, BN), dtype=tl.float32)
-    s_cols = bs_ptr + srow * sbs_r  # [BN] each column's scale row (row maps)
-    # row maps: the pipeliner leaves the per-column scale gather synchronous, so each step's scales are
-    # read one step ahead (H200, M=16 12288x2048 W8A16: 13.2 -> 12.7 us; the plain map 12.2-12.3)
-    w_s_next = tl.load(s_cols + (kb0 * BKC) // BLOCK_K, mask=n_ok, other=0.0)  # [BN] (dead for the plain map)
+    if PLAIN:
+        s_cols = bs_ptr + srow0 * sbs_r  # the tile's one scale row
+    else:
+        s_cols = bs_ptr + _scale_rows(rb_ptr, offs_n, n_ok, PLAIN, PLAIN_BN_C) * sbs_r  # [BN] each column's
+    if SCALE_AHEAD:
+        # the pipeliner leaves the scale loads synchronous, so each step's scales are read one step ahead
+        # (row maps, H200, M=16 12288x2048 W8A16: 13.2 -> 12.7 us; the plain map 12.2-12.3)
+        w_s_next = _step_scales(s_cols, kb0, n_ok, BKC, BLOCK_K, PLAIN)  # scalar or [BN]
     for kb in range(kb0, kb1):
         k = kb * BKC + kr  # [BK]
         k_ok = k < K
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BN, BK]
         a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BMT, BK]
         sblk = (kb * BKC) // BLOCK_K
-        if PLAIN:
-            w_s = tl.load(bs_ptr + srow0 * sbs_r + sblk)
+        if SCALE_AHEAD:
+            w_s = w_s_next
+            w_s_next = _step_scales(s_cols, tl.minimum(kb + 1, kb1 - 1), n_ok, BKC, BLOCK_K, PLAIN)
         else:
-            w_s = tl.expand_dims(w_s_next, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
-            nxt = (tl.minimum(kb + 1, kb1 - 1) * BKC) // BLOCK_K
-            w_s_next = tl.load(s_cols + nxt, mask=n_ok, other=0.0)
+            w_s = _step_scales(s_cols, kb, n_ok, BKC, BLOCK_K, PLAIN)
+        if not PLAIN:
+            w_s = tl.expand_dims(w_s, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
         if SWAP:
             acc = _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BN, BMT]
         else:
-            acc = _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BMT, BN]
+            acc = _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32, AB_NOSCALE)  # [BMT, BN]
     if PDL == 1:
         gdc_launch_dependents()
     if SWAP:
         acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
-    if SPLIT > 1:
+    if AB_NOFIX:
+        w_off = offs_m64[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k.to(tl.int64) * (M * N) + w_off, acc, mask=mask)
+    elif SPLIT > 1:
         # every split stores its fp32 partial; the last one to arrive at the tile's counter adds them
         # up in split order (deterministic) and resets the counter
         w_off = offs_m64[:, None] * N + offs_n[None, :]
@@ -404,6 +434,8 @@ def _dequant_kernel(
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
+PLAIN_SCALE_AHEAD = False  # TEMPORARY A/B knob
+ABLATE = 0  # TEMPORARY: 1 no split-K fix-up (partials stored only), 2 no pow2 row scaling, 4 no K loop
 
 
 def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -561,14 +593,17 @@ def _gemm_tma(a, a_s, w_q, scale_inv, bias, out, block_k: int) -> torch.Tensor:
     return out
 
 
+def small_tile(n: int, w8a8: bool, row_map: bool) -> SmallTile:
+    """The small-M kernel's launch for ``n`` output columns: ``CONFIG["small"]`` (W8A16),
+    ``["small_w8a8"]`` or, through a row map, ``["small_w8a8_rowmap"]`` tiers."""
+    key = "small_w8a8_rowmap" if w8a8 and row_map else "small_w8a8" if w8a8 else "small"
+    return _tier(CONFIG[key], n)
+
+
 def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k: int) -> torch.Tensor:
     m, k = a.shape
     n = w_q.shape[0]
-    tile = _tier(CONFIG["small" if mode == 0 else "small_w8a8"], n)
-    if mode != 0 and row_block is not None:
-        # W8A8 through a row map: the row form's per-column scales were 0-9 % slower than swap-AB's
-        # (H200, 2048x4096 / 2048x6144, M = 2-16; BENCHMARKS.md 2026-11-29 ~08:20, call 8)
-        tile = tile._replace(swap=True)
+    tile = small_tile(n, mode != 0, row_block is not None)
     n_kb = triton.cdiv(k, BK)
     tiles = triton.cdiv(n, tile.bn)
     split = 1
@@ -584,7 +619,9 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
         BMT=max(16, triton.next_power_of_2(m)), BN=tile.bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX,
-        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
+        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, SCALE_AHEAD=row_block is not None or PLAIN_SCALE_AHEAD,
+        AB_NOFIX=ABLATE & 1 > 0, AB_NOSCALE=ABLATE & 2 > 0, AB_NOLOOP=ABLATE & 4 > 0,
+        num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
     )  # fmt: skip
     return out
 
