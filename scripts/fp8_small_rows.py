@@ -2,7 +2,7 @@
 registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
 of 8 calls on 8 weight copies (µs per call).
 
-    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap] [MS]
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit] [MS]
 
 Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
 conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
@@ -12,6 +12,7 @@ fp16 with one conversion per pair (the bf16 activations are scaled per row by a 
 fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is scaled in registers.
 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
+"nosplit": the row form without split-K (``NOSPLIT``) against the shipped tiers.
 "ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds;
 "ship-rowmap": the same through an explicit row map (per-column weight scales, as for Qwen3-Next's
 de-interleaved in_proj).
@@ -43,14 +44,33 @@ SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
     for pdl in (0, 1, 2)
 ]
 BEFORE = kernels.SmallTile(True, 64, 4, 3, 264, 0)  # shipped until 2026-11-29
+# one program per output tile over all of K (split target 0: no split-K fix-up), narrow tiles and deep
+# pipelines so that ~128-384 programs keep enough weight bytes in flight
+NOSPLIT = [
+    kernels.SmallTile(False, bn, warps, stages, 0, 2)
+    for bn, warps_all, stages_all in (
+        (16, (1, 2, 4), (4, 6, 8, 12)),
+        (32, (2, 4), (4, 6, 8)),
+        (64, (4,), (4, 6, 8)),
+    )
+    for warps in warps_all
+    for stages in stages_all
+]
+
+
+def _everywhere(tile: kernels.SmallTile) -> dict:
+    """CONFIG overrides running ``tile`` for every small-M call (W8A16, W8A8, any row map, any N)."""
+    tiers = ((0, tile),)
+    return dict(small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
 
 
 def _variants(section: str) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
     if section.startswith("ship"):
-        old = ((0, BEFORE),)
-        return [("before", dict(small=old, small_w8a8=old, small_w8a8_rowmap=old)), ("shipped", {})] * 2
-    return [(name, dict(small=((0, t),), small_w8a8=((0, t),), small_w8a8_rowmap=((0, t),))) for name, t in SWEEP]
+        return [("before", _everywhere(BEFORE)), ("shipped", {})] * 2
+    if section == "nosplit":
+        return [("shipped", {})] + [(f"nosplit{t.bn}", _everywhere(t)) for t in NOSPLIT]
+    return [(name, _everywhere(t)) for name, t in SWEEP]
 
 
 def run(section: str, ms: tuple[int, ...]) -> list[dict]:

@@ -282,16 +282,14 @@ def _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8
 
 @triton.jit
 def _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MAX_C: tl.constexpr,
-               F32: tl.constexpr, AB_NOSCALE: tl.constexpr):  # fmt: skip
+               F32: tl.constexpr):  # fmt: skip
     """One K step of the tile ``acc [BMT, BN]`` with the activations on the MMA's 16-row side: mma.sync,
     both operands in registers, the e4m3 tile read from the pipeline's shared memory straight into its
     operand layout and widened to fp16 (one conversion per pair); every step's product is scaled in
     registers. ``w_s``: the weight scale, scalar or ``[1, BN]``."""
     wt = tl.trans(w)  # [BK, BN]
     if A_MODE == 0:
-        if AB_NOSCALE:
-            part = dot(a.to(tl.float16), wt.to(tl.float16), F32)
-        elif a.dtype == tl.bfloat16:
+        if a.dtype == tl.bfloat16:
             a16, inv = _pow2_fp16_rows(a)
             part = dot(a16, wt.to(tl.float16), F32) * inv[:, None]  # [BMT, BN]
         else:
@@ -319,8 +317,7 @@ def _fp8_small_kernel(
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
     PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr, SWAP: tl.constexpr,
-    PDL: tl.constexpr, SCALE_AHEAD: tl.constexpr, AB_NOFIX: tl.constexpr, AB_NOSCALE: tl.constexpr,
-    AB_NOLOOP: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Small M: the output tile ``[BMT, BN]`` over the K steps of split ``program_id(1)``, with the weight
     tile on the MMA's M side (``SWAP``, ``_swap_ab_step``) or the activations (``_rows_step``); splits meet
@@ -349,8 +346,6 @@ def _fp8_small_kernel(
     as_rows = as_ptr + offs_m64 * sas_m  # [BMT]
     kb0 = pid_k * KB_PER_SPLIT
     kb1 = tl.minimum(kb0 + KB_PER_SPLIT, tl.cdiv(K, BKC))
-    if AB_NOLOOP:
-        kb1 = kb0
     if SWAP:
         acc = tl.zeros((BN, BMT), dtype=tl.float32)
     else:
@@ -359,36 +354,31 @@ def _fp8_small_kernel(
         s_cols = bs_ptr + srow0 * sbs_r  # the tile's one scale row
     else:
         s_cols = bs_ptr + _scale_rows(rb_ptr, offs_n, n_ok, PLAIN, PLAIN_BN_C) * sbs_r  # [BN] each column's
-    if SCALE_AHEAD:
-        # the pipeliner leaves the scale loads synchronous, so each step's scales are read one step ahead
-        # (row maps, H200, M=16 12288x2048 W8A16: 13.2 -> 12.7 us; the plain map 12.2-12.3)
-        w_s_next = _step_scales(s_cols, kb0, n_ok, BKC, BLOCK_K, PLAIN)  # scalar or [BN]
+        # the pipeliner leaves the per-column scale gather synchronous, so each step's scales are read one
+        # step ahead (H200, M=16 12288x2048 W8A16: 13.2 -> 12.7 us). The plain map's one scalar per step
+        # gained nothing from it (-1 to +9 %, BENCHMARKS.md 2026-11-29 ~10:20)
+        w_s_next = _step_scales(s_cols, kb0, n_ok, BKC, BLOCK_K, PLAIN)  # [BN]
     for kb in range(kb0, kb1):
         k = kb * BKC + kr  # [BK]
         k_ok = k < K
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BN, BK]
         a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BMT, BK]
         sblk = (kb * BKC) // BLOCK_K
-        if SCALE_AHEAD:
-            w_s = w_s_next
-            w_s_next = _step_scales(s_cols, tl.minimum(kb + 1, kb1 - 1), n_ok, BKC, BLOCK_K, PLAIN)
-        else:
+        if PLAIN:
             w_s = _step_scales(s_cols, kb, n_ok, BKC, BLOCK_K, PLAIN)
-        if not PLAIN:
-            w_s = tl.expand_dims(w_s, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
+        else:
+            w_s = tl.expand_dims(w_s_next, 1 if SWAP else 0)  # [BN, 1] or [1, BN]
+            w_s_next = _step_scales(s_cols, tl.minimum(kb + 1, kb1 - 1), n_ok, BKC, BLOCK_K, PLAIN)
         if SWAP:
             acc = _swap_ab_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BN, BMT]
         else:
-            acc = _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32, AB_NOSCALE)  # [BMT, BN]
+            acc = _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE, FP8_MAX_C, F32)  # [BMT, BN]
     if PDL == 1:
         gdc_launch_dependents()
     if SWAP:
         acc = tl.trans(acc)  # [BMT, BN]
     mask = m_ok[:, None] & n_ok[None, :]
-    if AB_NOFIX:
-        w_off = offs_m64[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k.to(tl.int64) * (M * N) + w_off, acc, mask=mask)
-    elif SPLIT > 1:
+    if SPLIT > 1:
         # every split stores its fp32 partial; the last one to arrive at the tile's counter adds them
         # up in split order (deterministic) and resets the counter
         w_off = offs_m64[:, None] * N + offs_n[None, :]
@@ -434,8 +424,6 @@ def _dequant_kernel(
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
-PLAIN_SCALE_AHEAD = False  # TEMPORARY A/B knob
-ABLATE = 0  # TEMPORARY: 1 no split-K fix-up (partials stored only), 2 no pow2 row scaling, 4 no K loop
 
 
 def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -619,8 +607,7 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
         BMT=max(16, triton.next_power_of_2(m)), BN=tile.bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX,
-        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, SCALE_AHEAD=row_block is not None or PLAIN_SCALE_AHEAD,
-        AB_NOFIX=ABLATE & 1 > 0, AB_NOSCALE=ABLATE & 2 > 0, AB_NOLOOP=ABLATE & 4 > 0,
+        F32=INTERPRET, SWAP=tile.swap, PDL=pdl,
         num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
     )  # fmt: skip
     return out
