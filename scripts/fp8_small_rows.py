@@ -2,7 +2,7 @@
 registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
 of 8 calls on 8 weight copies (µs per call).
 
-    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit] [MS]
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit|prefetch] [MS]
 
 Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
 conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
@@ -13,7 +13,10 @@ fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is 
 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
 "nosplit": the row form without split-K (``NOSPLIT``) against the shipped tiers.
-"ship": the shipped tiers against the swap-AB tile shipped before them (no PDL), interleaved rounds;
+"prefetch": the shipped tiles with their first K steps' weight lines prefetched into L2 before the PDL
+wait (``SmallTile.prefetch``), against the tiers shipped then (none), two interleaved rounds.
+"ship": the shipped tiers against the same tiers without their L2 prefetch, interleaved rounds (until
+2026-11-29 ~10:20: against the swap-AB tile shipped before the row form, ``SmallTile(True, 64, 4, 3, 264, 0)``);
 "ship-rowmap": the same through an explicit row map (per-column weight scales, as for Qwen3-Next's
 de-interleaved in_proj).
 (A bulk L2 prefetch of each program's weights before the PDL wait was also tried, in call 2 of
@@ -43,9 +46,11 @@ SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
     for tile in tiles
     for pdl in (0, 1, 2)
 ]
-BEFORE = kernels.SmallTile(True, 64, 4, 3, 264, 0)  # shipped until 2026-11-29
 # one program per output tile over all of K (split target 0: no split-K fix-up), narrow tiles and deep
 # pipelines so that ~128-384 programs keep enough weight bytes in flight
+SHIPPED = dict(kernels.CONFIG)
+# (K steps prefetched into L2 before the PDL wait, PDL mode) on the shipped tiles
+PREFETCH = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
 NOSPLIT = [
     kernels.SmallTile(False, bn, warps, stages, 0, 2)
     for bn, warps_all, stages_all in (
@@ -67,9 +72,26 @@ def _everywhere(tile: kernels.SmallTile) -> dict:
 def _variants(section: str) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
     if section.startswith("ship"):
-        return [("before", _everywhere(BEFORE)), ("shipped", {})] * 2
+        keys = ("small", "small_w8a8", "small_w8a8_rowmap")
+        unfetched = {key: tuple((n, t._replace(prefetch=0)) for n, t in SHIPPED[key]) for key in keys}
+        return [("noprefetch", unfetched), ("shipped", {})] * 2
     if section == "nosplit":
         return [("shipped", {})] + [(f"nosplit{t.bn}", _everywhere(t)) for t in NOSPLIT]
+    if section == "prefetch":
+        keys = ("small", "small_w8a8", "small_w8a8_rowmap")
+        return (
+            [("shipped", {})]
+            + [
+                (
+                    f"pf{pf}pdl{pdl}",
+                    {
+                        key: tuple((n, t._replace(prefetch=pf, pdl=pdl)) for n, t in SHIPPED[key])
+                        for key in keys
+                    },
+                )
+                for pf, pdl in PREFETCH
+            ]
+        ) * 2
     return [(name, _everywhere(t)) for name, t in SWEEP]
 
 
@@ -92,7 +114,7 @@ def summary(rows: list[dict]) -> None:
         if "us" not in r or r["err"] >= 2e-2:
             continue
         key = (r["N"], r["K"], r["M"], r["mode"])
-        var = f"{r['kernel']}{r['cfg'][-1]}"
+        var = r["kernel"] if "pdl" in r["kernel"] else f"{r['kernel']}{r['cfg'][5]}"  # cfg[5]: its PDL mode
         cur = best.setdefault(key, {"bf16": round(r["bf16_us"], 2)})
         cur[var] = min(cur.get(var, 1e9), round(r["us"], 2))
     for key, v in sorted(best.items()):

@@ -30,7 +30,7 @@ def test_small_kernel_compiles_with_wgmma(mode, plain, split):
     ptr = dict(_operands(mode, plain), ws_ptr="*fp32", cnt_ptr="*i32")
     const = dict(
         A_MODE=mode, HAS_BIAS=split == 1, PLAIN=plain, SPLIT=split, BLOCK_K=128, BMT=16, BN=64, BKC=128,
-        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=True, PDL=2 if split > 1 else 0,
+        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=True, PDL=2 if split > 1 else 0, PREFETCH=split - 1,
     )  # fmt: skip
     ptx = compile_for_hopper(
         K._fp8_small_kernel,
@@ -47,16 +47,18 @@ def test_small_kernel_compiles_with_wgmma(mode, plain, split):
 
 
 @pytest.mark.parametrize(
-    "mode,plain,pdl", [(0, True, 1), (0, False, 2), (1, True, 0), (2, False, 2), (2, True, 1)]
+    "mode,plain,pdl,prefetch",
+    [(0, True, 1, 1), (0, False, 2, 0), (1, True, 0, 0), (2, False, 2, 2), (2, True, 1, 0)],
 )
-def test_small_kernel_rows_form_widens_the_weight_in_its_operand_layout(mode, plain, pdl):
+def test_small_kernel_rows_form_widens_the_weight_in_its_operand_layout(mode, plain, pdl, prefetch):
     """Activations on the MMA's 16-row side: mma.sync, and the e4m3 weight tile is widened after it
     reaches the MMA operand layout (no shared-memory round trip of the widened tile, which the swap-AB
-    form's W8A16 step pays); PDL waits before any load."""
+    form's W8A16 step pays); PDL waits before any load, and only L2 prefetch hints (one per K step asked
+    for) come before the wait."""
     ptr = dict(_operands(mode, plain), ws_ptr="*fp32", cnt_ptr="*i32")
     const = dict(
         A_MODE=mode, HAS_BIAS=True, PLAIN=plain, SPLIT=2, BLOCK_K=128, BMT=16, BN=64, BKC=128,
-        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=False, PDL=pdl,
+        PLAIN_BN_C=128, FP8_MAX_C=448.0, F32=False, SWAP=False, PDL=pdl, PREFETCH=prefetch,
     )  # fmt: skip
     k = compile_for_hopper(
         K._fp8_small_kernel, ptr, const, SMALL_DIVISIBLE, num_warps=4, num_stages=3, **pdl_launch(pdl > 0)
@@ -67,6 +69,7 @@ def test_small_kernel_rows_form_widens_the_weight_in_its_operand_layout(mode, pl
     if pdl:
         head = ptx[: ptx.index("griddepcontrol.wait")]
         assert "ld.global" not in head and "cp.async" not in head
+        assert head.count("prefetch.global.L2") == prefetch == ptx.count("prefetch.global.L2")
         assert ("griddepcontrol.launch_dependents" in ptx) and (
             (ptx.index("griddepcontrol.launch_dependents") < ptx.index("mma.sync")) == (pdl == 2)
         )

@@ -144,8 +144,13 @@ def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
         "pre": reference.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),
         "w8a8": _w8a8_from_kernel_quant(x, q, s, rb, b),
     }
-    for swap, pdl, target in ((False, 1, 264), (False, 2, 1), (True, 2, 264), (True, 0, 1)):
-        tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl)
+    for swap, pdl, target, prefetch in (
+        (False, 1, 264, 1),
+        (False, 2, 1, 2),
+        (True, 2, 264, 1),
+        (True, 0, 1, 0),
+    ):
+        tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl, prefetch)
         with kernels.config_restored():
             tiers = ((0, tile),)
             kernels.CONFIG.update(gemv_m_max=0, small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
@@ -492,12 +497,12 @@ def test_block_fp8_linear_cuda_graph(m):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [3, 16])
 @pytest.mark.parametrize("qa", [False, True])
-@pytest.mark.parametrize("tile", [None, (True, 64, 4, 3, 264, 2), (False, 128, 4, 3, 264, 1)])
+@pytest.mark.parametrize("tile", [None, (True, 64, 4, 3, 264, 2, 1), (False, 128, 4, 3, 264, 1, 2)])
 def test_block_fp8_linear_dependent_chain_cuda_graph(m, qa, tile, monkeypatch):
     """Four split-K small-M GEMMs, each reading the one before, in one CUDA graph, replayed with fresh
     inputs: the shared tile counters reset between launches and each GEMM reads its predecessor's output
     (the check any PDL variant of the kernel must pass, ops/pdl.py). ``tile``: the default tiers, or one
-    forced for every N (both kernel forms, both PDL modes)."""
+    forced for every N (both kernel forms, both PDL modes, L2 prefetch before the wait)."""
     from deltaserve.ops.fp8 import block_fp8_linear, kernels, reference
 
     if tile is not None:

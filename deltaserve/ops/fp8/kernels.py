@@ -63,6 +63,8 @@ class SmallTile(NamedTuple):
     target: int  # K is split until there are about this many programs
     # 0: no PDL; 1: wait at the start, the next kernel launched after the main loop; 2: both at the start
     pdl: int
+    # K steps of each program's weight tile prefetched into L2 before the PDL wait (with PDL only)
+    prefetch: int = 0
 
 
 # (BM, BN, warps, stages) by M range ("tma_*": the TMA kernel for N >= / < tma_wide_n); benchmarks may
@@ -72,9 +74,11 @@ CONFIG = {
     # W8A8 (inline quant or pre-quantised). Activations on the MMA's 16-row side win everywhere but W8A8 at
     # wide N (H200, M = 2-16, same process: W8A16 2048x4096 8.2-8.5 -> 7.1-7.3 us, 12288x2048 13.5 ->
     # 11.7-12.5 us; W8A8 12288x2048 swap-AB with PDL 12.4 -> 11.7-12.0; scripts/fp8_small_rows.py,
-    # BENCHMARKS.md 2026-11-29 ~08:20)
-    "small": ((8192, SmallTile(False, 128, 4, 3, 264, 1)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
-    "small_w8a8": ((8192, SmallTile(True, 64, 4, 3, 264, 2)), (0, SmallTile(False, 64, 4, 3, 264, 2))),
+    # BENCHMARKS.md 2026-11-29 ~08:20). The row form's first K step prefetched into L2 before the PDL wait:
+    # 3-7 % at N = 2048 (2048x4096 W8A16 M = 3-16: 6.95-7.79 -> 6.50-7.28 us), 1-2 % at 12288x2048;
+    # swap-AB W8A8 there gained nothing (2026-11-29 ~10:20, fp8_small_rows.py prefetch)
+    "small": ((8192, SmallTile(False, 128, 4, 3, 264, 1, 1)), (0, SmallTile(False, 64, 4, 3, 264, 2, 1))),
+    "small_w8a8": ((8192, SmallTile(True, 64, 4, 3, 264, 2)), (0, SmallTile(False, 64, 4, 3, 264, 2, 1))),
     # W8A8 through a row map: swap-AB at every N (the row form's per-column scales were 0-9 % slower; H200,
     # 2048x4096 / 2048x6144, M = 2-16; BENCHMARKS.md 2026-11-29 ~08:20, call 8)
     "small_w8a8_rowmap": ((0, SmallTile(True, 64, 4, 3, 264, 2)),),
@@ -301,6 +305,14 @@ def _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MA
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Prefetch the lines at ``ptrs`` into L2 (a hint: nothing waits for it)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
 def _step_scales(s_cols, kb, n_ok, BKC: tl.constexpr, BLOCK_K: tl.constexpr, PLAIN: tl.constexpr):
     """The weight scales of K step ``kb``: the tile's one (``PLAIN``) or each column's ``[BN]``."""
     if PLAIN:
@@ -317,17 +329,24 @@ def _fp8_small_kernel(
     A_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, PLAIN: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKC: tl.constexpr,
     PLAIN_BN_C: tl.constexpr, FP8_MAX_C: tl.constexpr, F32: tl.constexpr, SWAP: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Small M: the output tile ``[BMT, BN]`` over the K steps of split ``program_id(1)``, with the weight
     tile on the MMA's M side (``SWAP``, ``_swap_ab_step``) or the activations (``_rows_step``); splits meet
     at a per-tile arrival counter. ``PDL`` 1 or 2: wait for the previous kernel at the start, let the next
-    one launch after the main loop (1) or at once (2)."""
-    # Nothing is read before the wait: reading the first weight tile first (the GEMV's trick) needs the
-    # first K step peeled, which put its activation load in front of the pipeline's prologue (H200, M=16
-    # 12288x2048: 13.3 -> 14.2 us), and a bulk L2 prefetch of each program's weights was slower (up to
-    # 31 %) everywhere but at 2048x4096 with PDL 2, where it was within 3 % (BENCHMARKS.md, 2026-11-28
-    # and 2026-11-29).
+    one launch after the main loop (1) or at once (2). ``PREFETCH``: K steps of the program's weight tile
+    asked into L2 before the wait (one line per weight row and step), which overlaps their DRAM latency
+    with the previous kernel's tail."""
+    # Only prefetch hints go before the wait: reading the first weight tile there (the GEMV's trick) needs
+    # the first K step peeled, which put its activation load in front of the pipeline's prologue (H200,
+    # M=16 12288x2048: 13.3 -> 14.2 us); an L2 prefetch of each program's whole weight share was slower (up
+    # to 31 %) and of 2-4 steps slower than of one (BENCHMARKS.md, 2026-11-28 and 2026-11-29).
+    if PREFETCH > 0:
+        pf_n = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
+        pf_rows = b_ptr + tl.where(pf_n < N, pf_n, 0).to(tl.int64) * sb_n  # [BN]
+        pf_kb = tl.program_id(1) * KB_PER_SPLIT
+        for pf_s in tl.static_range(PREFETCH):
+            _prefetch_l2(pf_rows + tl.minimum(pf_kb + pf_s, tl.cdiv(K, BKC) - 1) * BKC)
     if PDL > 0:
         gdc_wait()
     if PDL == 2:
@@ -607,7 +626,7 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
         BMT=max(16, triton.next_power_of_2(m)), BN=tile.bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX,
-        F32=INTERPRET, SWAP=tile.swap, PDL=pdl,
+        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, PREFETCH=tile.prefetch if pdl > 0 and not INTERPRET else 0,
         num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
     )  # fmt: skip
     return out
