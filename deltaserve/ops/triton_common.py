@@ -1,5 +1,6 @@
 """Triton pieces shared by the op families: whether kernels run under the CPU interpreter, the torch ->
-Triton map of 16-bit activation dtypes, and a dot product the interpreter computes correctly."""
+Triton map of 16-bit activation dtypes, a dot product the interpreter computes correctly, and an L2
+prefetch hint."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def dot(a, b, F32: tl.constexpr, acc=None):
     if F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask for the memory lines at ``ptrs`` in L2 (``prefetch.global.L2``): a hint that nothing waits for
+    and that cannot read stale data (L2 is where the SMs' writes meet). For loads that don't depend on the
+    previous kernel, issued before a PDL wait. Not for the CPU interpreter (inline PTX)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )

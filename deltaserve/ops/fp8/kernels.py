@@ -46,7 +46,7 @@ from deltaserve.ops.device import capability
 from deltaserve.ops.fp8 import gemv
 from deltaserve.ops.fp8.reference import PLAIN_BN, check_prequantized
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
-from deltaserve.ops.triton_common import INTERPRET, dot
+from deltaserve.ops.triton_common import INTERPRET, dot, prefetch_l2
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -305,14 +305,6 @@ def _rows_step(acc, w, a, w_s, as_rows, sblk, m_ok, A_MODE: tl.constexpr, FP8_MA
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    """Prefetch the lines at ``ptrs`` into L2 (a hint: nothing waits for it)."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-@triton.jit
 def _step_scales(s_cols, kb, n_ok, BKC: tl.constexpr, BLOCK_K: tl.constexpr, PLAIN: tl.constexpr):
     """The weight scales of K step ``kb``: the tile's one (``PLAIN``) or each column's ``[BN]``."""
     if PLAIN:
@@ -346,7 +338,7 @@ def _fp8_small_kernel(
         pf_rows = b_ptr + tl.where(pf_n < N, pf_n, 0).to(tl.int64) * sb_n  # [BN]
         pf_kb = tl.program_id(1) * KB_PER_SPLIT
         for pf_s in tl.static_range(PREFETCH):
-            _prefetch_l2(pf_rows + tl.minimum(pf_kb + pf_s, tl.cdiv(K, BKC) - 1) * BKC)
+            prefetch_l2(pf_rows + tl.minimum(pf_kb + pf_s, tl.cdiv(K, BKC) - 1) * BKC)
     if PDL > 0:
         gdc_wait()
     if PDL == 2:
