@@ -5,7 +5,8 @@ still finishing, so its launch and ramp-up hide behind that kernel's tail. In a 
 short, weight-streaming launches per CUDA graph) that tail-to-head latency is a large part of the
 step. The contract each opted-in kernel keeps (``PDL`` constexpr):
 
-- before ``gdc_wait()`` it only *reads* data no earlier kernel writes (weights), and writes nothing;
+- before ``gdc_wait()`` it only *reads* data no earlier kernel writes (weights), or asks such data into
+  L2 (``triton_common.prefetch_l2``), and writes nothing;
 - ``gdc_wait()`` then waits for the previous grid to complete with its writes visible. Every
   opted-in kernel waits, so completion is transitive down the chain;
 - ``gdc_launch_dependents()`` (after its main loop) lets the next kernel launch early. Only the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 from deltaserve.ops.gdn import decode
 
@@ -29,24 +28,3 @@ def test_divisibility_hints_give_vector_state_accesses():
     aligned = tuple(n for n in PTRS if n != "scale") + ("ss_s", "ss_h", "ss_k")
     assert _vector_accesses(aligned) > 0
     assert _vector_accesses(()) == 0
-
-
-@pytest.mark.parametrize("pdl,pair", [(False, False), (True, False), (True, True)])
-def test_mma_decode_prefetches_its_state_rows_before_the_wait(pdl, pair):
-    """With PDL the MMA decode kernel asks its state tile's lines into L2 (one per row and 128 bytes of
-    columns) before ``griddepcontrol.wait``; the only load there is its slot index."""
-    ptrs = {n: t for n, t in PTRS.items() if n != "inter_ptr"}
-    lines = decode._prefetch_lines(pdl, "kv", 64, pair, torch.empty(0, dtype=torch.bfloat16)) if pdl else 0
-    const = dict(
-        HV=32, GROUP=2, DK=128, DV=128, BV=64, PDL=pdl, V_FAST=True, SWAP=True, PAIR=pair, PF_LINES=lines,
-        LINE=64, ss_v=1,
-    )  # fmt: skip
-    ptx = triton_compile.compile_for_hopper(
-        decode._decode_mma_kernel, ptrs, const, divisible=("state_ptr", "ss_s", "ss_h", "ss_k"), num_warps=4
-    ).asm["ptx"]
-    assert ("griddepcontrol.wait" in ptx) == pdl
-    assert ptx.count("prefetch.global.L2") == lines == ((2 if pair else 1) if pdl else 0)
-    if pdl:
-        head = ptx[: ptx.index("griddepcontrol.wait")]
-        assert head.count("prefetch.global.L2") == lines
-        assert head.count("ld.global") == 1  # the slot

@@ -15,7 +15,6 @@ import triton.language as tl
 from deltaserve.ops.gdn import checks
 from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
-from deltaserve.ops.triton_common import prefetch_l2
 
 
 @triton.jit
@@ -173,8 +172,6 @@ def _decode_mma_kernel(
     V_FAST: tl.constexpr,
     SWAP: tl.constexpr,
     PAIR: tl.constexpr = False,
-    PF_LINES: tl.constexpr = 0,
-    LINE: tl.constexpr = 64,
 ):
     """One token per sequence with a 16-bit state and q/k of the same dtype: k.S and q.S over Dk as one
     [16, DK] x [DK, BV] tensor-core product (rows 0 and 1 of the left operand: the raw k and q, which
@@ -185,22 +182,13 @@ def _decode_mma_kernel(
     Hopper runs one m64n16 wgmma per warpgroup instead of m16n8 mma.sync tiles (80 registers instead of
     96 at BV 64, 4 warps; bf16 "kv" 84 -> 87 % of copy bandwidth at B=256 on an H200). With ``PAIR`` a
     program owns 2 * BV columns of the head and runs the product and update on each BV half in turn,
-    after one set of loads, norms and gates. ``PF_LINES``: memory lines per state row (``LINE`` elements
-    apart along the columns) asked into L2 before the PDL wait, so the tile's DRAM latency overlaps the
-    previous kernel's tail."""
+    after one set of loads, norms and gates."""
+    if PDL:
+        gdc_wait()
     NT: tl.constexpr = DV // (2 * BV) if PAIR else DV // BV  # column tiles per head
     i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, NT, V_FAST)
     if PAIR:  # this program's tile is 2 * BV columns, handled as two BV halves
         offs_v = offs_v + (offs_v // BV) * BV
-    if PF_LINES > 0:
-        # the slot table is the engine's input, not an earlier kernel's output; were it stale, the hint
-        # would only fetch lines for nothing (ops/pdl.py)
-        pf_slot = tl.maximum(tl.load(slot_ptr + i_b), 0).to(tl.int64)
-        pf_rows = state_ptr + pf_slot * ss_s + i_h * ss_h + offs_k * ss_k + tl.min(offs_v, 0) * ss_v  # [DK]
-        for pf_j in tl.static_range(PF_LINES):
-            prefetch_l2(pf_rows + pf_j * LINE * ss_v)
-    if PDL:
-        gdc_wait()
     i_b64 = i_b.to(tl.int64)
     k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
@@ -302,18 +290,6 @@ def _decode_config(n_seq: int, hv: int, state_layout: str, wide_state: bool, mma
     return (64, 4, True, True, True, True) if n_seq * hv >= PAIR_MIN_TILES else (64, 4, True, True, True)
 
 
-MMA_PREFETCH = True  # scripts/gdn_decode_prefetch.py flips this for its A/B runs
-
-
-def _prefetch_lines(pdl: bool, layout: str, bv: int, pair: bool, state: torch.Tensor) -> int:
-    """128-byte lines per state row of an MMA program's tile that it prefetches into L2 before its PDL
-    wait (0: none). With PDL only (so never on the CPU interpreter), and for "kv" pools, whose tile rows
-    are contiguous."""
-    if not (pdl and MMA_PREFETCH) or layout != "kv":
-        return 0
-    return max(1, (2 if pair else 1) * bv * state.element_size() // 128)
-
-
 def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layout, scale, config=None):
     """q, k [B, T, Hk, Dk]; v [B, T, Hv, Dv]; a, b [B, T, Hv] (views allowed)."""
     nb, t, hk, dk = q.shape
@@ -348,8 +324,7 @@ def _launch(q, k, v, a, b, A_log, dt_bias, state, state_slots, inter, state_layo
             *ss,
             o.stride(0), o.stride(2),
             HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, PDL=pdl, V_FAST=v_fast, SWAP=len(cfg) > 4 and bool(cfg[4]),
-            PAIR=pair, PF_LINES=_prefetch_lines(pdl, state_layout, bv, pair, state), LINE=128 // state.element_size(),
-            num_warps=warps, **pdl_launch(pdl),
+            PAIR=pair, num_warps=warps, **pdl_launch(pdl),
         )  # fmt: skip
         return o
     if inter is not None:
