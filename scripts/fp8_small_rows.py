@@ -2,7 +2,7 @@
 registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
 of 8 calls on 8 weight copies (µs per call).
 
-    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit|prefetch] [MS]
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit|prefetch|tiles] [MS]
 
 Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
 conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
@@ -13,6 +13,7 @@ fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is 
 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
 "nosplit": the row form without split-K (``NOSPLIT``) against the shipped tiers.
+"tiles": row-form tiles around the shipped ones, all with the one-step prefetch (``TILES``).
 "prefetch": the shipped tiles with their first K steps' weight lines prefetched into L2 before the PDL
 wait (``SmallTile.prefetch``), against the tiers shipped then (none), two interleaved rounds.
 "ship": the shipped tiers against the same tiers without their L2 prefetch, interleaved rounds (until
@@ -51,6 +52,15 @@ SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
 SHIPPED = dict(kernels.CONFIG)
 # (K steps prefetched into L2 before the PDL wait, PDL mode) on the shipped tiles
 PREFETCH = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
+# row-form tiles with the one-step prefetch and PDL 2, for the "tiles" section: split targets 132 / 396
+# around the shipped 264, 4 stages, 8 warps, 128-row tiles
+TILES = [
+    kernels.SmallTile(False, bn, warps, stages, target, 2, 1)
+    for bn, warps, stages, target in (
+        (64, 4, 3, 132), (64, 4, 4, 132), (64, 4, 4, 264), (64, 8, 3, 264), (64, 4, 3, 396), (128, 8, 3, 264),
+        (128, 4, 3, 132),
+    )
+]  # fmt: skip
 NOSPLIT = [
     kernels.SmallTile(False, bn, warps, stages, 0, 2)
     for bn, warps_all, stages_all in (
@@ -77,6 +87,8 @@ def _variants(section: str) -> list[tuple[str, dict]]:
         return [("noprefetch", unfetched), ("shipped", {})] * 2
     if section == "nosplit":
         return [("shipped", {})] + [(f"nosplit{t.bn}", _everywhere(t)) for t in NOSPLIT]
+    if section == "tiles":
+        return ([("shipped", {})] + [("/".join(map(str, t[1:5])), _everywhere(t)) for t in TILES]) * 2
     if section == "prefetch":
         keys = ("small", "small_w8a8", "small_w8a8_rowmap")
         return (
@@ -114,7 +126,9 @@ def summary(rows: list[dict]) -> None:
         if "us" not in r or r["err"] >= 2e-2:
             continue
         key = (r["N"], r["K"], r["M"], r["mode"])
-        var = r["kernel"] if "pdl" in r["kernel"] else f"{r['kernel']}{r['cfg'][5]}"  # cfg[5]: its PDL mode
+        var = (
+            r["kernel"] if "pdl" in r["kernel"] or "/" in r["kernel"] else f"{r['kernel']}{r['cfg'][5]}"
+        )  # cfg[5]: its PDL mode
         cur = best.setdefault(key, {"bf16": round(r["bf16_us"], 2)})
         cur[var] = min(cur.get(var, 1e9), round(r["us"], 2))
     for key, v in sorted(best.items()):
