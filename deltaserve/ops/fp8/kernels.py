@@ -25,7 +25,8 @@ GEMM kernels:
   mma.sync's M side with the e4m3 tile widened to fp16 in registers (``_rows_step``) or swapped, the
   weight tile as wgmma's M side read from shared memory (``_swap_ab_step``; W8A8 at wide N or through a
   row map). K is split over programs so that about two programs per SM stream the weight; the last
-  split to finish a tile adds the fp32 partials in split order (one launch, deterministic);
+  split to finish a tile adds the fp32 partials in split order (one launch, deterministic). Before its
+  PDL wait each program asks its first weight step into L2 (``SmallTile.prefetch``);
 - large M, W8A8, plain rows, Hopper or newer: ``_fp8_gemm_tma_kernel`` (A and W tiles by TMA);
 - otherwise ``_fp8_gemm_kernel`` (plain loads, any row map).
 Large-M W8A16 dequantises the weight to a bf16 scratch and runs cuBLAS. No host syncs: every launch
