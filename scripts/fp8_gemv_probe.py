@@ -30,11 +30,20 @@ SMALL = [  # swap-AB kernel (BMT, BN, warps, stages) x target programs, at M = 1
 ]  # fmt: skip
 
 
+def everywhere(tile: kernels.SmallTile) -> dict:
+    """CONFIG overrides running ``tile`` for every small-M call (W8A16, W8A8, any row map, any N)."""
+    return {key: ((0, tile),) for key in kernels.SMALL_TIERS}
+
+
+def tiers_with(config: dict, **fields) -> dict:
+    """CONFIG overrides: ``config``'s small-M tiers with ``fields`` of every ``SmallTile`` replaced."""
+    return {key: tuple((n, t._replace(**fields)) for n, t in config[key]) for key in kernels.SMALL_TIERS}
+
+
 def swap_ab_tiers(cfg: tuple[int, int, int, int], target: int) -> dict:
     """CONFIG overrides running the small-M kernel swap-AB without PDL (what these sweeps measured) at
     every N, from an old-style (BMT, BN, warps, stages) tile and split target."""
-    tiers = ((0, kernels.SmallTile(True, cfg[1], cfg[2], cfg[3], target, 0)),)
-    return dict(small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
+    return everywhere(kernels.SmallTile(True, cfg[1], cfg[2], cfg[3], target, 0))
 
 
 def layer_calls(ms: tuple[int, ...], row_map: bool = False):

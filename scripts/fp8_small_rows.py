@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import sys
 
-from fp8_gemv_probe import _measure, layer_calls, print_best
+from fp8_gemv_probe import _measure, everywhere, layer_calls, print_best, tiers_with
 
 from deltaserve.bench.common import device_record
 from deltaserve.ops.fp8 import kernels
@@ -47,8 +47,6 @@ SWEEP = [  # (kernel name, tile): PDL 0 off, 1 trigger after the loop, 2 at once
     for tile in tiles
     for pdl in (0, 1, 2)
 ]
-# one program per output tile over all of K (split target 0: no split-K fix-up), narrow tiles and deep
-# pipelines so that ~128-384 programs keep enough weight bytes in flight
 SHIPPED = dict(kernels.CONFIG)
 # (K steps prefetched into L2 before the PDL wait, PDL mode) on the shipped tiles
 PREFETCH = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
@@ -61,6 +59,8 @@ TILES = [
         (128, 4, 3, 132),
     )
 ]  # fmt: skip
+# one program per output tile over all of K (split target 0: no split-K fix-up), narrow tiles and deep
+# pipelines so that ~128-384 programs keep enough weight bytes in flight
 NOSPLIT = [
     kernels.SmallTile(False, bn, warps, stages, 0, 2)
     for bn, warps_all, stages_all in (
@@ -73,38 +73,18 @@ NOSPLIT = [
 ]
 
 
-def _everywhere(tile: kernels.SmallTile) -> dict:
-    """CONFIG overrides running ``tile`` for every small-M call (W8A16, W8A8, any row map, any N)."""
-    tiers = ((0, tile),)
-    return dict(small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
-
-
 def _variants(section: str) -> list[tuple[str, dict]]:
     """(name, CONFIG overrides) per variant; the GEMV is off so that M=2 reaches the small-M kernel."""
     if section.startswith("ship"):
-        keys = ("small", "small_w8a8", "small_w8a8_rowmap")
-        unfetched = {key: tuple((n, t._replace(prefetch=0)) for n, t in SHIPPED[key]) for key in keys}
-        return [("noprefetch", unfetched), ("shipped", {})] * 2
+        return [("noprefetch", tiers_with(SHIPPED, prefetch=0)), ("shipped", {})] * 2
     if section == "nosplit":
-        return [("shipped", {})] + [(f"nosplit{t.bn}", _everywhere(t)) for t in NOSPLIT]
+        return [("shipped", {})] + [(f"nosplit{t.bn}", everywhere(t)) for t in NOSPLIT]
     if section == "tiles":
-        return ([("shipped", {})] + [("/".join(map(str, t[1:5])), _everywhere(t)) for t in TILES]) * 2
+        return ([("shipped", {})] + [("/".join(map(str, t[1:5])), everywhere(t)) for t in TILES]) * 2
     if section == "prefetch":
-        keys = ("small", "small_w8a8", "small_w8a8_rowmap")
-        return (
-            [("shipped", {})]
-            + [
-                (
-                    f"pf{pf}pdl{pdl}",
-                    {
-                        key: tuple((n, t._replace(prefetch=pf, pdl=pdl)) for n, t in SHIPPED[key])
-                        for key in keys
-                    },
-                )
-                for pf, pdl in PREFETCH
-            ]
-        ) * 2
-    return [(name, _everywhere(t)) for name, t in SWEEP]
+        variants = [(f"pf{pf}pdl{pdl}", tiers_with(SHIPPED, prefetch=pf, pdl=pdl)) for pf, pdl in PREFETCH]
+        return ([("shipped", {})] + variants) * 2
+    return [(name, everywhere(t)) for name, t in SWEEP]
 
 
 def run(section: str, ms: tuple[int, ...]) -> list[dict]:

@@ -153,7 +153,7 @@ def check_small_forms(device, m, n, k, layout, dtype=torch.bfloat16, tol=1e-2):
         tile = kernels.SmallTile(swap, 64, 4, 3, target, pdl, prefetch)
         with kernels.config_restored():
             tiers = ((0, tile),)
-            kernels.CONFIG.update(gemv_m_max=0, small=tiers, small_w8a8=tiers, small_w8a8_rowmap=tiers)
+            kernels.CONFIG.update({key: tiers for key in kernels.SMALL_TIERS}, gemv_m_max=0)
             outs = {
                 "w8a16": kernels.block_fp8_linear(x, q, s, rb, b),
                 "pre": kernels.block_fp8_linear(xq, q, s, rb, b, x_scale=xs, out_dtype=dtype),

@@ -593,6 +593,9 @@ def _gemm_tma(a, a_s, w_q, scale_inv, bias, out, block_k: int) -> torch.Tensor:
     return out
 
 
+SMALL_TIERS = ("small", "small_w8a8", "small_w8a8_rowmap")  # the small-M kernel's tier tables in CONFIG
+
+
 def small_tile(n: int, w8a8: bool, row_map: bool) -> SmallTile:
     """The small-M kernel's launch for ``n`` output columns: ``CONFIG["small"]`` (W8A16),
     ``["small_w8a8"]`` or, through a row map, ``["small_w8a8_rowmap"]`` tiers."""
@@ -619,7 +622,7 @@ def _gemm_small(a, a_s, w_q, scale_inv, row_block, bias, out, mode: int, block_k
         ws, cnt, m, n, k, a.stride(0), a_s.stride(0), w_q.stride(0), scale_inv.stride(0), out.stride(0), kps,
         A_MODE=mode, HAS_BIAS=bias is not None, PLAIN=row_block is None, SPLIT=split, BLOCK_K=block_k,
         BMT=max(16, triton.next_power_of_2(m)), BN=tile.bn, BKC=BK, PLAIN_BN_C=PLAIN_BN, FP8_MAX_C=FP8_MAX,
-        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, PREFETCH=tile.prefetch if pdl > 0 and not INTERPRET else 0,
+        F32=INTERPRET, SWAP=tile.swap, PDL=pdl, PREFETCH=tile.prefetch if pdl > 0 else 0,
         num_warps=tile.warps, num_stages=tile.stages, **pdl_launch(pdl > 0),
     )  # fmt: skip
     return out
