@@ -3,8 +3,9 @@ cuBLAS beside every row: "gemv" sweeps the one-row streaming GEMV's configs (ops
 the swap-AB kernel's configs at M=16, "bench" runs `python -m deltaserve.bench.ops fp8`'s rows, "pdl"
 a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), alternating rounds.
 
-    python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl]
-    (default: gemv, small, bench; gemv-w8a8 sweeps the GEMV's configs for one-row W8A8)
+    python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl] [e4m3]
+    (default: gemv, small, bench; gemv-w8a8 sweeps the GEMV's configs for one-row W8A8 (an e4m3 row);
+    e4m3: one-row W8A8 on its e4m3 row against fake_quant's fp32 row, interleaved rounds)
 """
 
 from __future__ import annotations
@@ -127,10 +128,10 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                     kernels.CONFIG.update(saved)
                     _measure(rows, dict(base, cfg=None), "default", calls, ref)
                     if mode == "w8a8" and m == 1:  # A/B: the swap-AB kernel quantising in every program
-                        kernels.CONFIG["w8a8_fake_quant"] = False
+                        kernels.CONFIG["w8a8_gemv"] = False
                         _measure(rows, dict(base, cfg=None), "swap-AB", calls, ref)
-                        kernels.CONFIG["w8a8_fake_quant"] = saved["w8a8_fake_quant"]
-                    sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: fake_quant's fp32 rows
+                        kernels.CONFIG["w8a8_gemv"] = saved["w8a8_gemv"]
+                    sweep = "gemv-w8a8" if mode == "w8a8" else "gemv"  # W8A8: e4m3 rows
                     if sweep in sections and m == 1:
                         for cfg in CONFIGS:
                             kernels.CONFIG[sweep.replace("-", "_")] = ((0, cfg),)
@@ -139,6 +140,30 @@ def fp8_rows(sections: set[str]) -> list[dict]:
                         for cfg, tp in SMALL:
                             kernels.CONFIG.update(swap_ab_tiers(cfg, tp))
                             _measure(rows, dict(base, cfg=(*cfg, tp)), "swap-AB", calls, ref)
+    return rows
+
+
+# the one-row W8A8 GEMV before 2026-11-29 ~12:10: fake_quant's fp32 row, 2-row 4-warp programs at every N
+FP32_ROW = dict(w8a8_e4m3_rows_max=0, gemv_w8a8=((0, (2, 2048, 4, 3)),))
+
+
+def e4m3_rows() -> list[dict]:
+    """One-row W8A8: the shipped e4m3 row against fake_quant's fp32 row (``FP32_ROW``), three interleaved
+    rounds."""
+    rows: list[dict] = []
+    with kernels.config_restored() as saved:
+        for n, k in SHAPES:
+            ws = _weights(n, k)
+            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+            ref = reference.block_fp8_linear(x, ws[0][1], ws[0][2], None, quantize_activation=True)
+            base = dict(N=n, K=k, M=1, bf16_us=bf16, mode="w8a8")
+            calls = _calls("w8a8", x, None, None, ws)
+            for rnd in range(3):
+                for name, over in (("fp32", FP32_ROW), ("e4m3", {})):
+                    kernels.CONFIG.update(saved, **over)
+                    cfg = kernels.gemv_config(n, "gemv_w8a8", 1)
+                    _measure(rows, dict(base, cfg=cfg, round=rnd), name, calls, ref)
     return rows
 
 
@@ -185,7 +210,7 @@ def main() -> None:
 
     out = sys.argv[1]
     sections = set(sys.argv[2:]) or {"gemv", "small", "bench"}
-    res = dict(device=device_record(), fp8=fp8_rows(sections))
+    res = dict(device=device_record(), fp8=fp8_rows(sections) + (e4m3_rows() if "e4m3" in sections else []))
     json.dump(res, open(out, "w"), indent=1)
     res["bench_fp8"] = op_fp8.run() if "bench" in sections else []
     res["pdl"] = pdl_rows() if "pdl" in sections else []

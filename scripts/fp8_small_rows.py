@@ -22,7 +22,10 @@ wait (``SmallTile.prefetch``), against the tiers shipped then (none), two interl
 de-interleaved in_proj).
 (A bulk L2 prefetch of each program's weights before the PDL wait was also tried, in call 2 of
 BENCHMARKS.md 2026-11-29 ~08:20: slower, up to 31 %, everywhere but at 2048x4096 with PDL 2, where
-it was within 3 %; the code is gone.)
+it was within 3 %; the code is gone. So was, 2026-11-29 ~12:10, a split-K reduction without the fence and
+the counter: each split but the last stored its partial as 8-byte {fp32, flag} packets and exited, and the
+last split polled them. 2.0-2.5 us slower at M=16 and 0.3-0.7 us at M=2-3 even without polling: the packets
+double the bytes that the one reducing program reads and clears.)
 """
 
 from __future__ import annotations

@@ -133,9 +133,11 @@ def test_gemv_kernel_compiles_without_weight_shuffles(mode, pdl, plain, rows, ch
     assert (lanes[gemv.chunk_axis(chunk_major)] == 32) == chunk_major, layout
 
 
-def test_fake_quant_kernel_waits_then_lets_the_gemv_start():
-    ptr = dict(x_ptr="*bf16", q_ptr="*fp32", s_ptr="*fp32")
-    const = dict(G=128, GPP=16, FP8_MAX_C=448.0, FAKE=True, PDL=True)
+@pytest.mark.parametrize("fake", [True, False])
+def test_quant_kernel_waits_then_lets_the_gemv_start(fake):
+    """W8A8 rows for the GEMV: fp32 quantised values (two rows) or e4m3 and scales (one row)."""
+    ptr = dict(x_ptr="*bf16", q_ptr="*fp32" if fake else "*fp8e4nv", s_ptr="*fp32")
+    const = dict(G=128, GPP=16, FP8_MAX_C=448.0, FAKE=fake, PDL=True)
     ptx = compile_for_hopper(K._group_quant_kernel, ptr, const, num_warps=4, **pdl_launch(True)).asm["ptx"]
     wait, launch = ptx.index("griddepcontrol.wait"), ptx.index("griddepcontrol.launch_dependents")
     assert wait < launch < ptx.index("ld.global")  # x is read only after the producer finished

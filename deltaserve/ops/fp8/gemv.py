@@ -23,8 +23,9 @@ and e4m3 rows take that (H200, same process, chunk-major against row-major: M=1 
 the activation rows would tie too and take lanes itself, hence one accumulator per row (two at most).
 
 Activations (constexpr ``A_MODE``, as in ``kernels.py``): 0 bf16/fp16/fp32 (W8A16), 1 e4m3 with
-per-token-group scales (pre-quantised). W8A8 quantising the row is mode 0 on ``kernels.fake_quant``'s
-fp32 output (a small kernel ahead, overlapped by PDL). Quantising the row inside this kernel cost more:
+per-token-group scales (pre-quantised). W8A8 quantising the rows runs a small quant kernel ahead
+(overlapped by PDL): one row in mode 1 on its e4m3 values and scales, two in mode 0 on
+``kernels.fake_quant``'s fp32 values (fp32 rows cost registers, e4m3 rows the scale per chunk). Quantising the row inside this kernel cost more:
 1.5x the swap-AB kernel's time on an H100 (per element of the tile), 0.9-1.4 us over the two kernels on
 an H200 (once per program, compact layout, 2026-11-29; BENCHMARKS.md).
 """

@@ -18,8 +18,9 @@ Activation modes (constexpr ``A_MODE``):
 
 GEMM kernels:
 - one or two rows (``CONFIG["gemv_m_max"]``), modes 0 and 1 (``CONFIG["gemv"]`` / ``["gemv_rows"]``, by
-  N): the streaming GEMV in ``gemv.py``; W8A8 runs it in mode 0 on ``fake_quant``'s output (the quantised
-  values as fp32; ``CONFIG["gemv_w8a8"]`` / ``["gemv_rows_w8a8"]``);
+  N): the streaming GEMV in ``gemv.py``; W8A8 quantises the rows in a small kernel ahead, one row to
+  e4m3 and its group scales (mode 1), two as ``fake_quant``'s quantised values in fp32 (mode 0;
+  ``CONFIG["gemv_w8a8"]`` / ``["gemv_rows_w8a8"]``);
 - other small M (``<= 16``), ``_fp8_small_kernel`` (``small_tile``: ``CONFIG["small"]``, ``["small_w8a8"]``
   or ``["small_w8a8_rowmap"]``, by N): a 16-row activation tile times a weight tile, either as
   mma.sync's M side with the e4m3 tile widened to fp16 in registers (``_rows_step``) or swapped, the
@@ -102,11 +103,17 @@ CONFIG = {
     # for wide outputs, 8 below (H200, M=1, 12288x2048 / 2048x4096 / 2048x6144: 9.6 / 4.7 / 6.5 us;
     # scripts/fp8_gemv_probe.py gemv, BENCHMARKS.md 2026-11-29)
     "gemv": ((8192, (4, 1024, 4, 3)), (0, (4, 2048, 8, 3))),
-    # W8A8 quantising the activations: `fake_quant` then the GEMV on its fp32 rows (False: the swap-AB
-    # kernel quantising inline; H200, one row: 1.23-1.28x -> 1.46-1.72x bf16; scripts/fp8_gemv_probe.py)
-    "w8a8_fake_quant": True,
-    # one fp32 row: 2-row, 4-warp programs at every N (H200, M=1: 10.8 / 5.6 / 7.0 us; gemv-w8a8 sweep)
-    "gemv_w8a8": ((0, (2, 2048, 4, 3)),),
+    # W8A8 quantising the activations through the GEMV (False: the small-M kernel quantising inline; H200,
+    # one row: 1.23-1.28x -> 1.46-1.72x bf16; scripts/fp8_gemv_probe.py): up to this many rows quantised
+    # to e4m3 with their group scales (``per_token_group_quant_fp8``, mode 1: e4m3 rows take the GEMV's
+    # chunk-major layout, as bf16 rows do), more as ``fake_quant``'s fp32 rows (mode 0, lanes along the
+    # weight rows). One row as e4m3 against fp32: 12288x2048 10.8-10.9 -> 9.8 us, 2048x6144 7.3 -> 7.0,
+    # 2048x4096 5.8 -> 5.8-5.9; two rows as e4m3 were 0.1-0.5 us slower on the fp32 rows' tiers (H200,
+    # BENCHMARKS.md 2026-11-29 ~12:10)
+    "w8a8_gemv": True,
+    "w8a8_e4m3_rows_max": 1,
+    # one e4m3 row (W8A8): 4-row programs over 2048-wide steps for wide outputs, 2-row below
+    "gemv_w8a8": ((8192, (4, 2048, 4, 3)), (0, (2, 2048, 4, 3))),
     # two rows, bf16 / fp32 (W8A8): the GEMV below N 8192 (H200, 2048x4096 / 2048x6144: W8A16 6.0 / 8.0
     # us against 6.9 / 8.3 for the small-M kernel, W8A8 6.5 / 8.2 against 7.2 / 9.2), the small-M kernel
     # above (12288x2048: W8A16 11.6 against the GEMV's best 13.3, W8A8 11.8 against 14.9;
@@ -475,6 +482,12 @@ def _check_quant_input(x: torch.Tensor, group: int) -> None:
 
 def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of ``reference.per_token_group_quant_fp8``: ``x [M, K]`` -> ``(x_q, scales)``."""
+    return _group_quant(x, group, False)
+
+
+def _group_quant(x: torch.Tensor, group: int, pdl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_token_group_quant_fp8``; ``pdl``: launched with PDL, letting the next kernel launch at once
+    (only for a consumer that waits before it reads the output, as the GEMV does)."""
     _check_quant_input(x, group)
     m, k = x.shape
     kb = triton.cdiv(k, group)
@@ -485,7 +498,7 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     gpp = min(triton.next_power_of_2(kb), max(1, 2048 // group))
     _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
         x, q, s, k, kb, x.stride(0), q.stride(0), s.stride(0),
-        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=False, PDL=False, num_warps=4,
+        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=False, PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )  # fmt: skip
     return q, s
 
@@ -677,11 +690,14 @@ def block_fp8_linear(
     if m <= CONFIG["small_m_max"]:
         mode = 1 if x_scale is not None else 2 if quantize_activation else 0
         cfg = gemv_config(n, "gemv_w8a8" if mode == 2 else "gemv", m)
-        if mode == 2 and CONFIG["w8a8_fake_quant"] and gemv.supports(0, block_k, cfg):
-            # the rows' quantised values (e4m3 times group scale, in fp32) into the W8A16 GEMV; PDL
-            # overlaps the quant kernel with the GEMV's first weight tiles. (The GEMV quantising the
-            # row itself, once per program, was 0.9-1.4 us slower on an H200.)
-            x, mode = fake_quant(x, block_k), 0
+        if mode == 2 and CONFIG["w8a8_gemv"] and gemv.supports(0, block_k, cfg):
+            # the rows quantised by a small kernel ahead, whose launch PDL overlaps with the GEMV's first
+            # weight tiles. (The GEMV quantising the row itself, once per program, was 0.9-1.4 us slower
+            # on an H200.)
+            if m <= CONFIG["w8a8_e4m3_rows_max"]:
+                (x, x_scale), mode = _group_quant(x, block_k, use_pdl(x)), 1
+            else:
+                x, mode = fake_quant(x, block_k), 0
         if gemv.supports(mode, block_k, cfg):
             return gemv.gemv(
                 x, x_scale, w_q, scale_inv, row_block, bias, out, mode=mode, block_k=block_k, config=cfg,
