@@ -11,6 +11,7 @@ a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), a
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -19,7 +20,12 @@ from deltaserve.bench.common import device_record, measure_copy_bw, time_cuda_gr
 from deltaserve.ops import pdl
 from deltaserve.ops.fp8 import kernels, reference
 
-SHAPES = [(12288, 2048), (2048, 4096), (2048, 6144)]
+# FP8_SHAPES="12288x2048,2048x4096" narrows a run to some of them
+SHAPES = [
+    s
+    for s in [(12288, 2048), (2048, 4096), (2048, 6144)]
+    if not os.environ.get("FP8_SHAPES") or f"{s[0]}x{s[1]}" in os.environ["FP8_SHAPES"].split(",")
+]
 CONFIGS = [  # one-row GEMV (BN, BK, warps, stages)
     (2, 1024, 4, 3), (2, 2048, 4, 3), (4, 1024, 4, 3), (2, 512, 4, 3), (2, 1024, 2, 3), (4, 2048, 4, 3),
     (4, 2048, 8, 3), (8, 2048, 8, 3), (8, 1024, 4, 3), (2, 2048, 2, 3), (1, 2048, 2, 3), (1, 1024, 1, 3),

@@ -2,7 +2,7 @@
 registers; ``SmallTile.swap`` False) against the swap-AB form and bf16 cuBLAS, same process, CUDA graphs
 of 8 calls on 8 weight copies (µs per call).
 
-    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit|prefetch|tiles] [MS]
+    python scripts/fp8_small_rows.py OUT.json [sweep|ship|ship-rowmap|nosplit|nosplit-pf|prefetch|tiles] [MS]
 
 Why: the swap-AB kernel's W8A16 step (sm_90 SASS, Triton 3.6) widens each e4m3 weight element with three
 conversions (e4m3 -> f16 -> f32, scale, f32 -> bf16) and round-trips the bf16 tile through shared memory
@@ -12,7 +12,8 @@ fp16 with one conversion per pair (the bf16 activations are scaled per row by a 
 fp16's range, exactly; ``kernels._pow2_fp16_rows``), and each step's product is scaled in registers.
 
 "sweep": both forms over tiles, split targets and PDL modes (the same tile for W8A16 and W8A8).
-"nosplit": the row form without split-K (``NOSPLIT``) against the shipped tiers.
+"nosplit": the row form without split-K (``NOSPLIT``) against the shipped tiers; "nosplit-pf" the same
+tiles with the one-step L2 prefetch (for M = 2-4 at wide N, where the activation rows are few).
 "tiles": row-form tiles around the shipped ones, all with the one-step prefetch (``TILES``).
 "prefetch": the shipped tiles with their first K steps' weight lines prefetched into L2 before the PDL
 wait (``SmallTile.prefetch``), against the tiers shipped then (none), two interleaved rounds.
@@ -82,6 +83,8 @@ def _variants(section: str) -> list[tuple[str, dict]]:
         return [("noprefetch", tiers_with(SHIPPED, prefetch=0)), ("shipped", {})] * 2
     if section == "nosplit":
         return [("shipped", {})] + [(f"nosplit{t.bn}", everywhere(t)) for t in NOSPLIT]
+    if section == "nosplit-pf":
+        return [("shipped", {})] + [(f"nosplit{t.bn}", everywhere(t._replace(prefetch=1))) for t in NOSPLIT]
     if section == "tiles":
         return ([("shipped", {})] + [("/".join(map(str, t[1:5])), everywhere(t)) for t in TILES]) * 2
     if section == "prefetch":
