@@ -25,8 +25,10 @@ de-interleaved in_proj).
 BENCHMARKS.md 2026-11-29 ~08:20: slower, up to 31 %, everywhere but at 2048x4096 with PDL 2, where
 it was within 3 %; the code is gone. So was, 2026-11-29 ~12:10, a split-K reduction without the fence and
 the counter: each split but the last stored its partial as 8-byte {fp32, flag} packets and exited, and the
-last split polled them. 2.0-2.5 us slower at M=16 and 0.3-0.7 us at M=2-3 even without polling: the packets
-double the bytes that the one reducing program reads and clears.)
+last split polled them: 2.0-2.5 us slower at M=16 and 0.3-0.7 us at M=2-3, even without polling. Then
+4-byte partials with the flag in the lowest bit, every split storing and taking a relaxed arrival ticket and
+the last polling (no fence, no acquire-release): even at M=2-3 (within 0.2 us), 1.3-2.5 us slower at M=16
+with scalar, vector or plain stores alike. BENCHMARKS.md 2026-11-29 ~12:10.)
 """
 
 from __future__ import annotations
