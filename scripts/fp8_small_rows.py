@@ -28,7 +28,9 @@ the counter: each split but the last stored its partial as 8-byte {fp32, flag} p
 last split polled them: 2.0-2.5 us slower at M=16 and 0.3-0.7 us at M=2-3, even without polling. Then
 4-byte partials with the flag in the lowest bit, every split storing and taking a relaxed arrival ticket and
 the last polling (no fence, no acquire-release): even at M=2-3 (within 0.2 us), 1.3-2.5 us slower at M=16
-with scalar, vector or plain stores alike. BENCHMARKS.md 2026-11-29 ~12:10.)
+with scalar, vector or plain stores alike. The last split's reads found every flag up at once; its clears
+cost the 1.2-1.5 us, and without them the chain tied the fence (branch exp/split-flags; BENCHMARKS.md
+2026-11-29 ~12:10).)
 """
 
 from __future__ import annotations
