@@ -5,7 +5,8 @@ a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), a
 
     python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl] [e4m3]
     (default: gemv, small, bench; gemv-w8a8 sweeps the GEMV's configs for one-row W8A8 (an e4m3 row);
-    e4m3: one-row W8A8 on its e4m3 row against fake_quant's fp32 row, interleaved rounds)
+    e4m3: one-row W8A8 on its e4m3 row against fake_quant's fp32 row, interleaved rounds; tma-small:
+    pre-quantised W8A8 at M = 16, 8, 3 through the TMA tile kernel without split-K, alone)
 """
 
 from __future__ import annotations
@@ -173,6 +174,43 @@ def e4m3_rows() -> list[dict]:
     return rows
 
 
+# the TMA kernel (one program per output tile over all of K, no split-K) at small M: (BM, BN, warps, stages)
+TMA_SMALL = [(64, bn, w, st) for bn in (128, 64, 32) for w in (4, 8) for st in (4, 6, 8)]
+
+
+def tma_small_rows(ms: tuple[int, ...] = (16, 8, 3)) -> list[dict]:
+    """Pre-quantised W8A8 at small M: the small-M kernel (shipped) against the TMA tile kernel without
+    split-K (``TMA_SMALL``), and cuBLAS's per-tensor FP8 GEMM (``torch._scaled_mm``) for reference."""
+    rows: list[dict] = []
+    with kernels.config_restored() as saved:
+        for n, k in SHAPES:
+            ws = _weights(n, k)
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                xq, xs = kernels.per_token_group_quant_fp8(x)
+                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+                ref = reference.block_fp8_linear(xq, ws[0][1], ws[0][2], None, x_scale=xs)
+                base = dict(N=n, K=k, M=m, bf16_us=bf16, mode="pre")
+                _measure(rows, dict(base, cfg=None), "shipped", _calls("pre", x, xq, xs, ws), ref)
+                for cfg in TMA_SMALL:
+                    kernels.CONFIG.update(saved, tma_wide=cfg, tma_narrow=cfg)
+                    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+                    fns = [
+                        (lambda q=q, s=s, xq=xq, xs=xs, out=out: kernels._gemm_tma(xq, xs, q, s, None, out, 128))
+                        for _, q, s in ws
+                    ]  # fmt: skip
+                    _measure(rows, dict(base, cfg=cfg), "tma", fns, ref)
+                kernels.CONFIG.update(saved)
+                one = torch.ones((), device="cuda")
+                wt = [q.T for _, q, _ in ws]
+                fns = [
+                    (lambda w=w, xq=xq, one=one: torch._scaled_mm(xq, w, scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+                    for w in wt
+                ]  # fmt: skip
+                _measure(rows, dict(base, cfg=None), "scaled_mm", fns, fns[0]())
+    return rows
+
+
 def pdl_rows() -> list[dict]:
     from deltaserve.bench import op_conv1d, op_gdn
 
@@ -216,7 +254,9 @@ def main() -> None:
 
     out = sys.argv[1]
     sections = set(sys.argv[2:]) or {"gemv", "small", "bench"}
-    res = dict(device=device_record(), fp8=fp8_rows(sections) + (e4m3_rows() if "e4m3" in sections else []))
+    res = dict(device=device_record(), fp8=fp8_rows(sections) if sections - {"tma-small"} else [])
+    res["fp8"] += e4m3_rows() if "e4m3" in sections else []
+    res["fp8"] += tma_small_rows() if "tma-small" in sections else []
     json.dump(res, open(out, "w"), indent=1)
     res["bench_fp8"] = op_fp8.run() if "bench" in sections else []
     res["pdl"] = pdl_rows() if "pdl" in sections else []
