@@ -25,9 +25,10 @@ the activation rows would tie too and take lanes itself, hence one accumulator p
 Activations (constexpr ``A_MODE``, as in ``kernels.py``): 0 bf16/fp16/fp32 (W8A16), 1 e4m3 with
 per-token-group scales (pre-quantised). W8A8 quantising the rows runs a small quant kernel ahead
 (overlapped by PDL): one row in mode 1 on its e4m3 values and scales, two in mode 0 on
-``kernels.fake_quant``'s fp32 values (fp32 rows cost registers, e4m3 rows the scale per chunk). Quantising the row inside this kernel cost more:
-1.5x the swap-AB kernel's time on an H100 (per element of the tile), 0.9-1.4 us over the two kernels on
-an H200 (once per program, compact layout, 2026-11-29; BENCHMARKS.md).
+``kernels.fake_quant``'s fp32 values (fp32 rows cost registers, e4m3 rows the scale per chunk).
+Quantising the row inside this kernel cost more: 1.5x the swap-AB kernel's time on an H100 (per element
+of the tile), 0.9-1.4 us over the two kernels on an H200 (once per program, compact layout, 2026-11-29;
+BENCHMARKS.md).
 """
 
 from __future__ import annotations

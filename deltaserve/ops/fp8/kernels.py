@@ -490,16 +490,9 @@ def _group_quant(x: torch.Tensor, group: int, pdl: bool) -> tuple[torch.Tensor, 
     (only for a consumer that waits before it reads the output, as the GEMV does)."""
     _check_quant_input(x, group)
     m, k = x.shape
-    kb = triton.cdiv(k, group)
     q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
-    s = torch.empty(m, kb, dtype=torch.float32, device=x.device)
-    if m == 0 or k == 0:
-        return q, s
-    gpp = min(triton.next_power_of_2(kb), max(1, 2048 // group))
-    _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
-        x, q, s, k, kb, x.stride(0), q.stride(0), s.stride(0),
-        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=False, PDL=pdl, num_warps=4, **pdl_launch(pdl),
-    )  # fmt: skip
+    s = torch.empty(m, triton.cdiv(k, group), dtype=torch.float32, device=x.device)
+    _launch_group_quant(x, q, s, group, max(1, 2048 // group), False, pdl)
     return q, s
 
 
@@ -509,19 +502,25 @@ def fake_quant(x: torch.Tensor, group: int = 128) -> torch.Tensor:
     2^-24 relative, far below the e4m3 rounding). With PDL the GEMV after it starts streaming weights
     while this runs."""
     _check_quant_input(x, group)
-    m, k = x.shape
-    kb = triton.cdiv(k, group)
-    y = torch.empty(m, k, dtype=torch.float32, device=x.device)
-    if m == 0 or k == 0:
-        return y
+    y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     # one program per 16 groups: 1, 2 or 4 programs per 1-row GEMV made no difference (H200)
-    gpp = min(triton.next_power_of_2(kb), 16)
-    pdl = use_pdl(x)
-    _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
-        x, y, y, k, kb, x.stride(0), y.stride(0), 0,
-        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=True, PDL=pdl, num_warps=4, **pdl_launch(pdl),
-    )  # fmt: skip
+    _launch_group_quant(x, y, y, group, 16, True, use_pdl(x))
     return y
+
+
+def _launch_group_quant(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, group: int, gpp_max: int,
+                        fake: bool, pdl: bool) -> None:  # fmt: skip
+    """``_group_quant_kernel`` over ``x [M, K]`` into ``q`` and ``s`` (``fake``: ``q`` only, fp32), at most
+    ``gpp_max`` groups per program."""
+    m, k = x.shape
+    if m == 0 or k == 0:
+        return
+    kb = triton.cdiv(k, group)
+    gpp = min(triton.next_power_of_2(kb), gpp_max)
+    _group_quant_kernel[(m, triton.cdiv(kb, gpp))](
+        x, q, s, k, kb, x.stride(0), q.stride(0), 0 if fake else s.stride(0),
+        G=group, GPP=gpp, FP8_MAX_C=FP8_MAX, FAKE=fake, PDL=pdl, num_warps=4, **pdl_launch(pdl),
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
