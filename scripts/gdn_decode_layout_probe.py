@@ -1,4 +1,4 @@
-"""Probe: two bf16 "kv" GDN decode layouts against the shipped kernel (one GPU run).
+"""Probe: bf16 "kv" GDN decode layouts against the shipped kernel (one GPU run).
 
     python3 scripts/gdn_decode_layout_probe.py OUT.json [CONFIG ...]
 
@@ -13,7 +13,10 @@ sums over Dk (the pool's strided axis) go through shared memory and barriers.
   against the shipped 39 (BENCHMARKS.md, 2026-11-29 ~14:55 UTC): the chunks' round trips serialise.
 - ``("gl", NW, WC, SPTV)``, Gluon with an explicit layout: each of the NW warps owns WC whole columns
   of the tile (lanes along Dk, SPTV-element vectors along Dv), so every sum over Dk is warp shuffles:
-  no shared memory and no barrier in the kernel.
+  no shared memory and no barrier in the kernel. H200: 46-93 us at B=64.
+- ``("gx", BV, NW, SPTV)``, Gluon: warp w owns rows w * DK / NW onward and reads whole 2 * BV-byte row
+  segments; the NW partial sums meet once in shared memory (one barrier). H200: best 40.6-42.1 us at
+  B=64 (32 columns, 2 warps) against the shipped 39.0-39.6.
 
 Each config is checked against the shipped kernel (outputs and states, padding slot untouched), then
 timed in CUDA graphs at B = 64 / 128 / 256 / 512 with the shipped kernel and the same-bytes `x*1` in
@@ -245,9 +248,116 @@ def warpcols_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None
     return o
 
 
+@gluon.jit
+def _exchange_kernel(
+    q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, state_ptr, slot_ptr, o_ptr, scale,
+    sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sa_b, sb_b, ss_s, ss_h, ss_k, ss_v, so_b, so_h,
+    HV: gl.constexpr, GROUP: gl.constexpr, DK: gl.constexpr, DV: gl.constexpr, BV: gl.constexpr,
+    NW: gl.constexpr, SPTV: gl.constexpr, PDL: gl.constexpr,
+):  # fmt: skip
+    # The [DK, BV] tile as [NW, DK / NW, BV]: warp w owns rows w * R .. w * R + R - 1 and reads whole
+    # 2 * BV-byte row segments (the shipped kernel's access pattern). Each warp sums its rows with
+    # shuffles; the NW partial sums meet once in shared memory (one barrier).
+    R: gl.constexpr = DK // NW
+    LANES_V: gl.constexpr = BV // SPTV
+    L3: gl.constexpr = gl.BlockedLayout([1, 1, SPTV], [1, 32 // LANES_V, LANES_V], [NW, 1, 1], [2, 1, 0])
+    LWR: gl.constexpr = gl.SliceLayout(2, L3)  # [NW, R]
+    LWV: gl.constexpr = gl.SliceLayout(1, L3)  # [NW, BV]
+    LV: gl.constexpr = gl.SliceLayout(0, LWV)  # [BV]
+    SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    LSUM: gl.constexpr = gl.BlockedLayout([NW, SPTV], [32 // LANES_V, LANES_V], [NW, 1], [1, 0])  # [NW, BV]
+    NV: gl.constexpr = DV // BV
+    if PDL:
+        _gl_gdc_wait()
+    pid = gl.program_id(0)
+    pid_bh = pid // NV
+    i_v = pid % NV
+    i_h = pid_bh % HV
+    i_b = pid_bh // HV
+    i_kh = i_h // GROUP
+    i_b64 = i_b.to(gl.int64)
+    kidx = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LWR)), 1) * R + gl.expand_dims(
+        gl.arange(0, R, layout=gl.SliceLayout(0, LWR)), 0
+    )  # [NW, R]
+    kidx3 = gl.expand_dims(kidx, 2)  # [NW, R, 1]
+    offs_v = i_v * BV + gl.arange(0, BV, layout=LV)  # [BV]
+    v3 = gl.expand_dims(gl.expand_dims(offs_v, 0), 1)  # [1, 1, BV]
+    k3 = gl.load(k_ptr + i_b64 * sk_b + i_kh * sk_h + kidx3).to(gl.float32)  # [NW, R, 1]
+    q3 = gl.load(q_ptr + i_b64 * sq_b + i_kh * sq_h + kidx3).to(gl.float32)  # [NW, R, 1]
+    v = gl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(gl.float32)  # [BV]
+    a = gl.load(a_ptr + i_b64 * sa_b + i_h).to(gl.float32)
+    b = gl.load(b_ptr + i_b64 * sb_b + i_h).to(gl.float32)
+    a_log = gl.load(alog_ptr + i_h).to(gl.float32)
+    dt_b = gl.load(dtb_ptr + i_h).to(gl.float32)
+    slot = gl.load(slot_ptr + i_b).to(gl.int64)
+    o_ptrs = o_ptr + i_b64 * so_b + i_h * so_h + offs_v
+    if slot < 0:
+        gl.store(o_ptrs, gl.zeros([BV], o_ptr.dtype.element_ty, LV))
+        return
+    s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + kidx3 * ss_k + v3 * ss_v  # [NW, R, BV]
+    s_raw = gl.load(s_ptrs, eviction_policy="evict_first")  # [NW, R, BV] bf16
+    s = s_raw.to(gl.float32)  # [NW, R, BV]
+    x = a + dt_b
+    sp = gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
+    eg = gl.exp(-gl.exp(a_log) * sp)
+    beta = 1.0 / (1.0 + gl.exp(-b))
+    if NW == 1:  # one warp: every sum is shuffles, nothing to exchange
+        ks = gl.sum(gl.sum(s * k3, 1), 0)  # [BV]
+        qs = gl.sum(gl.sum(s * q3, 1), 0)  # [BV]
+        kk = gl.sum(gl.sum(gl.sum(k3 * k3, 2), 1), 0)
+        qq = gl.sum(gl.sum(gl.sum(q3 * q3, 2), 1), 0)
+        qk = gl.sum(gl.sum(gl.sum(q3 * k3, 2), 1), 0)
+    else:
+        # this warp's k.k, q.q, q.k in columns 0-2 of one more [NW, BV] partial
+        col = gl.expand_dims(gl.arange(0, BV, layout=gl.SliceLayout(0, LWV)), 0)  # [1, BV]
+        stats = gl.where(
+            col == 0, gl.sum(k3 * k3, 1), gl.where(col == 1, gl.sum(q3 * q3, 1), gl.sum(q3 * k3, 1))
+        )  # [NW, BV]
+        b_ks = gl.allocate_shared_memory(gl.float32, [NW, BV], SMEM, gl.sum(s * k3, 1))  # this warp's k.S
+        b_qs = gl.allocate_shared_memory(gl.float32, [NW, BV], SMEM, gl.sum(s * q3, 1))  # this warp's q.S
+        b_st = gl.allocate_shared_memory(gl.float32, [NW, BV], SMEM, stats)
+        gl.thread_barrier()
+        # read back with the NW partials of a column in one thread: the sums are in-thread adds
+        ks = gl.convert_layout(gl.sum(b_ks.load(LSUM), 0), LV, assert_trivial=True)  # [BV]
+        qs = gl.convert_layout(gl.sum(b_qs.load(LSUM), 0), LV, assert_trivial=True)
+        st = gl.convert_layout(gl.sum(b_st.load(LSUM), 0), LV, assert_trivial=True)
+        cv = gl.arange(0, BV, layout=LV)
+        kk = gl.sum(gl.where(cv == 0, st, 0.0), 0)
+        qq = gl.sum(gl.where(cv == 1, st, 0.0), 0)
+        qk = gl.sum(gl.where(cv == 2, st, 0.0), 0)
+    rk = gl.rsqrt(kk + 1e-6)
+    rq = gl.rsqrt(qq + 1e-6) * scale
+    delta = (v - eg * ks * rk) * beta  # [BV]
+    o = eg * qs * rq + (qk * rq * rk) * delta  # [BV]
+    gl.store(o_ptrs, o.to(o_ptr.dtype.element_ty))
+    if PDL:
+        _gl_gdc_launch_dependents()
+    dd3 = gl.expand_dims(gl.expand_dims(rk * delta, 0), 1)  # [1, 1, BV]
+    s = s * eg + k3 * dd3  # [NW, R, BV]
+    gl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
+
+
+def exchange_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None):
+    """As twopass_decode, with the Gluon one-exchange kernel; cfg = (BV, NW, SPTV)."""
+    nb, hk, dk = q.shape
+    hv, dv = v.shape[-2:]
+    bv, nw, sptv = cfg
+    o = torch.empty(nb, hv, dv, dtype=q.dtype, device=q.device)
+    ss = logical_state_strides(state, "kv", 1)
+    pdl = use_pdl(q)
+    _exchange_kernel[(nb * hv * (dv // bv),)](
+        q, k, v, a, b, A_log, dt_bias, state, slots, o, dk**-0.5 if scale is None else scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), a.stride(0), b.stride(0),
+        *ss, o.stride(0), o.stride(1),
+        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, NW=nw, SPTV=sptv, PDL=pdl, num_warps=nw,
+        **pdl_launch(pdl),
+    )  # fmt: skip
+    return o
+
+
 def variant_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg):
-    """Run the probe variant that cfg names ("tp" or "gl" first)."""
-    fn = twopass_decode if cfg[0] == "tp" else warpcols_decode
+    """Run the probe variant that cfg names ("tp", "gl" or "gx" first)."""
+    fn = {"tp": twopass_decode, "gl": warpcols_decode, "gx": exchange_decode}[cfg[0]]
     return fn(q, k, v, a, b, A_log, dt_bias, state, slots, cfg[1:])
 
 
