@@ -30,7 +30,7 @@ last split polled them: 2.0-2.5 us slower at M=16 and 0.3-0.7 us at M=2-3, even 
 the last polling (no fence, no acquire-release): even at M=2-3 (within 0.2 us), 1.3-2.5 us slower at M=16
 with scalar, vector or plain stores alike. The last split's reads found every flag up at once; its clears
 cost the 1.2-1.5 us, and without them the chain tied the fence (branch exp/split-flags; BENCHMARKS.md
-2026-11-29 ~12:10). And, 2026-11-29 ~15:30, the W8A16 step as a bf16 MMA (e4m3 widened to bf16, the
+2026-11-29 ~12:10). And, 2026-11-29 ~14:50, the W8A16 step as a bf16 MMA (e4m3 widened to bf16, the
 activations unscaled) instead of fp16 on power-of-two-scaled rows: 0.4-0.8 us slower at N = 2048, and at
 12288x2048 as slow as bf16 cuBLAS.)
 """
