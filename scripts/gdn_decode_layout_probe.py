@@ -135,24 +135,6 @@ def _twopass_kernel(
         tl.store(p, s_c.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
-def twopass_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None):
-    """q, k [B, Hk, Dk]; v [B, Hv, Dv]; a, b [B, Hv]; state "kv" pool [S, Hv, Dk, Dv]."""
-    nb, hk, dk = q.shape
-    hv, dv = v.shape[-2:]
-    bv, warps, dkc, mode, ev1 = cfg
-    o = torch.empty(nb, hv, dv, dtype=q.dtype, device=q.device)
-    ss = logical_state_strides(state, "kv", 1)
-    pdl = use_pdl(q)
-    _twopass_kernel[(nb * hv * (dv // bv),)](
-        q, k, v, a, b, A_log, dt_bias, state, slots, o, dk**-0.5 if scale is None else scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), a.stride(0), b.stride(0),
-        *ss, o.stride(0), o.stride(1),
-        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, DKC=dkc, MODE=mode, EV1=ev1, PDL=pdl, num_warps=warps,
-        **pdl_launch(pdl),
-    )  # fmt: skip
-    return o
-
-
 @gluon.jit
 def _gl_gdc_wait():
     gl.inline_asm_elementwise(
@@ -165,6 +147,26 @@ def _gl_gdc_launch_dependents():
     gl.inline_asm_elementwise(
         "griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1
     )
+
+
+@gluon.jit
+def _gl_program(HV: gl.constexpr, GROUP: gl.constexpr, NV: gl.constexpr):
+    """(sequence as int64, sequence, value head, key head, column tile) of this program (V_FAST order)."""
+    pid = gl.program_id(0)
+    pid_bh = pid // NV
+    i_h = pid_bh % HV
+    i_b = pid_bh // HV
+    return i_b.to(gl.int64), i_b, i_h, i_h // GROUP, pid % NV
+
+
+@gluon.jit
+def _gl_gates(a_ptr, b_ptr, alog_ptr, dtb_ptr, i_b64, i_h, sa_b, sb_b):
+    """exp(g) and beta of one (sequence, value head), fp32 (the gating of ``triton_common.gate_scalar``)."""
+    a = gl.load(a_ptr + i_b64 * sa_b + i_h).to(gl.float32)
+    b = gl.load(b_ptr + i_b64 * sb_b + i_h).to(gl.float32)
+    x = a + gl.load(dtb_ptr + i_h).to(gl.float32)
+    sp = gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
+    return gl.exp(-gl.exp(gl.load(alog_ptr + i_h).to(gl.float32)) * sp), 1.0 / (1.0 + gl.exp(-b))
 
 
 @gluon.jit
@@ -182,22 +184,13 @@ def _warpcols_kernel(
     NV: gl.constexpr = DV // BV
     if PDL:
         _gl_gdc_wait()
-    pid = gl.program_id(0)
-    pid_bh = pid // NV
-    i_v = pid % NV
-    i_h = pid_bh % HV
-    i_b = pid_bh // HV
-    i_kh = i_h // GROUP
-    i_b64 = i_b.to(gl.int64)
+    i_b64, i_b, i_h, i_kh, i_v = _gl_program(HV, GROUP, NV)
     offs_k = gl.arange(0, DK, layout=LK)
     offs_v = i_v * BV + gl.arange(0, BV, layout=LV)
     k = gl.load(k_ptr + i_b64 * sk_b + i_kh * sk_h + offs_k).to(gl.float32)  # [DK]
     q = gl.load(q_ptr + i_b64 * sq_b + i_kh * sq_h + offs_k).to(gl.float32)  # [DK]
     v = gl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(gl.float32)  # [BV]
-    a = gl.load(a_ptr + i_b64 * sa_b + i_h).to(gl.float32)
-    b = gl.load(b_ptr + i_b64 * sb_b + i_h).to(gl.float32)
-    a_log = gl.load(alog_ptr + i_h).to(gl.float32)
-    dt_b = gl.load(dtb_ptr + i_h).to(gl.float32)
+    eg, beta = _gl_gates(a_ptr, b_ptr, alog_ptr, dtb_ptr, i_b64, i_h, sa_b, sb_b)
     slot = gl.load(slot_ptr + i_b).to(gl.int64)
     o_ptrs = o_ptr + i_b64 * so_b + i_h * so_h + offs_v
     if slot < 0:
@@ -211,10 +204,6 @@ def _warpcols_kernel(
         + gl.expand_dims(offs_v, 0) * ss_v
     )
     s = gl.load(s_ptrs, eviction_policy="evict_first").to(gl.float32)  # [DK, BV]
-    x = a + dt_b
-    sp = gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
-    eg = gl.exp(-gl.exp(a_log) * sp)
-    beta = 1.0 / (1.0 + gl.exp(-b))
     rk = gl.rsqrt(gl.sum(k * k, 0) + 1e-6)
     rq = gl.rsqrt(gl.sum(q * q, 0) + 1e-6) * scale
     qk = gl.sum(q * k, 0)
@@ -228,24 +217,6 @@ def _warpcols_kernel(
         _gl_gdc_launch_dependents()
     s = s * eg + gl.expand_dims(kn, 1) * gl.expand_dims(delta, 0)  # [DK, BV]
     gl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
-
-
-def warpcols_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None):
-    """As twopass_decode, with the Gluon warp-columns kernel; cfg = (NW, WC, SPTV)."""
-    nb, hk, dk = q.shape
-    hv, dv = v.shape[-2:]
-    nw, wc, sptv = cfg
-    o = torch.empty(nb, hv, dv, dtype=q.dtype, device=q.device)
-    ss = logical_state_strides(state, "kv", 1)
-    pdl = use_pdl(q)
-    _warpcols_kernel[(nb * hv * (dv // (nw * wc)),)](
-        q, k, v, a, b, A_log, dt_bias, state, slots, o, dk**-0.5 if scale is None else scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), a.stride(0), b.stride(0),
-        *ss, o.stride(0), o.stride(1),
-        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, NW=nw, WC=wc, SPTV=sptv, PDL=pdl, num_warps=nw,
-        **pdl_launch(pdl),
-    )  # fmt: skip
-    return o
 
 
 @gluon.jit
@@ -269,13 +240,7 @@ def _exchange_kernel(
     NV: gl.constexpr = DV // BV
     if PDL:
         _gl_gdc_wait()
-    pid = gl.program_id(0)
-    pid_bh = pid // NV
-    i_v = pid % NV
-    i_h = pid_bh % HV
-    i_b = pid_bh // HV
-    i_kh = i_h // GROUP
-    i_b64 = i_b.to(gl.int64)
+    i_b64, i_b, i_h, i_kh, i_v = _gl_program(HV, GROUP, NV)
     kidx = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LWR)), 1) * R + gl.expand_dims(
         gl.arange(0, R, layout=gl.SliceLayout(0, LWR)), 0
     )  # [NW, R]
@@ -285,10 +250,7 @@ def _exchange_kernel(
     k3 = gl.load(k_ptr + i_b64 * sk_b + i_kh * sk_h + kidx3).to(gl.float32)  # [NW, R, 1]
     q3 = gl.load(q_ptr + i_b64 * sq_b + i_kh * sq_h + kidx3).to(gl.float32)  # [NW, R, 1]
     v = gl.load(v_ptr + i_b64 * sv_b + i_h * sv_h + offs_v).to(gl.float32)  # [BV]
-    a = gl.load(a_ptr + i_b64 * sa_b + i_h).to(gl.float32)
-    b = gl.load(b_ptr + i_b64 * sb_b + i_h).to(gl.float32)
-    a_log = gl.load(alog_ptr + i_h).to(gl.float32)
-    dt_b = gl.load(dtb_ptr + i_h).to(gl.float32)
+    eg, beta = _gl_gates(a_ptr, b_ptr, alog_ptr, dtb_ptr, i_b64, i_h, sa_b, sb_b)
     slot = gl.load(slot_ptr + i_b).to(gl.int64)
     o_ptrs = o_ptr + i_b64 * so_b + i_h * so_h + offs_v
     if slot < 0:
@@ -297,10 +259,6 @@ def _exchange_kernel(
     s_ptrs = state_ptr + slot * ss_s + i_h * ss_h + kidx3 * ss_k + v3 * ss_v  # [NW, R, BV]
     s_raw = gl.load(s_ptrs, eviction_policy="evict_first")  # [NW, R, BV] bf16
     s = s_raw.to(gl.float32)  # [NW, R, BV]
-    x = a + dt_b
-    sp = gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
-    eg = gl.exp(-gl.exp(a_log) * sp)
-    beta = 1.0 / (1.0 + gl.exp(-b))
     if NW == 1:  # one warp: every sum is shuffles, nothing to exchange
         ks = gl.sum(gl.sum(s * k3, 1), 0)  # [BV]
         qs = gl.sum(gl.sum(s * q3, 1), 0)  # [BV]
@@ -337,28 +295,29 @@ def _exchange_kernel(
     gl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), eviction_policy="evict_first")
 
 
-def exchange_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None):
-    """As twopass_decode, with the Gluon one-exchange kernel; cfg = (BV, NW, SPTV)."""
+def variant_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg, scale=None):
+    """The probe variant that ``cfg`` names, on q, k [B, Hk, Dk]; v [B, Hv, Dv]; a, b [B, Hv] and a "kv"
+    pool [S, Hv, Dk, Dv]: ("tp", BV, num_warps, DKC, MODE, EV1), ("gl", NW, WC, SPTV) or ("gx", BV, NW, SPTV)."""
     nb, hk, dk = q.shape
     hv, dv = v.shape[-2:]
-    bv, nw, sptv = cfg
+    if cfg[0] == "tp":
+        kernel, bv, warps = _twopass_kernel, cfg[1], cfg[2]
+        consts = dict(BV=bv, DKC=cfg[3], MODE=cfg[4], EV1=cfg[5])
+    elif cfg[0] == "gl":
+        kernel, bv, warps = _warpcols_kernel, cfg[1] * cfg[2], cfg[1]
+        consts = dict(NW=cfg[1], WC=cfg[2], SPTV=cfg[3])
+    else:
+        kernel, bv, warps = _exchange_kernel, cfg[1], cfg[2]
+        consts = dict(BV=bv, NW=warps, SPTV=cfg[3])
     o = torch.empty(nb, hv, dv, dtype=q.dtype, device=q.device)
-    ss = logical_state_strides(state, "kv", 1)
     pdl = use_pdl(q)
-    _exchange_kernel[(nb * hv * (dv // bv),)](
+    kernel[(nb * hv * (dv // bv),)](
         q, k, v, a, b, A_log, dt_bias, state, slots, o, dk**-0.5 if scale is None else scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), a.stride(0), b.stride(0),
-        *ss, o.stride(0), o.stride(1),
-        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, NW=nw, SPTV=sptv, PDL=pdl, num_warps=nw,
-        **pdl_launch(pdl),
+        *logical_state_strides(state, "kv", 1), o.stride(0), o.stride(1),
+        HV=hv, GROUP=hv // hk, DK=dk, DV=dv, PDL=pdl, num_warps=warps, **consts, **pdl_launch(pdl),
     )  # fmt: skip
     return o
-
-
-def variant_decode(q, k, v, a, b, A_log, dt_bias, state, slots, cfg):
-    """Run the probe variant that cfg names ("tp", "gl" or "gx" first)."""
-    fn = {"tp": twopass_decode, "gl": warpcols_decode, "gx": exchange_decode}[cfg[0]]
-    return fn(q, k, v, a, b, A_log, dt_bias, state, slots, cfg[1:])
 
 
 def _check(cfg) -> dict:
