@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 
 from deltaserve.bench import op_gdn
 from deltaserve.bench.common import device_record, measure_copy_bw, time_cuda_graph
-from deltaserve.ops.gdn.decode import gdn_decode
+from deltaserve.ops.gdn.decode import _tile_coords, gdn_decode
 from deltaserve.ops.gdn.triton_common import gate_scalar, logical_state_strides
 from deltaserve.ops.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, use_pdl
 
@@ -55,16 +55,8 @@ def _twopass_kernel(
 ):  # fmt: skip
     if PDL:
         gdc_wait()
-    NV: tl.constexpr = DV // BV
-    pid = tl.program_id(0)
-    pid_bh = pid // NV
-    i_v = pid % NV
-    i_h = pid_bh % HV
-    i_b = pid_bh // HV
-    i_kh = i_h // GROUP
+    i_b, i_h, i_kh, offs_k, offs_v = _tile_coords(HV, GROUP, DK, BV, DV // BV, True)
     i_b64 = i_b.to(tl.int64)
-    offs_k = tl.arange(0, DK)
-    offs_v = i_v * BV + tl.arange(0, BV)
     k_row = k_ptr + i_b64 * sk_b + i_kh * sk_h
     q_row = q_ptr + i_b64 * sq_b + i_kh * sq_h
     k_in = tl.load(k_row + offs_k)  # [DK]
