@@ -25,7 +25,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
-from fp8_gemv_probe import SHAPES, _weights, rel
+from fp8_gemv_probe import SHAPES, _measure, _weights
 
 from deltaserve.bench.common import device_record, time_cuda_graph
 from deltaserve.ops import pdl
@@ -98,30 +98,22 @@ def cta_split_linear(x: torch.Tensor, w_q: torch.Tensor, scale_inv: torch.Tensor
 
 def main() -> None:
     ms = tuple(int(v) for v in sys.argv[2].split(",")) if len(sys.argv) > 2 else (16, 4, 3)
-    rows: list = [device_record()]
+    rows: list[dict] = []
     for n, k in SHAPES:
         ws = _weights(n, k)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             bf16 = time_cuda_graph([(lambda w=w: x @ w.T) for w, _, _ in ws]) * 1e3
             ref = reference.block_fp8_linear(x, ws[0][1], ws[0][2], None)
-            res: dict = {"N": n, "K": k, "M": m, "bf16_us": round(bf16, 2)}
+            base = dict(N=n, K=k, M=m, bf16_us=bf16, mode="w8a16")
+            shipped = [(lambda q=q, s=s: kernels.block_fp8_linear(x, q, s, None)) for _, q, s in ws]
             for rnd in range(2):
-                shipped = [(lambda q=q, s=s: kernels.block_fp8_linear(x, q, s, None)) for _, q, s in ws]
-                res[f"shipped{rnd}"] = round(time_cuda_graph(shipped) * 1e3, 2)
+                _measure(rows, dict(base, cfg=None, round=rnd), "shipped", shipped, ref)
                 for cfg in CONFIGS:
-                    key = str(cfg)
-                    try:
-                        fns = [(lambda q=q, s=s, c=cfg: cta_split_linear(x, q, s, c)) for _, q, s in ws]
-                        if rnd == 0:
-                            res[key + " err"] = float(f"{rel(fns[0](), ref):.2e}")
-                        res[f"{key} r{rnd}"] = round(time_cuda_graph(fns) * 1e3, 2)
-                    except Exception as exc:  # noqa: BLE001 - a config that fails is a result
-                        res[key] = f"{type(exc).__name__}: {str(exc)[:160]}"
-            rows.append(res)
-            print(json.dumps(res), flush=True)
+                    fns = [(lambda q=q, s=s, c=cfg: cta_split_linear(x, q, s, c)) for _, q, s in ws]
+                    _measure(rows, dict(base, cfg=cfg, round=rnd), "cta-split", fns, ref)
     with open(sys.argv[1], "w") as f:
-        json.dump(rows, f, indent=1, default=str)
+        json.dump(dict(device=device_record(), rows=rows), f, indent=1, default=str)
 
 
 if __name__ == "__main__":
