@@ -65,10 +65,32 @@ gpu = pytest.mark.gpu
 @pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("ratio", [1, 2, 3, 4])
 def test_prefill_matches_reference(lens, layout, sdtype, ratio):
-    from deltaserve.ops.gdn.prefill import gdn_prefill
-
     if ratio in (1, 3) and len(lens) == 1 and lens[0] in (63, 65):
         pytest.skip("ratio sweep on the remaining shapes keeps the run short")
+    _check_prefill(lens, layout, sdtype, ratio, None)
+
+
+@gpu
+@pytest.mark.parametrize(
+    "lens",
+    [[1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1], [3000, 0, 65]],
+    ids=lambda x: "x".join(map(str, x)),
+)
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", [2, 3])
+@pytest.mark.parametrize("part_chunks", [1, 16])
+def test_prefill_in_parts_matches_reference(lens, layout, sdtype, ratio, part_chunks):
+    """Sequences split into parts of `part_chunks` chunks scanned side by side (local states and
+    transitions, combined in part order, then the outputs): the same acceptance as one pass."""
+    if len(lens) == 5 and part_chunks == 16:
+        pytest.skip("every sequence of this batch fits one 16-chunk part: the one-pass tests cover it")
+    _check_prefill(lens, layout, sdtype, ratio, {"part_chunks": part_chunks})
+
+
+def _check_prefill(lens, layout, sdtype, ratio, config):
+    from deltaserve.ops.gdn.prefill import gdn_prefill
+
     gen = torch.Generator(device="cuda").manual_seed(sum(lens) * 7 + ratio)
     hk = 2 if ratio != 3 else 1
     hv = hk * ratio
@@ -83,7 +105,7 @@ def test_prefill_matches_reference(lens, layout, sdtype, ratio):
     _poison_allocator(((t, hv, D), torch.bfloat16))
     o = gdn_prefill(
         q, k, v, a, b, A_log, dt_bias, cu_seqlens=cu, state=pool, state_slots=slots,
-        has_initial_state=has_init, state_layout=layout,
+        has_initial_state=has_init, state_layout=layout, _config=config,
     )  # fmt: skip
     torch.cuda.synchronize()
     assert o.shape == (t, hv, D) and o.dtype == torch.bfloat16
@@ -120,7 +142,7 @@ def test_prefill_pipelined_segments_equal_one_pass(layout, sdtype):
     slots = torch.tensor([5, 0, 2, 6, 3], device="cuda", dtype=torch.int32)
     has_init = torch.tensor([True, True, False, False, True], device="cuda")
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
-    seg = {"segment_chunks": 8, "first_segment": 3}
+    seg = {"segment_chunks": 8, "first_segment": 3, "part_chunks": 0}
 
     def run(config, pool_copy):
         return gdn_prefill(
@@ -129,7 +151,7 @@ def test_prefill_pipelined_segments_equal_one_pass(layout, sdtype):
         )  # fmt: skip
 
     one_pool, seg_pool, graph_pool = pool.clone(), pool.clone(), pool.clone()
-    o_one = run(None, one_pool)
+    o_one = run({"segment_chunks": 0, "part_chunks": 0}, one_pool)
     o_seg = run(seg, seg_pool)
     torch.cuda.synchronize()
     assert torch.equal(o_one, o_seg) and torch.equal(one_pool, seg_pool)
@@ -139,6 +161,39 @@ def test_prefill_pipelined_segments_equal_one_pass(layout, sdtype):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(o_graph, o_one) and torch.equal(graph_pool, one_pool)
+
+
+@gpu
+def test_prefill_in_parts_deterministic_and_in_cuda_graph():
+    """The parts path gives the same bits twice and inside a CUDA graph (its buffers are allocated per
+    call; the combine adds the parts in order), with an empty sequence keeping its initial state."""
+    from deltaserve.ops.gdn.prefill import gdn_prefill
+
+    gen = torch.Generator(device="cuda").manual_seed(23)
+    lens = [2000, 0, 1, 700]
+    t, nb = sum(lens), len(lens)
+    q, k, v, a, b, A_log, dt_bias = _inputs(t, 2, 4, gen)
+    full, pool = _pool(nb + 2, 4, "kv", torch.float32, gen, transposed=False)
+    slots = torch.tensor([5, 0, 2, 3], device="cuda", dtype=torch.int32)
+    has_init = torch.tensor([True, True, False, True], device="cuda")
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+
+    def run(pool_copy):
+        return gdn_prefill(
+            q, k, v, a, b, A_log, dt_bias, cu_seqlens=cu, state=pool_copy, state_slots=slots,
+            has_initial_state=has_init, _config={"part_chunks": 4},
+        )  # fmt: skip
+
+    pools = [pool.clone() for _ in range(3)]
+    o1, o2 = run(pools[0]), run(pools[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o3 = run(pools[2])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o1, o2) and torch.equal(o1, o3)
+    assert torch.equal(pools[0], pools[1]) and torch.equal(pools[0], pools[2])
+    assert torch.equal(pools[0][0], pool[0]) and torch.equal(pools[0][1], pool[1])  # empty seq, unused slot
 
 
 @gpu
@@ -359,6 +414,22 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
     assert rel(full[slots2], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots2], s_r)
     assert torch.equal(full[1], before[1])
+    # sequences in parts of one chunk (the 200-token one in four, so the combine runs), an empty one
+    cu3, slots3, init3 = torch.tensor([0, 1, 201, 201, 206]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 1, 0, 0])
+    t3 = 206
+    q3, k3 = torch.randn(t3, hk, dk).half(), torch.randn(t3, hk, dk).half()
+    v3, a3, b3 = torch.randn(t3, hv, dv).half(), torch.randn(t3, hv).half(), torch.randn(t3, hv).half()
+    slow = A_log - 4.0  # slow decay: every part's state reaches the next
+    g3, beta3 = ref.gdn_gating(a3, b3, slow, dt)
+    full = torch.randn(5, hv, dk, dv)
+    before = full.clone()
+    o = prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
+                            has_initial_state=init3.bool(), _config={"part_chunks": 1})
+    h0 = torch.stack([before[int(s)] * bool(i) for s, i in zip(slots3, init3)])
+    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q3, k3, v3, g3, beta3, cu_seqlens=cu3, initial_state=h0)
+    assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
+    assert rel(full[slots3], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots3], s_r)
+    assert torch.equal(full[1], before[1])
     try:  # a misspelt launch-config key is an error, not a silently ignored sweep point
         prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
                             has_initial_state=init, state_layout="vk", _config={"bv": 32})
@@ -435,3 +506,20 @@ def test_kernels_under_triton_interpreter():
         [sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def test_prefill_part_plan(monkeypatch):
+    """Parts only for long sequences whose one-pass scan leaves the card idle; about 1.7 phase-2
+    programs per SM."""
+    pytest.importorskip("triton")
+    from deltaserve.ops.gdn import prefill
+
+    monkeypatch.setattr(prefill, "num_sms", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert prefill._part_chunks(torch.device("cpu"), 512, 32) == 0
+    assert prefill._part_chunks(cuda, 512, 32) == 64  # Hv 8 x 32k tokens: 8 parts
+    assert prefill._part_chunks(cuda, 512, 16) == 35  # Hv 4: 15 parts
+    assert prefill._part_chunks(cuda, 512, 64) == 0  # Hv 16: tied with the pipelined segments
+    assert prefill._part_chunks(cuda, 512, 128) == 0  # Hv 32: one pass fills the card
+    assert prefill._part_chunks(cuda, 127, 32) == 0  # under 8192 tokens
+    assert prefill._part_chunks(cuda, 4096, 1) == 256  # at most 16 parts

@@ -35,6 +35,16 @@ segment i - 1, the state going from segment to segment through an fp32 carry [B,
 (bit-identical to one pass). H200, 16/32 x 32k device time: 1.27 ms against 1.45 ms in one pass
 (fla 0.6.0: 2.08 ms). Each segment costs three launches of host time, hence the length threshold.
 
+With few value heads (Hv 8: Qwen3.5-397B at TP8) even that leaves most of the card idle, so long
+sequences are cut into parts scanned side by side (``_part_chunks``). The state after t tokens is
+affine in the state before them, S' = M S + S0, with M the product of the tokens' exp(g)(I - beta k k^T):
+- ``_chunk_scan_kernel`` PHASE 1: part 0 from the pool with outputs; every middle part from zero (S0),
+  and in extra column tiles from the identity with v = 0 (its transition M);
+- ``_chunk_combine_kernel``: the state before each part, in part order (tf32x3 products);
+- PHASE 2: parts 1.. again from those states, with outputs; the last writes the pool.
+About twice the scan's products for up to 16x the programs: H200, Hv 8 x 32k tokens 0.54 ms against
+0.82 in one pass (fla 0.6.0: 0.94).
+
 Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
 intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B),
 A (10 KB fp32) and Tb, Aqk (8 KB each) go through HBM.
@@ -263,7 +273,7 @@ def _beta_block(b_ptr, bos, eos, sb_t, i_h, bi: tl.constexpr):
     return tl.where(m, beta_of(b), 0.0)
 
 
-@triton.jit(do_not_specialize=["c_lo", "c_hi"])
+@triton.jit(do_not_specialize=["c_lo", "c_hi", "L", "NP"])
 def _chunk_scan_kernel(
     qn_ptr,
     kn_ptr,
@@ -276,8 +286,12 @@ def _chunk_scan_kernel(
     slot_ptr,
     init_ptr,
     carry_ptr,
+    start_ptr,
+    trans_ptr,
     c_lo,
     c_hi,
+    L,
+    NP,
     sv_t,
     sv_h,
     so_t,
@@ -294,45 +308,128 @@ def _chunk_scan_kernel(
     BV: tl.constexpr,
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
+    PHASE: tl.constexpr,
 ):
-    """The scan over the chunks of one sequence that lie in global chunks [c_lo, c_hi). A sequence's
-    state starts from the pool (or zero) at its first chunk and otherwise from the fp32 carry
+    """PHASE 0: the scan over the chunks of one sequence that lie in global chunks [c_lo, c_hi). A
+    sequence's state starts from the pool (or zero) at its first chunk and otherwise from the fp32 carry
     [NB, HV, DK, DV] the previous segment left; it goes to the pool after its last chunk and otherwise
-    to the carry."""
+    to the carry.
+
+    PHASE 1 and 2 split each sequence into parts of L chunks scanned side by side (program_id(2) =
+    sequence * NP + part; ``_parts`` on the host). Phase 1 scans part 0 from the pool (or zero) with
+    outputs, and each middle part p from zero without outputs, into start[p + 1]; the column tiles past
+    DV // BV carry the part's transition matrix instead (identity start, v = 0) into trans[p]. After
+    ``_chunk_combine_kernel`` start[p] holds the true state before part p, and phase 2 scans parts
+    1.. again from it with outputs; the last part (phase 1's part 0 when it is the only one) writes the
+    pool. start / trans: [NB * NP, HV, DK, DV | DK] fp32."""
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
-    i_n = tl.program_id(2)
+    if PHASE == 0:
+        i_n = tl.program_id(2)
+        nb = tl.num_programs(2)
+    else:
+        i_n = tl.program_id(2) // NP
+        part = tl.program_id(2) % NP
+        nb = tl.num_programs(2) // NP
     i_kh = i_h // GROUP
     bos = tl.load(cu_ptr + i_n).to(tl.int64)
     eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    offs_b, _, nch, ends = _chunk_counts(cu_ptr, tl.num_programs(2), BLOCK_B, C)
+    offs_b, _, nch, ends = _chunk_counts(cu_ptr, nb, BLOCK_B, C)
     c0 = _first_chunk(i_n, offs_b, nch, ends).to(tl.int64)
     n_chunks = tl.cdiv(eos - bos, C)
-    j_lo = tl.maximum(c_lo - c0, 0)
-    j_hi = tl.minimum(c_hi - c0, n_chunks)
-    # an empty sequence (no chunks) is handled once, by the segment holding its chunk position c0
-    if (j_lo >= j_hi) & ((n_chunks > 0) | (c0 < c_lo) | (c0 >= c_hi)):
-        return
+    trans = pid_v >= DV // BV  # phase 1 only: a tile of the part's transition matrix
+    if PHASE == 0:
+        j_lo = tl.maximum(c_lo - c0, 0)
+        j_hi = tl.minimum(c_hi - c0, n_chunks)
+        # an empty sequence (no chunks) is handled once, by the segment holding its chunk position c0
+        if (j_lo >= j_hi) & ((n_chunks > 0) | (c0 < c_lo) | (c0 >= c_hi)):
+            return
+    else:
+        n_parts = tl.maximum(tl.cdiv(n_chunks, L), 1)  # an empty sequence is one empty part
+        last = part == n_parts - 1
+        if PHASE == 1:
+            # the last part only runs in phase 2; part 0 needs no transition matrix
+            if (part >= n_parts) | ((part > 0) & last) | ((part == 0) & trans):
+                return
+        elif (part >= n_parts) | (part == 0):
+            return
+        j_lo = (part * L).to(tl.int64)
+        j_hi = tl.minimum(j_lo + L, n_chunks)
     offs_k = tl.arange(0, DK)
     offs_v = pid_v * BV + tl.arange(0, BV)
     offs_c = tl.arange(0, C)
     slot = tl.load(slot_ptr + i_n).to(tl.int64)
     s_base = state_ptr + slot * ss_s + i_h * ss_h
-    carry = carry_ptr + (i_n * HV + i_h).to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
-    if j_lo > 0:
+    if PHASE == 0:
+        carry = carry_ptr + (i_n * HV + i_h).to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    else:
+        pair = (i_n * NP + part).to(tl.int64) * HV + i_h
+        offs_t = offs_v - DV  # the transition's columns, in trans programs
+        carry = start_ptr + pair * DK * DV + offs_k[:, None] * DV + offs_v[None, :]  # start[part]
+    if PHASE == 2:
+        S = tl.load(carry)  # [DK, BV] fp32, the combined state before this part
+    elif PHASE == 1:
+        if trans:
+            S = tl.where(offs_k[:, None] == offs_t[None, :], 1.0, 0.0)  # [DK, BV] identity columns
+        elif part > 0:
+            S = tl.zeros([DK, BV], dtype=tl.float32)
+        elif tl.load(init_ptr + i_n) != 0:
+            S = tl.load(s_base + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v).to(tl.float32)  # [DK, BV]
+        else:
+            S = tl.zeros([DK, BV], dtype=tl.float32)
+    elif j_lo > 0:
         S = tl.load(carry)  # [DK, BV] fp32
     elif tl.load(init_ptr + i_n) != 0:
         S = tl.load(s_base + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v).to(tl.float32)  # [DK, BV]
     else:
         S = tl.zeros([DK, BV], dtype=tl.float32)
     row = bos + j_lo * C
+    if PHASE != 1:
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True)  # fmt: skip
+    elif (part == 0) & (trans == 0):  # phase 1's only outputs: part 0's
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True)  # fmt: skip
+    else:
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False)  # fmt: skip
+    # (row - bos - j_hi * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
+    # computed before the loop and held in registers through it
+    zero = row - bos - j_hi * C
+    pool = s_base + zero + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
+    if PHASE == 0:
+        if j_hi < n_chunks:
+            tl.store(carry + zero, S)
+        else:
+            tl.store(pool, S.to(state_ptr.dtype.element_ty))
+    elif last:
+        tl.store(pool, S.to(state_ptr.dtype.element_ty))
+    elif PHASE == 1:
+        if trans:
+            tl.store(trans_ptr + pair * DK * DK + zero + offs_k[:, None] * DK + offs_t[None, :], S)
+        else:
+            tl.store(carry + HV * DK * DV + zero, S)  # start[part + 1]
+
+
+@triton.jit
+def _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr, sv_t, sv_h,
+                 so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
+                 DV: tl.constexpr, C: tl.constexpr, OUT: tl.constexpr):  # fmt: skip
+    """The scan's loop over a sequence's chunks [j_lo, j_hi) from state ``S [DK, BV]`` (fp32) at token
+    ``row``: (S, row) after them. ``OUT``: write the chunks' output rows; without, the columns
+    ``offs_v >= DV`` see v = 0 (a transition matrix's). A loop of its own per ``OUT``: a branch inside
+    the loop would keep Triton from pipelining its loads."""
     for j in range(j_lo, j_hi):
         r = row + offs_c  # [C]
         m = r < eos
         n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
-        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
+        if OUT:
+            qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
         kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, unit rows
-        vc = tl.load(v_ptr + r[:, None] * sv_t + i_h * sv_h + offs_v[None, :], mask=m[:, None], other=0.0)
+        v_ok = m[:, None]
+        if not OUT:
+            v_ok = v_ok & (offs_v[None, :] < DV)
+        vc = tl.load(v_ptr + r[:, None] * sv_t + i_h * sv_h + offs_v[None, :], mask=v_ok, other=0.0)
         cidx = c0 + j
         cbase = cidx * HV + i_h
         G = tl.load(g_ptr + cbase * C + offs_c)  # [C] cumulative log-decay
@@ -341,30 +438,54 @@ def _chunk_scan_kernel(
         t_rows = (r - row) * C
         tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
         tb = tl.load(tile)  # [C, C] fp16
-        aqk = tl.load(tile + C * C)  # [C, C] fp16
+        if OUT:
+            aqk = tl.load(tile + C * C)  # [C, C] fp16
         eg = tl.exp(G)
         s16 = S.to(tl.float16)
         x = vc.to(tl.float32) - eg[:, None] * tl.dot(kn, s16)  # [C, BV]
         vn = tl.dot(tb, x.to(tl.float16))  # [C, BV]
-        vn16 = vn.to(tl.float16)
-        o = eg[:, None] * tl.dot(qn, s16) + tl.dot(aqk, vn16)
-        tl.store(
-            o_ptr + r[:, None] * so_t + i_h * so_h + offs_v[None, :],
-            o.to(o_ptr.dtype.element_ty),
-            mask=m[:, None],
-        )
+        if OUT:
+            vn16 = vn.to(tl.float16)
+            o = eg[:, None] * tl.dot(qn, s16) + tl.dot(aqk, vn16)
+            tl.store(
+                o_ptr + r[:, None] * so_t + i_h * so_h + offs_v[None, :],
+                o.to(o_ptr.dtype.element_ty),
+                mask=m[:, None],
+            )
         y = (tl.exp(g_last - G)[:, None] * vn).to(tl.float16)  # [C, BV]
         S = S * tl.exp(g_last) + tl.dot(tl.trans(kn), y)
         row += C
-    # (row - bos - j_hi * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
-    # computed before the loop and held in registers through it
-    zero = row - bos - j_hi * C
-    if j_hi < n_chunks:
-        tl.store(carry + zero, S)
-    else:
-        tl.store(
-            s_base + zero + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v, S.to(state_ptr.dtype.element_ty)
-        )
+    return S, row
+
+
+@triton.jit(do_not_specialize=["L", "NP"])
+def _chunk_combine_kernel(start_ptr, trans_ptr, cu_ptr, L, NP, HV: tl.constexpr, DK: tl.constexpr,
+                          DV: tl.constexpr, BV: tl.constexpr, C: tl.constexpr):  # fmt: skip
+    """Between the scan's phases 1 and 2, for one (sequence, value head, BV state columns): the state
+    before each part p >= 2, start[p] <- trans[p - 1] start[p - 1] + start[p], in part order (start[1] is
+    part 0's final state, start[p] for p >= 2 the local state part p - 1 reached from zero). Products in
+    tf32x3 (about fp32's precision: an error here reaches every later part). The state stays in
+    registers, so the loads of the next step (never written by this kernel before it reads them) may run
+    ahead."""
+    pid_v = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.program_id(2)
+    n_chunks = tl.cdiv(tl.load(cu_ptr + i_n + 1) - tl.load(cu_ptr + i_n), C)
+    n_parts = tl.maximum(tl.cdiv(n_chunks, L), 1)
+    if n_parts <= 2:
+        return
+    offs_k = tl.arange(0, DK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    tile = offs_k[:, None] * DV + offs_v[None, :]  # [DK, BV]
+    square = offs_k[:, None] * DK + offs_k[None, :]  # [DK, DK]
+    first = (i_n * NP).to(tl.int64) * HV + i_h
+    S = tl.load(start_ptr + (first + HV) * DK * DV + tile)  # [DK, BV] part 0's final state
+    for p in range(1, n_parts - 1):
+        pair = first + p * HV
+        M = tl.load(trans_ptr + pair * DK * DK + square)  # [DK, DK] part p's transition
+        nxt = start_ptr + (pair + HV) * DK * DV + tile
+        S = tl.dot(M, S, input_precision="tf32x3") + tl.load(nxt)
+        tl.store(nxt, S)
 
 
 def _next_pow2(x: int) -> int:
@@ -419,13 +540,21 @@ def gdn_prefill(
         "diag_precision": precision,
         "segment_chunks": 128 if _pipelined(q.device, n_chunk_max, nb, hv, dv // min(bv_default, dv)) else 0,
         "first_segment": 16,
+        # the parts' scans want several programs per SM, so fewer pipeline buffers (3 stages: 154 KB of
+        # shared memory per program at BV 16, 2 stages: 105 KB)
+        "part_stages": 2,
+        # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
+        # lengths stay on the device)
+        "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK * nb), nb * hv * max(1, dv // 32)),
     }
     if _config:
         unknown = sorted(set(_config) - set(cfg))
         if unknown:
             raise ValueError(f"_config: unknown keys {unknown}; known: {sorted(cfg)}")
         cfg.update(_config)
-    bv = min(cfg["BV"], dv)
+    part_len = cfg["part_chunks"]
+    # parts leave enough programs for 32-column tiles (half the q/k traffic per state column)
+    bv = min(cfg["BV"] if _config and "BV" in _config else (32 if part_len else bv_default), dv)
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
@@ -435,7 +564,7 @@ def gdn_prefill(
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
     a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=torch.float32, device=q.device)  # A's lower blocks
-    segments = _segments(n_chunk_max, cfg["first_segment"], cfg["segment_chunks"])
+    segments = _segments(n_chunk_max, cfg["first_segment"], 0 if part_len > 0 else cfg["segment_chunks"])
     # fp32 state between segments (one segment: never touched, any fp32 buffer will do)
     carry = torch.empty(nb, hv, dk, dv, dtype=torch.float32, device=q.device) if len(segments) > 1 else g_buf
     block_b = _next_pow2(nb + 1)
@@ -455,11 +584,34 @@ def gdn_prefill(
     def scan(lo: int, hi: int) -> None:
         _chunk_scan_kernel[(dv // bv, hv, nb)](
             qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
-            lo, hi, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
-            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b,
+            carry, carry, lo, hi, 0, 1, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=0,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
 
+    if part_len > 0:
+        # parts of every sequence scanned side by side: local states and transitions, their combination
+        # in part order, then the outputs from the combined states (``_chunk_scan_kernel`` PHASE 1, 2)
+        n_parts = triton.cdiv(triton.cdiv(t, c), part_len)  # bound: parts of a sequence of all T tokens
+        if nb * n_parts > 65535:
+            raise ValueError(
+                f"_config: part_chunks={part_len} gives {nb} x {n_parts} parts, over the grid limit"
+            )
+        start = torch.empty(nb * n_parts, hv, dk, dv, dtype=torch.float32, device=q.device)
+        trans = torch.empty(nb * n_parts, hv, dk, dk, dtype=torch.float32, device=q.device)
+        prep(0, n_chunk_max)
+        for phase, v_tiles in ((1, (dv + dk) // bv), (2, dv // bv)):
+            _chunk_scan_kernel[(v_tiles, hv, nb * n_parts)](
+                qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
+                start, trans, 0, 0, part_len, n_parts, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
+                HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
+                num_warps=cfg["num_warps"], num_stages=cfg["part_stages"],
+            )  # fmt: skip
+            if phase == 1:
+                _chunk_combine_kernel[(dv // 16, hv, nb)](
+                    start, trans, cu_seqlens, part_len, n_parts, HV=hv, DK=dk, DV=dv, BV=16, C=c, num_warps=8,
+                )  # fmt: skip
+        return o
     if len(segments) == 1 or not q.is_cuda:
         for lo, hi in segments:
             prep(lo, hi)
@@ -491,6 +643,27 @@ def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles
     if device.type != "cuda" or n_chunk_max * hv < 8192:
         return False
     return nb * hv * v_tiles <= 2 * num_sms(device)
+
+
+def _part_chunks(device: torch.device, n_chunks: int, tiles: int) -> int:
+    """Chunks per part when the scan should cut sequences into parts (0: none), for sequences of
+    ``n_chunks`` chunks on average and ``tiles`` scan programs per part (sequences x value heads x
+    32-column tiles). Parts pay off when one pass leaves most SMs idle over a long sequence, although
+    they cost about twice the scan's products (phase 1 also carries the transitions). H200, one sequence
+    at Hv 8 (Qwen3.5-397B at TP8): 32k tokens 0.82 -> 0.54 ms, 64k 1.56 -> 1.04, 16k 0.41 -> 0.29, 8k
+    0.21 -> 0.18. At Hv 16 (64 tiles) parts tied with the pipelined segments, and at Hv 32 the one-pass
+    scan fills the card (scripts/gdn_parts_probe.py, BENCHMARKS.md). The part count aims at about 1.7
+    phase-2 programs per SM (two fit: 105 KB of shared memory each)."""
+    if device.type != "cuda" or n_chunks < _PARTS_MIN_CHUNKS or tiles > _PARTS_MAX_TILES:
+        return 0
+    n_parts = min(_PARTS_MAX, 1 + max(1, round(_PARTS_PER_SM * num_sms(device) / tiles)))
+    return triton.cdiv(n_chunks, n_parts)
+
+
+_PARTS_MIN_CHUNKS = 128  # sequences of 8192 tokens and more (measured down to there)
+_PARTS_MAX_TILES = 32  # Hv 16 (64 tiles) in 5 parts: 0.89 ms against 0.88 in pipelined segments
+_PARTS_PER_SM = 1.7
+_PARTS_MAX = 16
 
 
 def _inverse_precision(device: torch.device) -> str:
