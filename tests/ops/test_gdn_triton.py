@@ -430,6 +430,12 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
     assert rel(full[slots3], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots3], s_r)
     assert torch.equal(full[1], before[1])
+    try:  # one pipeline stage for the parts' scans is refused (it faulted once on the device)
+        prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
+                            has_initial_state=init3.bool(), _config={"part_chunks": 1, "part_stages": 1})
+        raise AssertionError("part_stages 1 accepted")
+    except ValueError as e:
+        assert "part_stages" in str(e)
     try:  # a misspelt launch-config key is an error, not a silently ignored sweep point
         prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
                             has_initial_state=init, state_layout="vk", _config={"bv": 32})

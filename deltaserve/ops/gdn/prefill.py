@@ -553,6 +553,9 @@ def gdn_prefill(
             raise ValueError(f"_config: unknown keys {unknown}; known: {sorted(cfg)}")
         cfg.update(_config)
     part_len = cfg["part_chunks"]
+    if part_len and cfg["part_stages"] < 2:
+        # an earlier form of the parts' scan faulted (illegal address) at 1 stage on an H200; untested since
+        raise ValueError(f"_config: part_stages must be at least 2, got {cfg['part_stages']}")
     # parts leave enough programs for 32-column tiles (half the q/k traffic per state column)
     bv = min(cfg["BV"] if _config and "BV" in _config else (32 if part_len else bv_default), dv)
     if scale is None:
