@@ -22,7 +22,7 @@ import torch
 from gdn_pipeline_probe import _case, _fla, _ours, queued_ms
 from gdn_profile import reference_errors, single_sequence_case
 
-from deltaserve.bench.common import device_record, time_cuda
+from deltaserve.bench.common import device_record, profiled, time_cuda
 
 SHAPES = [
     ("hk2/hv8 1x32768", 2, 8, [32768]),
@@ -60,14 +60,10 @@ def _ints(name: str, default: str) -> list[int]:
 def launch_breakdown_us(fn, calls: int = 3) -> list[tuple[str, float]]:
     """Device µs of each kernel launch of one ``fn()`` call, in launch order (medians over ``calls``
     calls), so that two launches of one kernel (the parts' two scan phases) stay apart."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
     evs = [
-        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name.startswith("_")
+        e
+        for e in profiled(fn, calls).events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.name.startswith("_")
     ]
     evs.sort(key=lambda e: e.time_range.start)
     per = len(evs) // calls

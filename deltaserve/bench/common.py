@@ -107,16 +107,22 @@ def kernel_device_us(prof: Any) -> dict[str, list[float]]:
     return out
 
 
-def kernel_medians_us(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
-    """Median device µs per CUDA kernel name over ``calls`` calls of ``fn`` (after one warm-up call),
-    by torch.profiler."""
+def profiled(fn: Callable[[], Any], calls: int) -> Any:
+    """A finished ``torch.profiler.profile`` (CUDA activity) of ``calls`` calls of ``fn``, after one
+    warm-up call."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    return {name: statistics.median(ts) for name, ts in kernel_device_us(prof).items()}
+    return prof
+
+
+def kernel_medians_us(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
+    """Median device µs per CUDA kernel name over ``calls`` calls of ``fn`` (after one warm-up call),
+    by torch.profiler."""
+    return {name: statistics.median(ts) for name, ts in kernel_device_us(profiled(fn, calls)).items()}
 
 
 def measure_copy_bw(n_bytes: int = 1 << 30) -> float:

@@ -402,34 +402,31 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
         assert rel(full[1, slots], s_r) < 1e-3, rel(full[1, slots], s_r)
         assert torch.equal(full[1, [1, 3]], before[1, [1, 3]]) and torch.equal(full[0], before[0])
+    def pool_run(q, k, v, a, b, A_log, cu, slots, init, config):
+        # into a fresh [5, ...] pool: slot 3 takes an empty sequence without initial state, slot 1 none
+        g, beta = ref.gdn_gating(a, b, A_log, dt)
+        full = torch.randn(5, hv, dk, dv)
+        before = full.clone()
+        o = prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=full, state_slots=slots,
+                                has_initial_state=init.bool(), _config=config)
+        h0 = torch.stack([before[int(s)] * bool(i) for s, i in zip(slots, init)])
+        o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu, initial_state=h0)
+        assert rel(o.float(), o_r) < 2e-3, (config, rel(o.float(), o_r))
+        assert rel(full[slots], s_r) < 1e-3 and bool((full[3] == 0).all()), (config, rel(full[slots], s_r))
+        assert torch.equal(full[1], before[1])
+
     # the pipelined path's segments (on CPU they run in order on one stream): one-chunk segments, so the
     # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
     cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
-    full = torch.randn(5, hv, dk, dv)
-    before = full.clone()
-    o = prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu2, state=full, state_slots=slots2,
-                            has_initial_state=init2.bool(), _config={"segment_chunks": 1})
-    h0 = torch.stack([before[int(s)] * bool(i) for s, i in zip(slots2, init2)])
-    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu2, initial_state=h0)
-    assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
-    assert rel(full[slots2], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots2], s_r)
-    assert torch.equal(full[1], before[1])
+    pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1})
     # sequences in parts of one chunk (the 200-token one in four, so the combine runs), an empty one
     cu3, slots3, init3 = torch.tensor([0, 1, 201, 201, 206]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 1, 0, 0])
     t3 = 206
     q3, k3 = torch.randn(t3, hk, dk).half(), torch.randn(t3, hk, dk).half()
     v3, a3, b3 = torch.randn(t3, hv, dv).half(), torch.randn(t3, hv).half(), torch.randn(t3, hv).half()
     slow = A_log - 4.0  # slow decay: every part's state reaches the next
-    g3, beta3 = ref.gdn_gating(a3, b3, slow, dt)
-    full = torch.randn(5, hv, dk, dv)
-    before = full.clone()
-    o = prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
-                            has_initial_state=init3.bool(), _config={"part_chunks": 1})
-    h0 = torch.stack([before[int(s)] * bool(i) for s, i in zip(slots3, init3)])
-    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q3, k3, v3, g3, beta3, cu_seqlens=cu3, initial_state=h0)
-    assert rel(o.float(), o_r) < 2e-3, rel(o.float(), o_r)
-    assert rel(full[slots3], s_r) < 1e-3 and bool((full[3] == 0).all()), rel(full[slots3], s_r)
-    assert torch.equal(full[1], before[1])
+    pool_run(q3, k3, v3, a3, b3, slow, cu3, slots3, init3, {"part_chunks": 1})
+    full = torch.zeros(5, hv, dk, dv)
     try:  # one pipeline stage for the parts' scans is refused (it faulted once on the device)
         prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
                             has_initial_state=init3.bool(), _config={"part_chunks": 1, "part_stages": 1})
