@@ -519,10 +519,14 @@ def test_prefill_part_plan(monkeypatch):
 
     monkeypatch.setattr(prefill, "num_sms", lambda device: 132)
     cuda = torch.device("cuda")
-    assert prefill._part_chunks(torch.device("cpu"), 512, 32) == 0
-    assert prefill._part_chunks(cuda, 512, 32) == 64  # Hv 8 x 32k tokens: 8 parts
-    assert prefill._part_chunks(cuda, 512, 16) == 35  # Hv 4: 15 parts
-    assert prefill._part_chunks(cuda, 512, 64) == 0  # Hv 16: tied with the pipelined segments
-    assert prefill._part_chunks(cuda, 512, 128) == 0  # Hv 32: one pass fills the card
-    assert prefill._part_chunks(cuda, 127, 32) == 0  # under 8192 tokens
-    assert prefill._part_chunks(cuda, 4096, 1) == 256  # at most 16 parts
+    assert prefill._part_chunks(torch.device("cpu"), 512, 1, 32) == 0
+    assert prefill._part_chunks(cuda, 512, 1, 32) == 64  # Hv 8 x 32k tokens: 8 parts
+    assert prefill._part_chunks(cuda, 512, 1, 16) == 35  # Hv 4: 15 parts
+    assert prefill._part_chunks(cuda, 512, 1, 64) == 0  # Hv 16: tied with the pipelined segments
+    assert prefill._part_chunks(cuda, 512, 1, 128) == 0  # Hv 32: one pass fills the card
+    assert prefill._part_chunks(cuda, 127, 1, 32) == 0  # under 8192 tokens
+    assert prefill._part_chunks(cuda, 255, 2, 32) == 0  # ... on average
+    # a 64k-token and a short sequence at Hv 4: 8 parts of the mean length would cut the long one into
+    # 32, so the parts grow to leave it 16
+    assert prefill._part_chunks(cuda, 1026, 2, 32) == 65
+    assert prefill._part_chunks(cuda, 4096, 1, 1) == 256  # at most 16 parts

@@ -545,7 +545,7 @@ def gdn_prefill(
         "part_stages": 2,
         # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
         # lengths stay on the device)
-        "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK * nb), nb * hv * max(1, dv // 32)),
+        "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK), nb, nb * hv * max(1, dv // 32)),
     }
     if _config:
         unknown = sorted(set(_config) - set(cfg))
@@ -648,19 +648,24 @@ def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles
     return nb * hv * v_tiles <= 2 * num_sms(device)
 
 
-def _part_chunks(device: torch.device, n_chunks: int, tiles: int) -> int:
-    """Chunks per part when the scan should cut sequences into parts (0: none), for sequences of
-    ``n_chunks`` chunks on average and ``tiles`` scan programs per part (sequences x value heads x
-    32-column tiles). Parts pay off when one pass leaves most SMs idle over a long sequence, although
-    they cost about twice the scan's products (phase 1 also carries the transitions). H200, one sequence
-    at Hv 8 (Qwen3.5-397B at TP8): 32k tokens 0.82 -> 0.54 ms, 64k 1.56 -> 1.04, 16k 0.41 -> 0.29, 8k
-    0.21 -> 0.18. At Hv 16 (64 tiles) parts tied with the pipelined segments, and at Hv 32 the one-pass
-    scan fills the card (scripts/gdn_parts_probe.py, BENCHMARKS.md). The part count aims at about 1.7
-    phase-2 programs per SM (two fit: 105 KB of shared memory each)."""
-    if device.type != "cuda" or n_chunks < _PARTS_MIN_CHUNKS or tiles > _PARTS_MAX_TILES:
+def _part_chunks(device: torch.device, total_chunks: int, nb: int, tiles: int) -> int:
+    """Chunks per part when the scan should cut sequences into parts (0: none), for ``nb`` sequences of
+    ``total_chunks`` chunks together and ``tiles`` scan programs per part (sequences x value heads x
+    32-column tiles).
+
+    Parts pay off when one pass leaves most SMs idle over a long sequence, although they cost about
+    twice the scan's products (phase 1 also carries the transitions). H200, one sequence at Hv 8
+    (Qwen3.5-397B at TP8): 32k tokens 0.82 -> 0.55 ms, 64k 1.56 -> 1.04, 16k 0.41 -> 0.29, 8k 0.21 -> 0.16;
+    Hv 4 x 32k 0.76 -> 0.33. At Hv 16 (64 tiles) parts tied with the pipelined segments, and at Hv 32
+    the one-pass scan fills the card (scripts/gdn_parts_probe.py, BENCHMARKS.md). The part count aims at
+    about 1.7 phase-2 programs per SM (two fit: 105 KB of shared memory each) and follows the mean
+    length; no sequence gets more than ``_PARTS_MAX`` parts, however unequal the lengths (the combine
+    walks a sequence's parts in order, ~2.5 us each)."""
+    mean = total_chunks // max(nb, 1)
+    if device.type != "cuda" or mean < _PARTS_MIN_CHUNKS or tiles > _PARTS_MAX_TILES:
         return 0
     n_parts = min(_PARTS_MAX, 1 + max(1, round(_PARTS_PER_SM * num_sms(device) / tiles)))
-    return triton.cdiv(n_chunks, n_parts)
+    return max(triton.cdiv(mean, n_parts), triton.cdiv(total_chunks, _PARTS_MAX))
 
 
 _PARTS_MIN_CHUNKS = 128  # sequences of 8192 tokens and more (measured down to there)
