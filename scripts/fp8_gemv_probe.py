@@ -3,10 +3,12 @@ cuBLAS beside every row: "gemv" sweeps the one-row streaming GEMV's configs (ops
 the swap-AB kernel's configs at M=16, "bench" runs `python -m deltaserve.bench.ops fp8`'s rows, "pdl"
 a PDL off/on A/B of the multi-wave decode kernels (GDN decode, conv1d decode), alternating rounds.
 
-    python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl] [e4m3]
+    python scripts/fp8_gemv_probe.py OUT.json [gemv] [gemv-w8a8] [small] [bench] [pdl] [e4m3] [tma-small]
+        [cublas-block]
     (default: gemv, small, bench; gemv-w8a8 sweeps the GEMV's configs for one-row W8A8 (an e4m3 row);
     e4m3: one-row W8A8 on its e4m3 row against fake_quant's fp32 row, interleaved rounds; tma-small:
-    pre-quantised W8A8 at M = 16, 8, 3 through the TMA tile kernel without split-K, alone)
+    pre-quantised W8A8 at M = 16, 8, 3 through the TMA tile kernel without split-K, alone; cublas-block:
+    cuBLAS's block-scaled FP8 GEMM at M = 16, 4 beside the shipped kernels, alone)
 """
 
 from __future__ import annotations
@@ -211,6 +213,45 @@ def tma_small_rows(ms: tuple[int, ...] = (16, 8, 3)) -> list[dict]:
     return rows
 
 
+def _cublas_block(
+    xq: torch.Tensor, xs: torch.Tensor, q: torch.Tensor, s: torch.Tensor, m: int
+) -> torch.Tensor:
+    # activation scales outer-dim-major [M, K/128]; the weight's [N/128, K/128] scales transposed for q.T
+    return torch._scaled_mm(
+        xq, q.T, scale_a=xs.t().contiguous().t(), scale_b=s.t(), out_dtype=torch.bfloat16
+    )[:m]
+
+
+def cublas_block_rows(ms: tuple[int, ...] = (16, 4)) -> list[dict]:
+    """cuBLAS's own block-scaled FP8 GEMM (``torch._scaled_mm`` with 1x128 activation and 128x128 weight
+    scales, CUDA >= 12.9 on sm_90) beside the shipped kernels: does the vendor's block-FP8 reach 1.5x
+    bf16 at small M on this card? Pre-quantised activations, and with ``per_token_group_quant_fp8``
+    in front (the W8A8 a layer would run); rows padded to a multiple of 4 (cuBLAS's scale layout)."""
+    rows: list[dict] = []
+    for n, k in SHAPES:
+        ws = _weights(n, k)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            xq, xs = kernels.per_token_group_quant_fp8(x)
+            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+            ref = reference.block_fp8_linear(xq, ws[0][1], ws[0][2], None, x_scale=xs)
+            base = dict(N=n, K=k, M=m, bf16_us=bf16, cfg=None)
+            _measure(rows, dict(base, mode="w8a16"), "shipped", _calls("w8a16", x, xq, xs, ws), ref)
+            _measure(rows, dict(base, mode="pre"), "shipped", _calls("pre", x, xq, xs, ws), ref)
+            mp = -(-m // 4) * 4
+            xp = torch.nn.functional.pad(x, (0, 0, 0, mp - m))
+            xpq, xps = kernels.per_token_group_quant_fp8(xp)
+
+            fns = [(lambda q=q, s=s, a=xpq, a_s=xps, m=m: _cublas_block(a, a_s, q, s, m)) for _, q, s in ws]
+            _measure(rows, dict(base, mode="pre"), "cublas-block", fns, ref)
+            fns = [
+                (lambda q=q, s=s, xp=xp, m=m: _cublas_block(*kernels.per_token_group_quant_fp8(xp), q, s, m))
+                for _, q, s in ws
+            ]  # fmt: skip
+            _measure(rows, dict(base, mode="w8a8"), "cublas-block", fns, ref)
+    return rows
+
+
 def pdl_rows() -> list[dict]:
     from deltaserve.bench import op_conv1d, op_gdn
 
@@ -254,9 +295,12 @@ def main() -> None:
 
     out = sys.argv[1]
     sections = set(sys.argv[2:]) or {"gemv", "small", "bench"}
-    res = dict(device=device_record(), fp8=fp8_rows(sections) if sections - {"tma-small"} else [])
+    res = dict(
+        device=device_record(), fp8=fp8_rows(sections) if sections - {"tma-small", "cublas-block"} else []
+    )
     res["fp8"] += e4m3_rows() if "e4m3" in sections else []
     res["fp8"] += tma_small_rows() if "tma-small" in sections else []
+    res["fp8"] += cublas_block_rows() if "cublas-block" in sections else []
     json.dump(res, open(out, "w"), indent=1)
     res["bench_fp8"] = op_fp8.run() if "bench" in sections else []
     res["pdl"] = pdl_rows() if "pdl" in sections else []
