@@ -433,6 +433,12 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         raise AssertionError("part_stages 1 accepted")
     except ValueError as e:
         assert "part_stages" in str(e)
+    try:
+        prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
+                            has_initial_state=init3.bool(), _config={"part_chunks": -1})
+        raise AssertionError("part_chunks -1 accepted")
+    except ValueError as e:
+        assert "part_chunks" in str(e)
     try:  # a misspelt launch-config key is an error, not a silently ignored sweep point
         prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=pool, state_slots=slots,
                             has_initial_state=init, state_layout="vk", _config={"bv": 32})

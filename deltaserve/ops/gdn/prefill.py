@@ -42,7 +42,7 @@ affine in the state before them, S' = M S + S0, with M the product of the tokens
   and in extra column tiles from the identity with v = 0 (its transition M);
 - ``_chunk_combine_kernel``: the state before each part, in part order (tf32x3 products);
 - PHASE 2: parts 1.. again from those states, with outputs; the last writes the pool.
-About twice the scan's products for up to 16x the programs: H200, Hv 8 x 32k tokens 0.54 ms against
+About twice the scan's products for up to 16x the programs: H200, Hv 8 x 32k tokens 0.55 ms against
 0.82 in one pass (fla 0.6.0: 0.94).
 
 Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
@@ -316,7 +316,7 @@ def _chunk_scan_kernel(
     to the carry.
 
     PHASE 1 and 2 split each sequence into parts of L chunks scanned side by side (program_id(2) =
-    sequence * NP + part; ``_parts`` on the host). Phase 1 scans part 0 from the pool (or zero) with
+    sequence * NP + part; ``_part_chunks`` on the host). Phase 1 scans part 0 from the pool (or zero) with
     outputs, and each middle part p from zero without outputs, into start[p + 1]; the column tiles past
     DV // BV carry the part's transition matrix instead (identity start, v = 0) into trans[p]. After
     ``_chunk_combine_kernel`` start[p] holds the true state before part p, and phase 2 scans parts
@@ -544,7 +544,7 @@ def gdn_prefill(
         # shared memory per program at BV 16, 2 stages: 105 KB)
         "part_stages": 2,
         # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
-        # lengths stay on the device)
+        # lengths stay on the device) and at most 16 parts for the whole batch
         "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK), nb, nb * hv * max(1, dv // 32)),
     }
     if _config:
@@ -553,6 +553,8 @@ def gdn_prefill(
             raise ValueError(f"_config: unknown keys {unknown}; known: {sorted(cfg)}")
         cfg.update(_config)
     part_len = cfg["part_chunks"]
+    if part_len < 0:
+        raise ValueError(f"_config: part_chunks must be 0 (no parts) or positive, got {part_len}")
     if part_len and cfg["part_stages"] < 2:
         # an earlier form of the parts' scan faulted (illegal address) at 1 stage on an H200; untested since
         raise ValueError(f"_config: part_stages must be at least 2, got {cfg['part_stages']}")
