@@ -180,6 +180,15 @@ def e4m3_rows() -> list[dict]:
 TMA_SMALL = [(64, bn, w, st) for bn in (128, 64, 32) for w in (4, 8) for st in (4, 6, 8)]
 
 
+def _small_m_case(ws: list, m: int, k: int) -> tuple:
+    """Random bf16 rows ``x [m, k]``, their e4m3 group quantisation (xq, xs), bf16 cuBLAS's µs per call over
+    the 8 weight copies, and the W8A8 reference on the first copy."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    xq, xs = kernels.per_token_group_quant_fp8(x)
+    bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
+    return x, xq, xs, bf16, reference.block_fp8_linear(xq, ws[0][1], ws[0][2], None, x_scale=xs)
+
+
 def tma_small_rows(ms: tuple[int, ...] = (16, 8, 3)) -> list[dict]:
     """Pre-quantised W8A8 at small M: the small-M kernel (shipped) against the TMA tile kernel without
     split-K (``TMA_SMALL``), and cuBLAS's per-tensor FP8 GEMM (``torch._scaled_mm``) for reference."""
@@ -188,10 +197,7 @@ def tma_small_rows(ms: tuple[int, ...] = (16, 8, 3)) -> list[dict]:
         for n, k in SHAPES:
             ws = _weights(n, k)
             for m in ms:
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                xq, xs = kernels.per_token_group_quant_fp8(x)
-                bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
-                ref = reference.block_fp8_linear(xq, ws[0][1], ws[0][2], None, x_scale=xs)
+                x, xq, xs, bf16, ref = _small_m_case(ws, m, k)
                 base = dict(N=n, K=k, M=m, bf16_us=bf16, mode="pre")
                 _measure(rows, dict(base, cfg=None), "shipped", _calls("pre", x, xq, xs, ws), ref)
                 for cfg in TMA_SMALL:
@@ -231,10 +237,7 @@ def cublas_block_rows(ms: tuple[int, ...] = (16, 4)) -> list[dict]:
     for n, k in SHAPES:
         ws = _weights(n, k)
         for m in ms:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            xq, xs = kernels.per_token_group_quant_fp8(x)
-            bf16 = time_cuda_graph([(lambda w=w, x=x: x @ w.T) for w, _, _ in ws]) * 1e3
-            ref = reference.block_fp8_linear(xq, ws[0][1], ws[0][2], None, x_scale=xs)
+            x, xq, xs, bf16, ref = _small_m_case(ws, m, k)
             base = dict(N=n, K=k, M=m, bf16_us=bf16, cfg=None)
             _measure(rows, dict(base, mode="w8a16"), "shipped", _calls("w8a16", x, xq, xs, ws), ref)
             _measure(rows, dict(base, mode="pre"), "shipped", _calls("pre", x, xq, xs, ws), ref)
