@@ -83,13 +83,6 @@ def _before():
     return mod
 
 
-def _before_call(before, x: dict, cu, pool, sl, hi):
-    return lambda: before.gdn_prefill(
-        x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], cu_seqlens=cu, state=pool,
-        state_slots=sl, has_initial_state=hi,
-    )  # fmt: skip
-
-
 def _write(res: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
@@ -134,7 +127,7 @@ def main() -> None:
         if fla is not None:
             fns.append(("fla 0.6.0", fla, True))
         if before is not None:
-            fns.append(("before (HEAD prefill)", _before_call(before, x, cu, pool, sl, hi), True))
+            fns.append(("before (HEAD prefill)", _ours(x, cu, pool, sl, hi, None, before.gdn_prefill), True))
         fns.append(("default", _ours(x, cu, pool, sl, hi, {}), True))
         fns.append(("one pass", _ours(x, cu, pool, sl, hi, ONE_PASS), False))
         fns.append(("segments (old default plan)", _ours(x, cu, pool, sl, hi, {"part_chunks": 0}), False))

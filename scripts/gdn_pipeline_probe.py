@@ -74,8 +74,10 @@ def _case(hk: int, hv: int, lens: list[int]):
     return x, cu, pool, sl, hi
 
 
-def _ours(x, cu, pool, sl, hi, cfg: dict):
-    return lambda: prefill.gdn_prefill(
+def _ours(x, cu, pool, sl, hi, cfg: dict | None, impl=None):
+    """A call of ``impl`` (default ``prefill.gdn_prefill``; another module's for A/B runs) on the case."""
+    impl = impl or prefill.gdn_prefill
+    return lambda: impl(
         x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], cu_seqlens=cu, state=pool,
         state_slots=sl, has_initial_state=hi, _config=cfg,
     )  # fmt: skip

@@ -586,12 +586,17 @@ def gdn_prefill(
             PD=cfg["diag_precision"], P=cfg["inverse_precision"], num_warps=cfg["inverse_warps"],
         )  # fmt: skip
 
-    def scan(lo: int, hi: int) -> None:
-        _chunk_scan_kernel[(dv // bv, hv, nb)](
+    def scan(lo: int, hi: int, phase: int = 0, parts: tuple = (None, None, 0, 1)) -> None:
+        """``_chunk_scan_kernel``: global chunks [lo, hi) (PHASE 0), or a parts phase with ``parts`` =
+        (start, trans, part_len, n_parts)."""
+        start, trans, part_len, n_parts = parts
+        v_tiles = (dv + dk) // bv if phase == 1 else dv // bv  # phase 1: + the transition's tiles
+        _chunk_scan_kernel[(v_tiles, hv, nb * n_parts)](
             qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
-            carry, carry, lo, hi, 0, 1, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
-            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=0,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            carry if start is None else start, carry if trans is None else trans, lo, hi, part_len, n_parts,
+            v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"] if phase == 0 else cfg["part_stages"],
         )  # fmt: skip
 
     if part_len > 0:
@@ -604,18 +609,13 @@ def gdn_prefill(
             )
         start = torch.empty(nb * n_parts, hv, dk, dv, dtype=torch.float32, device=q.device)
         trans = torch.empty(nb * n_parts, hv, dk, dk, dtype=torch.float32, device=q.device)
+        parts = (start, trans, part_len, n_parts)
         prep(0, n_chunk_max)
-        for phase, v_tiles in ((1, (dv + dk) // bv), (2, dv // bv)):
-            _chunk_scan_kernel[(v_tiles, hv, nb * n_parts)](
-                qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
-                start, trans, 0, 0, part_len, n_parts, v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
-                HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
-                num_warps=cfg["num_warps"], num_stages=cfg["part_stages"],
-            )  # fmt: skip
-            if phase == 1:
-                _chunk_combine_kernel[(dv // 16, hv, nb)](
-                    start, trans, cu_seqlens, part_len, n_parts, HV=hv, DK=dk, DV=dv, BV=16, C=c, num_warps=8,
-                )  # fmt: skip
+        scan(0, 0, 1, parts)
+        _chunk_combine_kernel[(dv // 16, hv, nb)](
+            start, trans, cu_seqlens, part_len, n_parts, HV=hv, DK=dk, DV=dv, BV=16, C=c, num_warps=8,
+        )  # fmt: skip
+        scan(0, 0, 2, parts)
         return o
     if len(segments) == 1 or not q.is_cuda:
         for lo, hi in segments:
