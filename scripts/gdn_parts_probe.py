@@ -6,7 +6,8 @@ behind a GPU sleep); accuracy against the fp32 reference.
 
 python scripts/gdn_parts_probe.py OUT.json [SHAPES: comma list of label substrings]
 (the "before" rows: ``git show BASE:deltaserve/ops/gdn/prefill.py > scripts/_prefill_before.py`` first,
-left uncommitted; env PARTS / BVS / STAGES pick the sweep, ACCURACY=0 skips the reference checks)
+left uncommitted; env PARTS / BVS / STAGES pick the sweep, ACCURACY=0 skips the reference checks,
+VARIANTS='{"name": {_config}, ...}' adds named ``_config`` variants to every shape)
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ SHAPES = [
     ("hk2/hv8 1x8192", 2, 8, [8192]),
     ("hk16/hv32 1x4096", 16, 32, [4096]),
     ("hk16/hv32 8x2048", 16, 32, [2048] * 8),
+    ("hk16/hv32 4x8192", 16, 32, [8192] * 4),
+    ("hk16/hv32 8x1024", 16, 32, [1024] * 8),
+    ("hk16/hv32 2x16384", 16, 32, [16384] * 2),
+    ("hk16/hv32 4x4096", 16, 32, [4096] * 4),
     ("hk4/hv16 1x32768", 4, 16, [32768]),
     ("hk8/hv16 1x32768", 8, 16, [32768]),
     ("hk2/hv8 1x65536", 2, 8, [65536]),
@@ -131,6 +136,8 @@ def main() -> None:
         fns.append(("default", _ours(x, cu, pool, sl, hi, {}), True))
         fns.append(("one pass", _ours(x, cu, pool, sl, hi, ONE_PASS), False))
         fns.append(("segments (old default plan)", _ours(x, cu, pool, sl, hi, {"part_chunks": 0}), False))
+        for name, cfg in json.loads(os.environ.get("VARIANTS", "{}")).items():
+            fns.append((name, _ours(x, cu, pool, sl, hi, cfg), False))
         if hv * len(lens) <= 16:  # parts only where the one-pass scan leaves SMs idle
             for name, cfg in _parts_variants(n_chunks):
                 fns.append((name, _ours(x, cu, pool, sl, hi, cfg), False))
@@ -139,7 +146,7 @@ def main() -> None:
                 row = {"shape": label, "variant": name, "queued_ms": queued_ms(fn)}
                 if host:
                     row["host_timed_ms"] = time_cuda(fn, rep=10)
-                if name.startswith(("parts", "default", "one pass")):
+                if name.startswith(("parts", "default", "one pass", "v:")):
                     row["launches_us"] = launch_breakdown_us(fn)
             except Exception:
                 row = {"shape": label, "variant": name, "error": traceback.format_exc()[-800:]}

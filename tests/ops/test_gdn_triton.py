@@ -88,6 +88,22 @@ def test_prefill_in_parts_matches_reference(lens, layout, sdtype, ratio, part_ch
     _check_prefill(lens, layout, sdtype, ratio, {"part_chunks": part_chunks})
 
 
+@gpu
+@pytest.mark.parametrize(
+    "lens",
+    [[1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1], [3000, 0, 65]],
+    ids=lambda x: "x".join(map(str, x)),
+)
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", [2, 3])
+@pytest.mark.parametrize("segments", [0, 16], ids=["one-pass", "segments"])
+def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, segments):
+    """The scan on transposed [BV, DK] state tiles (BV 64), in one pass and in 16-chunk segments (the
+    fp32 carry between them): the same acceptance as the default scan."""
+    _check_prefill(lens, layout, sdtype, ratio, {"transposed": True, "BV": 64, "segment_chunks": segments})
+
+
 def _check_prefill(lens, layout, sdtype, ratio, config):
     from deltaserve.ops.gdn.prefill import gdn_prefill
 
@@ -419,6 +435,26 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
     cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1})
+    # the transposed scan ([BV, DK] state tiles, BV 64) on Dv 64: a "vk" pool, one-chunk segments (the
+    # fp32 carry, transposed too) and an empty sequence
+    v4 = torch.randn(t, hv, 64).half()
+    full = torch.randn(5, hv, 64, dk)  # a "vk" pool: [Dv, Dk] per head
+    before = full.clone()
+    o = prefill.gdn_prefill(q, k, v4, a, b, A_log, dt, cu_seqlens=cu2, state=full,
+                            state_slots=slots2, has_initial_state=init2.bool(), state_layout="vk",
+                            _config={"transposed": True, "BV": 64, "segment_chunks": 1})
+    h0 = torch.stack([before[int(s)].transpose(-1, -2) * bool(i) for s, i in zip(slots2, init2)])
+    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v4, g, beta, cu_seqlens=cu2, initial_state=h0)
+    assert rel(o.float(), o_r) < 2e-3, ("transposed", rel(o.float(), o_r))
+    assert rel(full[slots2].transpose(-1, -2), s_r) < 1e-3, ("transposed", rel(full[slots2].transpose(-1, -2), s_r))
+    assert bool((full[3] == 0).all()) and torch.equal(full[1], before[1])
+    try:
+        prefill.gdn_prefill(q, k, v4, a, b, A_log, dt, cu_seqlens=cu2, state=full,
+                            state_slots=slots2, has_initial_state=init2.bool(), state_layout="vk",
+                            _config={"transposed": True, "BV": 32})
+        raise AssertionError("transposed at BV 32 accepted")
+    except ValueError as e:
+        assert "transposed" in str(e)
     # sequences in parts of one chunk (the 200-token one in four, so the combine runs), an empty one
     cu3, slots3, init3 = torch.tensor([0, 1, 201, 201, 206]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 1, 0, 0])
     t3 = 206
@@ -503,6 +539,23 @@ def test_prefill_segments_cover_the_chunks_once():
     assert _segments(513, 0, 0) == [(0, 513)] and _segments(100, 16, 128) == [(0, 100)]
     assert _segments(20, 0, 8) == [(0, 8), (8, 16), (16, 20)]
     assert not _pipelined(torch.device("cpu"), 513, 1, 32, 4)  # no side streams off CUDA
+
+
+def test_prefill_scan_plan(monkeypatch):
+    """The scan's (BV, stages, transposed) by program count on a 132-SM card: one program per SM at 3
+    stages while they fit, two per SM beyond, transposed 64-column tiles once those alone outnumber
+    the SMs (not beside the pipelined prep); CPU keeps the one-program plan."""
+    pytest.importorskip("triton")
+    from deltaserve.ops.gdn import prefill
+
+    monkeypatch.setattr(prefill, "num_sms", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert prefill._scan_tiles(cuda, 1, 32, 128, False) == (32, 3, False)  # 128 programs
+    assert prefill._scan_tiles(cuda, 1, 8, 128, False) == (16, 3, False)  # Hv 8: 16-column tiles
+    assert prefill._scan_tiles(cuda, 2, 32, 128, False) == (32, 2, False)  # 256 at BV 32, 128 at BV 64
+    assert prefill._scan_tiles(cuda, 8, 32, 128, False) == (64, 2, True)
+    assert prefill._scan_tiles(cuda, 1, 64, 128, True) == (64, 3, False)  # beside the pipelined prep
+    assert prefill._scan_tiles(torch.device("cpu"), 8, 32, 128, False) == (32, 3, False)
 
 
 def test_kernels_under_triton_interpreter():

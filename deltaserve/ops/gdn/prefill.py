@@ -27,6 +27,10 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
+   When the batch gives more programs than SMs, two share an SM (2 pipeline stages), and the tile
+   is held transposed, S^T [64, Dk] (``_scan_chunks_st``): the same products transposed, so every
+   left operand (S^T, X^T, Vn^T) comes from registers and only Qn, Kn, Tb, Aqk are read from shared
+   memory. H200, 16/32 x 8 x 2048: 0.56 ms against 0.76 (fla 0.6.0: 1.05); ``_scan_tiles``.
 
 The scan is latency-bound when few sequences leave it about one program per SM, so for long prefills
 of few sequences (``_pipelined``) the chunks are cut into segments (16 chunks, then 128 at a time):
@@ -309,6 +313,7 @@ def _chunk_scan_kernel(
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
     PHASE: tl.constexpr,
+    ST: tl.constexpr,
 ):
     """PHASE 0: the scan over the chunks of one sequence that lie in global chunks [c_lo, c_hi). A
     sequence's state starts from the pool (or zero) at its first chunk and otherwise from the fp32 carry
@@ -321,7 +326,9 @@ def _chunk_scan_kernel(
     DV // BV carry the part's transition matrix instead (identity start, v = 0) into trans[p]. After
     ``_chunk_combine_kernel`` start[p] holds the true state before part p, and phase 2 scans parts
     1.. again from it with outputs; the last part (phase 1's part 0 when it is the only one) writes the
-    pool. start / trans: [NB * NP, HV, DK, DV | DK] fp32."""
+    pool. start / trans: [NB * NP, HV, DK, DV | DK] fp32.
+
+    ``ST``: the state tile is held transposed, [BV, DK] (``_scan_chunks_st``; BV 64)."""
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
     if PHASE == 0:
@@ -360,31 +367,37 @@ def _chunk_scan_kernel(
     offs_c = tl.arange(0, C)
     slot = tl.load(slot_ptr + i_n).to(tl.int64)
     s_base = state_ptr + slot * ss_s + i_h * ss_h
+    # the state tile's element offsets for a [DK, BV] tile, or [BV, DK] with ST
+    pool_grid = _tile_grid(offs_k, offs_v, ss_k, ss_v, ST)
     if PHASE == 0:
-        carry = carry_ptr + (i_n * HV + i_h).to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+        carry = carry_ptr + (i_n * HV + i_h).to(tl.int64) * DK * DV + _tile_grid(offs_k, offs_v, DV, 1, ST)
     else:
         pair = (i_n * NP + part).to(tl.int64) * HV + i_h
         offs_t = offs_v - DV  # the transition's columns, in trans programs
-        carry = start_ptr + pair * DK * DV + offs_k[:, None] * DV + offs_v[None, :]  # start[part]
+        carry = start_ptr + pair * DK * DV + _tile_grid(offs_k, offs_v, DV, 1, ST)  # start[part]
     if PHASE == 2:
-        S = tl.load(carry)  # [DK, BV] fp32, the combined state before this part
+        S = tl.load(carry)  # fp32, the combined state before this part
     elif PHASE == 1:
         if trans:
-            S = tl.where(offs_k[:, None] == offs_t[None, :], 1.0, 0.0)  # [DK, BV] identity columns
+            S = tl.where(_tile_grid(offs_k, offs_t, 1, -1, ST) == 0, 1.0, 0.0)  # identity columns
         elif part > 0:
-            S = tl.zeros([DK, BV], dtype=tl.float32)
+            S = _zero_tile(DK, BV, ST)
         elif tl.load(init_ptr + i_n) != 0:
-            S = tl.load(s_base + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v).to(tl.float32)  # [DK, BV]
+            S = tl.load(s_base + pool_grid).to(tl.float32)
         else:
-            S = tl.zeros([DK, BV], dtype=tl.float32)
+            S = _zero_tile(DK, BV, ST)
     elif j_lo > 0:
-        S = tl.load(carry)  # [DK, BV] fp32
+        S = tl.load(carry)  # fp32
     elif tl.load(init_ptr + i_n) != 0:
-        S = tl.load(s_base + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v).to(tl.float32)  # [DK, BV]
+        S = tl.load(s_base + pool_grid).to(tl.float32)
     else:
-        S = tl.zeros([DK, BV], dtype=tl.float32)
+        S = _zero_tile(DK, BV, ST)
     row = bos + j_lo * C
-    if PHASE != 1:
+    if ST:
+        tl.static_assert(PHASE != 1, "the parts' first phase holds the state as [DK, BV]")
+        S, row = _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr,
+                                 tq_ptr, sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, C)  # fmt: skip
+    elif PHASE != 1:
         S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
                               sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True)  # fmt: skip
     elif (part == 0) & (trans == 0):  # phase 1's only outputs: part 0's
@@ -393,10 +406,10 @@ def _chunk_scan_kernel(
     else:
         S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
                               sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False)  # fmt: skip
-    # (row - bos - j_hi * C) == 0, but loop-carried: keeps the [DK, BV] store pointers from being
+    # (row - bos - j_hi * C) == 0, but loop-carried: keeps the state tile's store pointers from being
     # computed before the loop and held in registers through it
     zero = row - bos - j_hi * C
-    pool = s_base + zero + offs_k[:, None] * ss_k + offs_v[None, :] * ss_v
+    pool = s_base + zero + pool_grid
     if PHASE == 0:
         if j_hi < n_chunks:
             tl.store(carry + zero, S)
@@ -406,9 +419,67 @@ def _chunk_scan_kernel(
         tl.store(pool, S.to(state_ptr.dtype.element_ty))
     elif PHASE == 1:
         if trans:
-            tl.store(trans_ptr + pair * DK * DK + zero + offs_k[:, None] * DK + offs_t[None, :], S)
+            tl.store(trans_ptr + pair * DK * DK + zero + _tile_grid(offs_k, offs_t, DK, 1, ST), S)
         else:
             tl.store(carry + HV * DK * DV + zero, S)  # start[part + 1]
+
+
+@triton.jit
+def _tile_grid(offs_k, offs_v, sk, sv, ST: tl.constexpr):
+    """Offsets ``k * sk + v * sv`` as a [DK, BV] grid, or as [BV, DK] with ``ST``."""
+    if ST:
+        grid = offs_v[:, None] * sv + offs_k[None, :] * sk
+    else:
+        grid = offs_k[:, None] * sk + offs_v[None, :] * sv
+    return grid
+
+
+@triton.jit
+def _zero_tile(DK: tl.constexpr, BV: tl.constexpr, ST: tl.constexpr):
+    if ST:
+        tile = tl.zeros([BV, DK], dtype=tl.float32)
+    else:
+        tile = tl.zeros([DK, BV], dtype=tl.float32)
+    return tile
+
+
+@triton.jit
+def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr, sv_t,
+                    sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
+                    C: tl.constexpr):  # fmt: skip
+    """``_scan_chunks`` (with outputs) on the transposed state tile ``S [BV, DK]``: every product is
+    transposed so that its left operand (the state, X, Vn, the decayed Vn) comes from registers and only
+    the chunk's q, k, Tb and Aqk are read from shared memory, once per product (BV = 64: wgmma's M)."""
+    for j in range(j_lo, j_hi):
+        r = row + offs_c  # [C]
+        m = r < eos
+        n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
+        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
+        kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, unit rows
+        vt = tl.load(
+            v_ptr + r[None, :] * sv_t + i_h * sv_h + offs_v[:, None], mask=m[None, :], other=0.0
+        )  # [BV, C]
+        cbase = (c0 + j) * HV + i_h
+        G = tl.load(g_ptr + cbase * C + offs_c)  # [C] cumulative log-decay
+        g_last = tl.load(g_ptr + cbase * C + C - 1)
+        t_rows = (r - row) * C
+        tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
+        tb = tl.load(tile)  # [C, C] fp16
+        aqk = tl.load(tile + C * C)  # [C, C] fp16
+        eg = tl.exp(G)
+        s16 = S.to(tl.float16)  # [BV, DK]
+        xt = vt.to(tl.float32) - tl.dot(s16, tl.trans(kn)) * eg[None, :]  # [BV, C]: X^T
+        vnt = tl.dot(xt.to(tl.float16), tl.trans(tb))  # [BV, C]: Vn^T = X^T Tb^T
+        ot = tl.dot(s16, tl.trans(qn)) * eg[None, :] + tl.dot(vnt.to(tl.float16), tl.trans(aqk))  # [BV, C]
+        tl.store(
+            o_ptr + r[None, :] * so_t + i_h * so_h + offs_v[:, None],
+            ot.to(o_ptr.dtype.element_ty),
+            mask=m[None, :],
+        )
+        yt = (vnt * tl.exp(g_last - G)[None, :]).to(tl.float16)  # [BV, C]
+        S = S * tl.exp(g_last) + tl.dot(yt, kn)  # [BV, DK]
+        row += C
+    return S, row
 
 
 @triton.jit
@@ -523,22 +594,22 @@ def gdn_prefill(
         raise ValueError(f"q: the Triton prefill takes bf16/fp16 q and k, got {q.dtype}/{k.dtype}")
     if dk not in (64, 128) or dv & (dv - 1) or dv < 16:
         raise ValueError(f"v: unsupported head dims Dk={dk}, Dv={dv} for the Triton prefill")
-    # BV 32 halves the programs' shared q/k traffic but leaves too few programs to fill the card
-    # for one sequence with few heads (e.g. Hv 8)
-    wide = hv * nb * max(1, dv // 32) >= 96
-    bv_default = 32 if wide else 16
     t = q.shape[0]
     n_chunk_max = triton.cdiv(t, CHUNK) + nb
+    pipelined = _pipelined(q.device, n_chunk_max, nb, hv, dv // min(_bv_one_pass(nb, hv, dv), dv))
+    bv_default, stages, transposed = _scan_tiles(q.device, nb, hv, dv, pipelined)
     precision = _inverse_precision(q.device)
     cfg = {
         "BV": bv_default,
         "num_warps": 4,
-        "num_stages": 3,
+        "num_stages": stages,
+        # the one-pass / segment scan on transposed state tiles (`_scan_chunks_st`; BV 64)
+        "transposed": transposed,
         "prep_warps": 4,
         "inverse_warps": 2,
         "inverse_precision": precision,
         "diag_precision": precision,
-        "segment_chunks": 128 if _pipelined(q.device, n_chunk_max, nb, hv, dv // min(bv_default, dv)) else 0,
+        "segment_chunks": 128 if pipelined else 0,
         "first_segment": 16,
         # the parts' scans want several programs per SM, so fewer pipeline buffers (3 stages: 154 KB of
         # shared memory per program at BV 16, 2 stages: 105 KB)
@@ -560,6 +631,12 @@ def gdn_prefill(
         raise ValueError(f"_config: part_stages must be at least 2, got {cfg['part_stages']}")
     # parts leave enough programs for 32-column tiles (half the q/k traffic per state column)
     bv = min(cfg["BV"] if _config and "BV" in _config else (32 if part_len else bv_default), dv)
+    if cfg["transposed"] and (bv != 64 or part_len):
+        if _config and _config.get("transposed"):
+            raise ValueError(
+                f"_config: the transposed scan takes BV 64 and no parts, got BV {bv}, part_chunks {part_len}"
+            )
+        cfg["transposed"] = False  # the plan's choice, overridden by the caller's BV or parts
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
@@ -596,6 +673,7 @@ def gdn_prefill(
             carry if start is None else start, carry if trans is None else trans, lo, hi, part_len, n_parts,
             v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
             HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
+            ST=bool(cfg["transposed"]) and phase == 0,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"] if phase == 0 else cfg["part_stages"],
         )  # fmt: skip
 
@@ -638,6 +716,35 @@ def gdn_prefill(
     done.record(side)
     main.wait_event(done)
     return o
+
+
+def _bv_one_pass(nb: int, hv: int, dv: int) -> int:
+    """The scan's column tile before ``_scan_tiles``' choice: 32 halves the programs' shared q/k traffic
+    against 16 but leaves too few programs to fill the card for one sequence with few heads (Hv 8)."""
+    return 32 if hv * nb * max(1, dv // 32) >= 96 else 16
+
+
+def _scan_tiles(device: torch.device, nb: int, hv: int, dv: int, pipelined: bool) -> tuple[int, int, bool]:
+    """(BV, pipeline stages, transposed state tiles) of the scan. Its programs are latency-bound
+    chains, one per SM at 3 stages (160 KB of shared memory at BV 32); 2 stages (100-111 KB) let two
+    share an SM, which pays once there are more programs than SMs. Then the transposed scan
+    (``_scan_chunks_st``: BV 64, every product's left operand in registers) does the same work with
+    a third of the shared-memory reads. H200, 16/32, device wall ms (scripts/gdn_parts_probe.py,
+    BENCHMARKS.md), BV 32 at 3 stages -> 2 stages -> transposed at 2 stages: 8 x 2048 0.755 -> 0.665 ->
+    0.562, 4 x 8192 1.446 -> 1.289 -> 1.080, 8 x 1024 0.399 -> 0.348 -> 0.298. With one program per SM
+    or fewer, 3 stages and BV 32 stay best: 1 x 4096 (128 programs) 0.193, against 0.239 at 2 stages
+    and 0.272 transposed (64 programs). In pipelined segments the prep runs beside the scan, so there
+    the scan takes 64 columns once BV 32 would give more programs than SMs: 16/64 x 32k 2.617 (BV 32,
+    3 stages), 2.481 (BV 32, 2), 2.188 (transposed), 2.101 (BV 64, 3)."""
+    bv = _bv_one_pass(nb, hv, dv)
+    sms = num_sms(device) if device.type == "cuda" else 0
+    if not sms or nb * hv * max(1, dv // bv) <= sms:
+        return bv, 3, False
+    if pipelined:
+        return (64, 3, False) if dv >= 64 else (bv, 2, False)
+    if dv % 64 == 0 and nb * hv * (dv // 64) > sms:
+        return 64, 2, True
+    return bv, 2, False
 
 
 def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles: int) -> bool:
