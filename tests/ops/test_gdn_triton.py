@@ -555,6 +555,7 @@ def test_prefill_scan_plan(monkeypatch):
     assert prefill._scan_tiles(cuda, 2, 32, 128, False) == (32, 2, False)  # 256 at BV 32, 128 at BV 64
     assert prefill._scan_tiles(cuda, 8, 32, 128, False) == (64, 2, True)
     assert prefill._scan_tiles(cuda, 1, 64, 128, True) == (64, 3, False)  # beside the pipelined prep
+    assert prefill._scan_tiles(cuda, 2, 32, 128, True) == (32, 3, False)  # segments hold one sequence
     assert prefill._scan_tiles(torch.device("cpu"), 8, 32, 128, False) == (32, 3, False)
 
 

@@ -734,14 +734,16 @@ def _scan_tiles(device: torch.device, nb: int, hv: int, dv: int, pipelined: bool
     0.562, 4 x 8192 1.446 -> 1.289 -> 1.080, 8 x 1024 0.399 -> 0.348 -> 0.298. With one program per SM
     or fewer, 3 stages and BV 32 stay best: 1 x 4096 (128 programs) 0.193, against 0.239 at 2 stages
     and 0.272 transposed (64 programs). In pipelined segments the prep runs beside the scan, so there
-    the scan takes 64 columns once BV 32 would give more programs than SMs: 16/64 x 32k 2.617 (BV 32,
-    3 stages), 2.481 (BV 32, 2), 2.188 (transposed), 2.101 (BV 64, 3)."""
+    the scan of one sequence takes 64 columns once BV 32 would give more programs than SMs: 16/64 x 32k
+    2.617 (BV 32, 3 stages), 2.481 (BV 32, 2), 2.188 (transposed), 2.101 (BV 64, 3)."""
     bv = _bv_one_pass(nb, hv, dv)
     sms = num_sms(device) if device.type == "cuda" else 0
     if not sms or nb * hv * max(1, dv // bv) <= sms:
         return bv, 3, False
     if pipelined:
-        return (64, 3, False) if dv >= 64 else (bv, 2, False)
+        # segments run in global chunk order, so with several sequences a segment's scan mostly holds
+        # one of them: 16/32 x 2 x 16384 took 1.60 ms at BV 64 against 1.33 at BV 32
+        return (64, 3, False) if dv >= 64 and nb == 1 else (bv, 3, False)
     if dv % 64 == 0 and nb * hv * (dv // 64) > sms:
         return 64, 2, True
     return bv, 2, False
