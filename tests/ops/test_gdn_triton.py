@@ -70,15 +70,18 @@ def test_prefill_matches_reference(lens, layout, sdtype, ratio):
     _check_prefill(lens, layout, sdtype, ratio, None)
 
 
-@gpu
-@pytest.mark.parametrize(
-    "lens",
-    [[1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1], [3000, 0, 65]],
-    ids=lambda x: "x".join(map(str, x)),
-)
-@pytest.mark.parametrize("layout", ["kv", "vk"])
-@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("ratio", [2, 3])
+def _plan_sweep(fn):
+    """GPU; varlen batches (with 1-token, 8k-token and empty sequences) x both layouts x fp32 / bf16 pools
+    x Hv/Hk 2 and 3: the sweep every alternative scan plan must pass."""
+    lens = [[1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1], [3000, 0, 65]]
+    fn = pytest.mark.parametrize("ratio", [2, 3])(fn)
+    fn = pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])(fn)
+    fn = pytest.mark.parametrize("layout", ["kv", "vk"])(fn)
+    fn = pytest.mark.parametrize("lens", lens, ids=lambda x: "x".join(map(str, x)))(fn)
+    return gpu(fn)
+
+
+@_plan_sweep
 @pytest.mark.parametrize("part_chunks", [1, 16])
 def test_prefill_in_parts_matches_reference(lens, layout, sdtype, ratio, part_chunks):
     """Sequences split into parts of `part_chunks` chunks scanned side by side (local states and
@@ -88,15 +91,7 @@ def test_prefill_in_parts_matches_reference(lens, layout, sdtype, ratio, part_ch
     _check_prefill(lens, layout, sdtype, ratio, {"part_chunks": part_chunks})
 
 
-@gpu
-@pytest.mark.parametrize(
-    "lens",
-    [[1000], [1, 8192, 1, 200], [64, 1, 65, 127, 1], [3000, 0, 65]],
-    ids=lambda x: "x".join(map(str, x)),
-)
-@pytest.mark.parametrize("layout", ["kv", "vk"])
-@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("ratio", [2, 3])
+@_plan_sweep
 @pytest.mark.parametrize("segments", [0, 16], ids=["one-pass", "segments"])
 def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, segments):
     """The scan on transposed [BV, DK] state tiles (BV 64), in one pass and in 16-chunk segments (the
