@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from deltaserve.bench.common import ncu_range
 from deltaserve.ops.fp8 import block_fp8_linear
 from deltaserve.ops.fp8.reference import quantize_block_fp8
 
@@ -27,14 +28,7 @@ def main() -> None:
         fn = lambda: x @ w.T  # noqa: E731
     else:
         fn = lambda: block_fp8_linear(x, q, s, None, quantize_activation=kind == "w8a8")  # noqa: E731
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+    ncu_range(fn, calls=2)
 
 
 if __name__ == "__main__":

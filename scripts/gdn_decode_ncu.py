@@ -15,6 +15,7 @@ import sys
 import torch
 
 from deltaserve.bench import op_gdn
+from deltaserve.bench.common import ncu_range
 from deltaserve.ops.gdn.decode import gdn_decode
 
 
@@ -33,13 +34,7 @@ def main() -> None:
         )
     else:
         fn = lambda: torch.mul(pool[1:], 1, out=dst)  # noqa: E731
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+    ncu_range(fn)
 
 
 if __name__ == "__main__":

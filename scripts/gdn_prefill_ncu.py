@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
 from gdn_pipeline_probe import _case, _ours
+
+from deltaserve.bench.common import ncu_range
 
 
 def parse_case(spec: str) -> tuple[int, int, list[int]]:
@@ -27,13 +28,7 @@ def main() -> None:
     hk, hv, lens = parse_case(sys.argv[1])
     cfg = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
     fn = _ours(*_case(hk, hv, lens), cfg)
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+    ncu_range(fn)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,19 @@ def profiled(fn: Callable[[], Any], calls: int) -> Any:
     return prof
 
 
+def ncu_range(fn: Callable[[], Any], calls: int = 1, warmup: int = 3) -> None:
+    """``calls`` calls of ``fn`` inside a ``cudaProfilerStart/Stop`` range (what ``ncu --profile-from-start
+    off`` records), after ``warmup`` calls outside it (compiles, autotuning, allocator warm-up)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
 def kernel_medians_us(fn: Callable[[], Any], calls: int = 5) -> dict[str, float]:
     """Median device µs per CUDA kernel name over ``calls`` calls of ``fn`` (after one warm-up call),
     by torch.profiler."""
