@@ -29,6 +29,8 @@ PREFILL_SHAPES = [
     ("hk16/hv32 8x2048 init", 16, 32, [2048] * 8, True),
     ("hk2/hv8 1x32768", 2, 8, [32768], False),
     ("hk16/hv64 1x32768", 16, 64, [32768], False),
+    # a batch as a server prefills it (FlashQLA's and FlashInfer's published "8192x4" shape)
+    ("hk16/hv32 4x8192", 16, 32, [8192] * 4, False),
 ]
 DECODE_BATCHES = [1, 8, 64, 256, 512]
 PREFILL_FLOP_PER_TOKEN_HEAD = 2 * (5 * 64 * D + 3 * D * D)  # chunked form, C = 64 (kernels.md 1)
