@@ -436,6 +436,7 @@ def _tile_grid(offs_k, offs_v, sk, sv, ST: tl.constexpr):
 
 @triton.jit
 def _zero_tile(DK: tl.constexpr, BV: tl.constexpr, ST: tl.constexpr):
+    """A zero fp32 state tile, [DK, BV] or with ``ST`` [BV, DK]."""
     if ST:
         tile = tl.zeros([BV, DK], dtype=tl.float32)
     else:
