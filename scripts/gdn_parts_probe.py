@@ -58,6 +58,11 @@ def _parts_variants(n_chunks: int) -> list[tuple[str, dict]]:
     return out
 
 
+def _variants() -> dict[str, dict]:
+    """Env VARIANTS: named ``_config`` variants (JSON object)."""
+    return json.loads(os.environ.get("VARIANTS", "{}"))
+
+
 def _ints(name: str, default: str) -> list[int]:
     return [int(v) for v in os.environ.get(name, default).split(",") if v]
 
@@ -101,7 +106,9 @@ def main() -> None:
     cases = ((4096, 16, 32, False, 4), (4096, 16, 32, True, 4), (4096, 16, 32, True, 16),
              (32768, 2, 8, False, 16), (32768, 2, 8, True, 16))  # fmt: skip
     for t, hk, hv, hard, parts in cases if os.environ.get("ACCURACY", "1") != "0" else ():
-        for name, cfg in (("one pass", ONE_PASS), (f"parts {parts}", {"part_chunks": -(-t // 64 // parts)})):
+        variants = [("one pass", ONE_PASS), (f"parts {parts}", {"part_chunks": -(-t // 64 // parts)})]
+        variants += [(name, {**ONE_PASS, **cfg}) for name, cfg in _variants().items()]
+        for name, cfg in variants:
             try:
                 x, cu, pool, sl, hi = single_sequence_case(t, hk, hv, hard)
                 o = _ours(x, cu, pool, sl, hi, cfg)()
@@ -136,7 +143,7 @@ def main() -> None:
         fns.append(("default", _ours(x, cu, pool, sl, hi, {}), True))
         fns.append(("one pass", _ours(x, cu, pool, sl, hi, ONE_PASS), False))
         fns.append(("segments (old default plan)", _ours(x, cu, pool, sl, hi, {"part_chunks": 0}), False))
-        for name, cfg in json.loads(os.environ.get("VARIANTS", "{}")).items():
+        for name, cfg in _variants().items():
             fns.append((name, _ours(x, cu, pool, sl, hi, cfg), False))
         if hv * len(lens) <= 16:  # parts only where the one-pass scan leaves SMs idle
             for name, cfg in _parts_variants(n_chunks):

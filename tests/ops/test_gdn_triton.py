@@ -432,6 +432,9 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
     cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1})
+    # the inverse's products on fp16 operands, from A's blocks stored in fp16
+    pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"inverse_precision": "fp16", "diag_precision": "fp16",
+                                                        "a_fp16": True})
     # the transposed scan ([BV, DK] state tiles, BV 64) on Dv 64: a "vk" pool, one-chunk segments (the
     # fp32 carry, transposed too) and an empty sequence
     v4 = torch.randn(t, hv, 64).half()

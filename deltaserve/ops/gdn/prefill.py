@@ -6,17 +6,20 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    the two Gram products q k^T, k k^T once (full [C, C] tensor-core products), the fp16 normalised q
    (times scale) and k as [T, Hk, Dk] for the scan, then for each of the key head's value heads:
    gating (g, beta from a, b, A_log, dt_bias), the in-chunk cumulative log-decay G and
-       A   = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)   (unit k; fp32, 10 lower 16x16 blocks)
+       A   = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)   (unit k; fp16, 10 lower 16x16 blocks)
        Aqk = causal (q_i . k_j) exp(G_i - G_j)                  (unit q, k; scale; fp16 for the scan)
-   (H200, 16/32 x 32k: 0.37 ms against 0.48 ms with one program per value head.)
-2. ``_chunk_inverse_kernel`` — one two-warp program per (chunk, value head):
+   (H200, 16/32 x 32k: 0.37 ms against 0.48 ms with one program per value head.) Capped at 168
+   registers, so that three programs share an SM.
+2. ``_chunk_inverse_kernel`` — one one-warp program per (chunk, value head):
        Tb = (I + A)^-1 diag(beta)   (fp16 for the scan)
    by 16x16 blocks: diagonal blocks by merging 2 -> 4 -> 8 -> 16 blocks (``_unit_lower_inverse``),
    the six others by block forward substitution T_ij = -T_ii sum_k A_ik T_kj. The products run on
-   tf32 tensor cores (11-bit significand, like the fp16 Tb they feed): 0.29 against 0.44 ms as exact
-   fp32 FMA products, with the same output error on random inputs and 2.4e-3 against 2.2e-3 on
-   ill-conditioned ones (scripts/gdn_pipeline_probe.py). Its own launch because these small products
-   want few warps while the Gram products want a warpgroup.
+   tensor cores with fp16 operands (10-bit significand, as tf32's and the fp16 Tb they feed; A's
+   entries and the inverse's stay far inside fp16's range). H200, 16/32 x 8 x 2048: 58 us against
+   154 us with tf32 products, two warps and A in fp32, with the same output error on random and on
+   ill-conditioned inputs (2.4e-3; scripts/gdn_parts_probe.py). Exact fp32 FMA products where there are
+   no tensor cores. Its own launch because these small products want one warp while the Gram products
+   want a warpgroup.
 3. ``_chunk_scan_kernel`` — one program per (sequence, value head, BV columns of the state). The
    state tile S [Dk, BV] stays in fp32 registers across the sequence's chunks; per chunk
        X  = V - diag(exp(G)) (Kn S)
@@ -51,7 +54,7 @@ About twice the scan's products for up to 16x the programs: H200, Hv 8 x 32k tok
 
 Compared with fla's pipeline (cumsum, kkt+solve, w/u, h per chunk in HBM, output), the O(T d)
 intermediates are only the fp16 normalised q and k (per key head); per chunk and value head G (256 B),
-A (10 KB fp32) and Tb, Aqk (8 KB each) go through HBM.
+A (5 KB fp16) and Tb, Aqk (8 KB each) go through HBM.
 """
 
 from __future__ import annotations
@@ -117,8 +120,13 @@ def _unit_lower_inverse(D, PRECISION: tl.constexpr):
 @triton.jit
 def _mm(a, b, PRECISION: tl.constexpr):
     """Product of 16x16 fp32 tiles: "tf32" on tensor cores, "ieee" as exact fp32 FMA ("tf32x3" measured
-    slower than both, BENCHMARKS.md)."""
-    return tl.dot(a, b, input_precision=PRECISION)
+    slower than both, BENCHMARKS.md), "fp16" on tensor cores with fp16 operands (tf32's 10-bit
+    significand; fp32 accumulation)."""
+    if PRECISION == "fp16":
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    return out
 
 
 @triton.jit
@@ -167,8 +175,8 @@ def _chunk_prep_kernel(
     BLOCK_B: tl.constexpr,
 ):
     """For one (chunk c_off + program 0, key head): the fp16 normalised q (times scale) and k, the two
-    Gram products once, then G, A (fp32 lower blocks) and Aqk (fp16, plane 1 of the chunk's [2, C, C]
-    pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C] products (one
+    Gram products once, then G, A (lower blocks, in a_out_ptr's dtype) and Aqk (fp16, plane 1 of the
+    chunk's [2, C, C] pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C] products (one
     warpgroup MMA each on Hopper)."""
     pid_c = c_off + tl.program_id(0)
     i_kh = tl.program_id(1)
@@ -202,13 +210,13 @@ def _chunk_prep_kernel(
         G = tl.cumsum(tl.where(m, g, 0.0), 0)  # [C]
         pair = pid_c.to(tl.int64) * HV + i_h
         tl.store(g_out_ptr + pair * C + offs_c, G)
-        dg = G[:, None] - G[None, :]
+        # exp(G_i - G_j) on and below the diagonal (one exp per pair for both products)
+        decay = tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], G[:, None] - G[None, :], float("-inf")))
         # A = beta_i (k_i . k_j) exp(G_i - G_j), unit k, strictly lower (zero above the diagonal)
-        decay = tl.exp(tl.where(offs_c[:, None] > offs_c[None, :], dg, float("-inf")))
-        A = kk * tl.where(m, beta, 0.0)[:, None] * decay
-        tl.store(a_out_ptr + pair * 2560 + a_off, A, mask=a_mask)
+        A = kk * tl.where(m, beta, 0.0)[:, None] * tl.where(offs_c[:, None] > offs_c[None, :], decay, 0.0)
+        tl.store(a_out_ptr + pair * 2560 + a_off, A.to(a_out_ptr.dtype.element_ty), mask=a_mask)
         # Aqk = causal (q_i . k_j) exp(G_i - G_j) scale, unit q and k -> plane 1
-        aqk = qk * tl.exp(tl.where(offs_c[:, None] >= offs_c[None, :], dg, float("-inf")))
+        aqk = qk * decay
         tl.store(tq_out_ptr + pair * 2 * C * C + C * C + tile, aqk.to(tl.float16))
 
 
@@ -216,30 +224,30 @@ def _chunk_prep_kernel(
 def _chunk_inverse_kernel(a_ptr, b_ptr, cu_ptr, tq_out_ptr, NB, c_off, sb_t, HV: tl.constexpr, C: tl.constexpr,
                           BLOCK_B: tl.constexpr, PD: tl.constexpr, P: tl.constexpr):  # fmt: skip
     """Tb = (I + A)^-1 diag(beta) for one (chunk c_off + program 0, value head) into plane 0 of its
-    [2, C, C] pair (fp16, zero above the diagonal blocks), from the prep kernel's fp32 lower blocks of
-    A; PD and P are the input precisions of the 16x16 products inside and between the diagonal blocks
-    ("ieee": exact fp32 FMA; "tf32": tensor cores)."""
+    [2, C, C] pair (fp16, zero above the diagonal blocks), from the prep kernel's lower blocks of A
+    (fp16 or fp32); PD and P are the input precisions of the 16x16 products inside and between the
+    diagonal blocks (``_mm``: "ieee", "tf32" or "fp16")."""
     pid_c = c_off + tl.program_id(0)
     i_h = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
     if i_n >= NB:
         return
     base = a_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2560
-    t00 = _unit_lower_inverse(tl.load(_lower_block(base, 0, 0)), PD)
-    t11 = _unit_lower_inverse(tl.load(_lower_block(base, 1, 1)), PD)
-    t22 = _unit_lower_inverse(tl.load(_lower_block(base, 2, 2)), PD)
-    t33 = _unit_lower_inverse(tl.load(_lower_block(base, 3, 3)), PD)
-    a10 = tl.load(_lower_block(base, 1, 0))
-    a21 = tl.load(_lower_block(base, 2, 1))
-    a32 = tl.load(_lower_block(base, 3, 2))
+    t00 = _unit_lower_inverse(tl.load(_lower_block(base, 0, 0)).to(tl.float32), PD)
+    t11 = _unit_lower_inverse(tl.load(_lower_block(base, 1, 1)).to(tl.float32), PD)
+    t22 = _unit_lower_inverse(tl.load(_lower_block(base, 2, 2)).to(tl.float32), PD)
+    t33 = _unit_lower_inverse(tl.load(_lower_block(base, 3, 3)).to(tl.float32), PD)
+    a10 = tl.load(_lower_block(base, 1, 0)).to(tl.float32)
+    a21 = tl.load(_lower_block(base, 2, 1)).to(tl.float32)
+    a32 = tl.load(_lower_block(base, 3, 2)).to(tl.float32)
     t10 = -_mm(t11, _mm(a10, t00, P), P)
     t21 = -_mm(t22, _mm(a21, t11, P), P)
     t32 = -_mm(t33, _mm(a32, t22, P), P)
-    a20 = tl.load(_lower_block(base, 2, 0))
+    a20 = tl.load(_lower_block(base, 2, 0)).to(tl.float32)
     t20 = -_mm(t22, _mm(a20, t00, P) + _mm(a21, t10, P), P)
-    a31 = tl.load(_lower_block(base, 3, 1))
+    a31 = tl.load(_lower_block(base, 3, 1)).to(tl.float32)
     t31 = -_mm(t33, _mm(a31, t11, P) + _mm(a32, t21, P), P)
-    a30 = tl.load(_lower_block(base, 3, 0))
+    a30 = tl.load(_lower_block(base, 3, 0)).to(tl.float32)
     t30 = -_mm(t33, _mm(a30, t00, P) + _mm(a31, t10, P) + _mm(a32, t20, P), P)
     tb = tq_out_ptr + (pid_c.to(tl.int64) * HV + i_h) * 2 * C * C
     for bi in tl.static_range(4):  # zero above the diagonal blocks
@@ -607,9 +615,15 @@ def gdn_prefill(
         # the one-pass / segment scan on transposed state tiles (`_scan_chunks_st`; BV 64)
         "transposed": transposed,
         "prep_warps": 4,
-        "inverse_warps": 2,
+        "inverse_warps": 1,
         "inverse_precision": precision,
         "diag_precision": precision,
+        # A's lower blocks between prep and inverse in fp16 (the products round them to 10 bits anyway)
+        "a_fp16": precision == "fp16",
+        # register caps (ptxas maxnreg; 0: the compiler's choice). The prep at 168 (from 240; a few
+        # bytes of spills) fits 3 programs per SM instead of 2: H200, 16/32 x 8 x 2048 prep 157 -> 139 us
+        "prep_maxnreg": 168 if precision == "fp16" else 0,
+        "inverse_maxnreg": 0,
         "segment_chunks": 128 if pipelined else 0,
         "first_segment": 16,
         # the parts' scans want several programs per SM, so fewer pipeline buffers (3 stages: 154 KB of
@@ -646,7 +660,8 @@ def gdn_prefill(
     kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
-    a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=torch.float32, device=q.device)  # A's lower blocks
+    a_dtype = torch.float16 if cfg["a_fp16"] else torch.float32
+    a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=a_dtype, device=q.device)  # A's lower blocks
     segments = _segments(n_chunk_max, cfg["first_segment"], 0 if part_len > 0 else cfg["segment_chunks"])
     # fp32 state between segments (one segment: never touched, any fp32 buffer will do)
     carry = torch.empty(nb, hv, dk, dv, dtype=torch.float32, device=q.device) if len(segments) > 1 else g_buf
@@ -658,10 +673,12 @@ def gdn_prefill(
             q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, lo, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
             HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, num_warps=cfg["prep_warps"],
+            **_maxnreg(cfg["prep_maxnreg"]),
         )  # fmt: skip
         _chunk_inverse_kernel[(hi - lo, hv)](
             a_buf, b, cu_seqlens, tq_buf, nb, lo, b.stride(0), HV=hv, C=c, BLOCK_B=block_b,
             PD=cfg["diag_precision"], P=cfg["inverse_precision"], num_warps=cfg["inverse_warps"],
+            **_maxnreg(cfg["inverse_maxnreg"]),
         )  # fmt: skip
 
     def scan(lo: int, hi: int, phase: int = 0, parts: tuple = (None, None, 0, 1)) -> None:
@@ -787,10 +804,15 @@ _PARTS_MAX = 16
 
 
 def _inverse_precision(device: torch.device) -> str:
-    """tf32 tensor cores where NVIDIA cards have them (sm_80 on), exact fp32 FMA elsewhere."""
+    """fp16 tensor-core products on NVIDIA cards from sm_80 on, exact fp32 FMA elsewhere."""
     if device.type == "cuda" and torch.version.hip is None and capability(device)[0] >= 8:
-        return "tf32"
+        return "fp16"
     return "ieee"
+
+
+def _maxnreg(cap: int) -> dict:
+    """Launch options for a register cap (none for 0)."""
+    return {"maxnreg": cap} if cap else {}
 
 
 _SCAN_STREAMS: dict[int, torch.cuda.Stream] = {}
