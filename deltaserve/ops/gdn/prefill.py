@@ -453,6 +453,39 @@ def _zero_tile(DK: tl.constexpr, BV: tl.constexpr, ST: tl.constexpr):
 
 
 @triton.jit
+def _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK: tl.constexpr, DK: tl.constexpr,
+              WITH_Q: tl.constexpr):  # fmt: skip
+    """The scan's token rows of the chunk at ``row`` (``r [C]``, in-sequence mask ``m``) and its fp16
+    normalised q (rows of norm ``scale``; only ``WITH_Q``, else kn again) and k (unit rows), [C, DK]."""
+    r = row + offs_c  # [C]
+    m = r < eos
+    n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
+    if WITH_Q:
+        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK]
+    kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK]
+    if not WITH_Q:
+        qn = kn
+    return r, m, qn, kn
+
+
+@triton.jit
+def _chunk_mats(r, row, cbase, g_ptr, tq_ptr, offs_c, C: tl.constexpr, WITH_AQK: tl.constexpr):
+    """The chunk's cumulative log-decay G [C] and its last entry, Tb [C, C] and (only ``WITH_AQK``, else
+    Tb again) Aqk [C, C] (fp16) for chunk-head pair ``cbase``."""
+    G = tl.load(g_ptr + cbase * C + offs_c)  # [C]
+    g_last = tl.load(g_ptr + cbase * C + C - 1)
+    # row offsets from the loop-carried `row`, so the [C, C] offset tensor is not hoisted (and kept live)
+    t_rows = (r - row) * C
+    tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
+    tb = tl.load(tile)  # [C, C]
+    if WITH_AQK:
+        aqk = tl.load(tile + C * C)  # [C, C]
+    else:
+        aqk = tb
+    return G, g_last, tb, aqk
+
+
+@triton.jit
 def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr, sv_t,
                     sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
                     C: tl.constexpr):  # fmt: skip
@@ -460,21 +493,11 @@ def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_pt
     transposed so that its left operand (the state, X, Vn, the decayed Vn) comes from registers and only
     the chunk's q, k, Tb and Aqk are read from shared memory, once per product (BV = 64: wgmma's M)."""
     for j in range(j_lo, j_hi):
-        r = row + offs_c  # [C]
-        m = r < eos
-        n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
-        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
-        kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, unit rows
+        r, m, qn, kn = _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK, DK, True)
         vt = tl.load(
             v_ptr + r[None, :] * sv_t + i_h * sv_h + offs_v[:, None], mask=m[None, :], other=0.0
         )  # [BV, C]
-        cbase = (c0 + j) * HV + i_h
-        G = tl.load(g_ptr + cbase * C + offs_c)  # [C] cumulative log-decay
-        g_last = tl.load(g_ptr + cbase * C + C - 1)
-        t_rows = (r - row) * C
-        tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
-        tb = tl.load(tile)  # [C, C] fp16
-        aqk = tl.load(tile + C * C)  # [C, C] fp16
+        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_ptr, offs_c, C, True)
         eg = tl.exp(G)
         s16 = S.to(tl.float16)  # [BV, DK]
         xt = vt.to(tl.float32) - tl.dot(s16, tl.trans(kn)) * eg[None, :]  # [BV, C]: X^T
@@ -500,26 +523,12 @@ def _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, 
     ``offs_v >= DV`` see v = 0 (a transition matrix's). A loop of its own per ``OUT``: a branch inside
     the loop would keep Triton from pipelining its loads."""
     for j in range(j_lo, j_hi):
-        r = row + offs_c  # [C]
-        m = r < eos
-        n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
-        if OUT:
-            qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, rows of norm `scale`
-        kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK] fp16, unit rows
+        r, m, qn, kn = _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK, DK, OUT)
         v_ok = m[:, None]
         if not OUT:
             v_ok = v_ok & (offs_v[None, :] < DV)
         vc = tl.load(v_ptr + r[:, None] * sv_t + i_h * sv_h + offs_v[None, :], mask=v_ok, other=0.0)
-        cidx = c0 + j
-        cbase = cidx * HV + i_h
-        G = tl.load(g_ptr + cbase * C + offs_c)  # [C] cumulative log-decay
-        g_last = tl.load(g_ptr + cbase * C + C - 1)
-        # row offsets from the loop-carried `row`, so the [C, C] offset tensor is not hoisted (and kept live)
-        t_rows = (r - row) * C
-        tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
-        tb = tl.load(tile)  # [C, C] fp16
-        if OUT:
-            aqk = tl.load(tile + C * C)  # [C, C] fp16
+        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_ptr, offs_c, C, OUT)
         eg = tl.exp(G)
         s16 = S.to(tl.float16)
         x = vc.to(tl.float32) - eg[:, None] * tl.dot(kn, s16)  # [C, BV]
