@@ -431,14 +431,15 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     # the pipelined path's segments (on CPU they run in order on one stream): one-chunk segments, so the
     # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
     cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
-    pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1})
+    pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1, "first_segment": 1})
     # the inverse's products on fp16 operands, from A's blocks stored in fp16
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"inverse_precision": "fp16", "diag_precision": "fp16",
                                                         "a_fp16": True})
     # the transposed scan ([BV, DK] state tiles, BV 64) on Dv 64: a "vk" pool, one-chunk segments (the
     # fp32 carry, transposed too) and an empty sequence
     v4 = torch.randn(t, hv, 64).half()
-    pool_run(q, k, v4, a, b, A_log, cu2, slots2, init2, {"transposed": True, "BV": 64, "segment_chunks": 1}, "vk")
+    pool_run(q, k, v4, a, b, A_log, cu2, slots2, init2, {"transposed": True, "BV": 64, "segment_chunks": 1,
+                                                          "first_segment": 1}, "vk")
     try:
         full = torch.zeros(5, hv, 64, dk)
         prefill.gdn_prefill(q, k, v4, a, b, A_log, dt, cu_seqlens=cu2, state=full,
