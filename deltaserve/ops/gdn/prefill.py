@@ -624,14 +624,16 @@ def gdn_prefill(
         # the one-pass / segment scan on transposed state tiles (`_scan_chunks_st`; BV 64)
         "transposed": transposed,
         "prep_warps": 4,
-        "inverse_warps": 1,
+        # one warp with fp16 products (H200: 58 us against 90 at two warps); the measured two elsewhere
+        "inverse_warps": 1 if precision == "fp16" else 2,
         "inverse_precision": precision,
         "diag_precision": precision,
         # A's lower blocks between prep and inverse in fp16 (the products round them to 10 bits anyway)
         "a_fp16": precision == "fp16",
         # register caps (ptxas maxnreg; 0: the compiler's choice). The prep at 168 (from 240; a few
-        # bytes of spills) fits 3 programs per SM instead of 2: H200, 16/32 x 8 x 2048 prep 157 -> 139 us
-        "prep_maxnreg": 168 if precision == "fp16" else 0,
+        # bytes of spills) fits 3 programs per SM instead of 2: H200, 16/32 x 8 x 2048 prep 157 -> 139 us.
+        # Hopper only, where it was measured (other cards compile the Gram products differently).
+        "prep_maxnreg": 168 if _is_hopper(q.device) else 0,
         "inverse_maxnreg": 0,
         "segment_chunks": 128 if pipelined else 0,
         "first_segment": 16,
@@ -817,6 +819,10 @@ def _inverse_precision(device: torch.device) -> str:
     if device.type == "cuda" and torch.version.hip is None and capability(device)[0] >= 8:
         return "fp16"
     return "ieee"
+
+
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.version.hip is None and capability(device)[0] == 9
 
 
 def _maxnreg(cap: int) -> dict:
