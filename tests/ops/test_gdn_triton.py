@@ -93,10 +93,11 @@ def test_prefill_in_parts_matches_reference(lens, layout, sdtype, ratio, part_ch
 
 @_plan_sweep
 @pytest.mark.parametrize("segments", [0, 16], ids=["one-pass", "segments"])
-def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, segments):
-    """The scan on transposed [BV, DK] state tiles (BV 64), in one pass and in 16-chunk segments (the
-    fp32 carry between them): the same acceptance as the default scan."""
-    _check_prefill(lens, layout, sdtype, ratio, {"transposed": True, "BV": 64, "segment_chunks": segments})
+@pytest.mark.parametrize("bv", [64, 32], ids=["bv64", "bv32"])
+def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, segments, bv):
+    """The scan on transposed [BV, DK] state tiles (BV 64: wgmma; 32: mma.sync), in one pass and in
+    16-chunk segments (the fp32 carry between them): the same acceptance as the default scan."""
+    _check_prefill(lens, layout, sdtype, ratio, {"transposed": True, "BV": bv, "segment_chunks": segments})
 
 
 def _check_prefill(lens, layout, sdtype, ratio, config):
@@ -440,14 +441,9 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     v4 = torch.randn(t, hv, 64).half()
     pool_run(q, k, v4, a, b, A_log, cu2, slots2, init2, {"transposed": True, "BV": 64, "segment_chunks": 1,
                                                           "first_segment": 1}, "vk")
-    try:
-        full = torch.zeros(5, hv, 64, dk)
-        prefill.gdn_prefill(q, k, v4, a, b, A_log, dt, cu_seqlens=cu2, state=full,
-                            state_slots=slots2, has_initial_state=init2.bool(), state_layout="vk",
-                            _config={"transposed": True, "BV": 32})
-        raise AssertionError("transposed at BV 32 accepted")
-    except ValueError as e:
-        assert "transposed" in str(e)
+    # ... and on 16-column tiles (mma.sync on a GPU: below wgmma's M of 64), four per head
+    pool_run(q, k, v4, a, b, A_log, cu2, slots2, init2, {"transposed": True, "BV": 16, "segment_chunks": 1,
+                                                          "first_segment": 1}, "vk")
     # sequences in parts of one chunk (the 200-token one in four, so the combine runs), an empty one
     cu3, slots3, init3 = torch.tensor([0, 1, 201, 201, 206]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 1, 0, 0])
     t3 = 206
@@ -462,6 +458,12 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         raise AssertionError("part_stages 1 accepted")
     except ValueError as e:
         assert "part_stages" in str(e)
+    try:  # the transposed scan has no parts phases
+        prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
+                            has_initial_state=init3.bool(), _config={"part_chunks": 1, "transposed": True})
+        raise AssertionError("transposed parts accepted")
+    except ValueError as e:
+        assert "transposed" in str(e)
     try:
         prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
                             has_initial_state=init3.bool(), _config={"part_chunks": -1})

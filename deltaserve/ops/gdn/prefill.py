@@ -336,7 +336,8 @@ def _chunk_scan_kernel(
     1.. again from it with outputs; the last part (phase 1's part 0 when it is the only one) writes the
     pool. start / trans: [NB * NP, HV, DK, DV | DK] fp32.
 
-    ``ST``: the state tile is held transposed, [BV, DK] (``_scan_chunks_st``; BV 64)."""
+    ``ST``: the state tile is held transposed, [BV, DK] (``_scan_chunks_st``; the plan's BV 64 is
+    wgmma's M; smaller tiles run on mma.sync)."""
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
     if PHASE == 0:
@@ -621,7 +622,7 @@ def gdn_prefill(
         "BV": bv_default,
         "num_warps": 4,
         "num_stages": stages,
-        # the one-pass / segment scan on transposed state tiles (`_scan_chunks_st`; BV 64)
+        # the one-pass / segment scan on transposed state tiles (`_scan_chunks_st`; the plan's BV 64)
         "transposed": transposed,
         "prep_warps": 4,
         # one warp with fp16 products (H200: 58 us against 90 at two warps); the measured two elsewhere
@@ -657,12 +658,10 @@ def gdn_prefill(
         raise ValueError(f"_config: part_stages must be at least 2, got {cfg['part_stages']}")
     # parts leave enough programs for 32-column tiles (half the q/k traffic per state column)
     bv = min(cfg["BV"] if _config and "BV" in _config else (32 if part_len else bv_default), dv)
-    if cfg["transposed"] and (bv != 64 or part_len):
-        if _config and _config.get("transposed"):
-            raise ValueError(
-                f"_config: the transposed scan takes BV 64 and no parts, got BV {bv}, part_chunks {part_len}"
-            )
+    if cfg["transposed"] and not (_config and _config.get("transposed")) and (bv != bv_default or part_len):
         cfg["transposed"] = False  # the plan's choice, overridden by the caller's BV or parts
+    if cfg["transposed"] and part_len:
+        raise ValueError(f"_config: the transposed scan takes no parts, got part_chunks {part_len}")
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
