@@ -1,6 +1,12 @@
-"""The GDN decode kernel compiles for sm_90, and ``compile_for_hopper(divisible=...)`` gives it what the
-launcher's 16-divisibility specialisation gives it on a GPU: vector loads and stores of the state tile
-(none without the hints, so register and spill counts read off such a compile would mislead)."""
+"""The GDN kernels compile for sm_90 on a CPU machine (the launches below are the shipped Hopper ones).
+
+Decode: ``compile_for_hopper(divisible=...)`` gives it what the launcher's 16-divisibility specialisation
+gives it on a GPU: vector loads and stores of the state tile (none without the hints, so register and
+spill counts read off such a compile would mislead).
+
+Prefill: the prep under its register cap, the inverse on fp16 tensor-core products, and the scan in each
+plan (the transposed one's products all take their left operand from registers), so that a kernel edit
+that breaks the sm_90 compile fails here rather than on the first device run."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import re
 
 import pytest
 
-from deltaserve.ops.gdn import decode
+from deltaserve.ops.gdn import decode, prefill
 
 triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
 
@@ -28,3 +34,52 @@ def test_divisibility_hints_give_vector_state_accesses():
     aligned = tuple(n for n in PTRS if n != "scale") + ("ss_s", "ss_h", "ss_k")
     assert _vector_accesses(aligned) > 0
     assert _vector_accesses(()) == 0
+
+
+SCAN_PTRS = {n: "*fp32" for n in ("g_ptr", "state_ptr", "carry_ptr", "start_ptr", "trans_ptr")}
+SCAN_PTRS.update(qn_ptr="*fp16", kn_ptr="*fp16", v_ptr="*bf16", o_ptr="*bf16", tq_ptr="*fp16", cu_ptr="*i32",
+                 slot_ptr="*i32", init_ptr="*i1")  # fmt: skip
+SCAN_ALIGNED = (*SCAN_PTRS, "sv_t", "sv_h", "so_t", "so_h", "ss_s", "ss_h", "ss_k")
+
+
+def _scan_ttgir(bv: int, phase: int, transposed: bool, stages: int) -> str:
+    const = dict(HV=32, HK=16, GROUP=2, DK=128, DV=128, BV=bv, C=64, BLOCK_B=16, PHASE=phase, ST=transposed)
+    return triton_compile.compile_for_hopper(
+        prefill._chunk_scan_kernel, SCAN_PTRS, const, divisible=SCAN_ALIGNED, num_warps=4, num_stages=stages
+    ).asm["ttgir"]
+
+
+def test_prefill_transposed_scan_takes_left_operands_from_registers():
+    """The batched plan's scan (BV 64, 2 stages): five wgmma products, each with its left operand in
+    registers (a ``dot_op`` tensor, not a shared-memory descriptor)."""
+    dots = [line for line in _scan_ttgir(64, 0, True, 2).splitlines() if "ttng.warp_group_dot " in line]
+    assert len(dots) == 5
+    assert all(": tensor<" in d and "#ttg.dot_op<{opIdx = 0" in d for d in dots), dots
+
+
+@pytest.mark.parametrize(
+    "bv, phase, transposed, stages",
+    [(32, 0, False, 3), (64, 0, False, 3), (32, 1, False, 2), (32, 2, False, 2), (32, 0, True, 2)],
+    ids=["one-pass", "pipelined-bv64", "parts-1", "parts-2", "transposed-bv32"],
+)
+def test_prefill_scan_plans_compile(bv, phase, transposed, stages):
+    ttgir = _scan_ttgir(bv, phase, transposed, stages)
+    assert ("ttng.warp_group_dot " in ttgir) != (transposed and bv < 64)  # below M 64: mma.sync
+
+
+def test_prefill_prep_and_inverse_compile_as_launched():
+    prep_ptrs = {n: "*bf16" for n in ("q_ptr", "k_ptr", "a_ptr", "b_ptr")}
+    prep_ptrs.update(alog_ptr="*fp32", dtb_ptr="*fp32", cu_ptr="*i32", g_out_ptr="*fp32", kn_out_ptr="*fp16",
+                     qn_out_ptr="*fp16", tq_out_ptr="*fp16", a_out_ptr="*fp16", scale="fp32")  # fmt: skip
+    prep = triton_compile.compile_for_hopper(
+        prefill._chunk_prep_kernel, prep_ptrs, dict(HV=32, HK=16, GROUP=2, DK=128, C=64, BLOCK_B=16),
+        divisible=(*prep_ptrs, "sq_t", "sq_h", "sk_t", "sk_h"), num_warps=4, **prefill._maxnreg(168),
+    )  # fmt: skip
+    assert ".maxnreg 168" in prep.asm["ptx"]
+    inv_ptrs = {"a_ptr": "*fp16", "b_ptr": "*bf16", "cu_ptr": "*i32", "tq_out_ptr": "*fp16"}
+    inverse = triton_compile.compile_for_hopper(
+        prefill._chunk_inverse_kernel, inv_ptrs, dict(HV=32, C=64, BLOCK_B=16, PD="fp16", P="fp16"),
+        divisible=(*inv_ptrs, "sb_t"), num_warps=1,
+    )  # fmt: skip
+    mmas = set(re.findall(r"mma\.sync\.aligned\.[\w.]+", inverse.asm["ptx"]))
+    assert mmas == {"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"}, mmas
