@@ -10,13 +10,18 @@ that breaks the sm_90 compile fails here rather than on the first device run."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from deltaserve.ops.gdn import decode, prefill
 
 triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PTRS = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "state_ptr", "o_ptr", "inter_ptr")}
 PTRS.update(alog_ptr="*fp32", dtb_ptr="*fp32", slot_ptr="*i32", scale="fp32")
@@ -76,6 +81,8 @@ def test_prefill_prep_and_inverse_compile_as_launched():
         divisible=(*prep_ptrs, "sq_t", "sq_h", "sk_t", "sk_h"), num_warps=4, **prefill._maxnreg(168),
     )  # fmt: skip
     assert ".maxnreg 168" in prep.asm["ptx"]
+    regs = triton_compile.kernel_stats(prep)["registers"]
+    assert regs is None or regs <= 168  # None: no ptxas beside this Triton
     inv_ptrs = {"a_ptr": "*fp16", "b_ptr": "*bf16", "cu_ptr": "*i32", "tq_out_ptr": "*fp16"}
     inverse = triton_compile.compile_for_hopper(
         prefill._chunk_inverse_kernel, inv_ptrs, dict(HV=32, C=64, BLOCK_B=16, PD="fp16", P="fp16"),
@@ -83,3 +90,16 @@ def test_prefill_prep_and_inverse_compile_as_launched():
     )  # fmt: skip
     mmas = set(re.findall(r"mma\.sync\.aligned\.[\w.]+", inverse.asm["ptx"]))
     assert mmas == {"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"}, mmas
+
+
+def test_compile_figures_script():
+    """``scripts/gdn_prefill_compile.py`` prints one JSON line of static figures per spec and names the
+    bad option of a bad one."""
+    script = os.path.join(ROOT, "scripts", "gdn_prefill_compile.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, script, "inverse:warps=2"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = json.loads(run.stdout.strip().splitlines()[-1])
+    assert row["spec"] == "inverse:warps=2" and row["mma_sync"] > 0 and len(row["ptx_hash"]) == 12
+    bad = subprocess.run([sys.executable, script, "inverse:wraps=2"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "wraps" in bad.stderr and "Traceback" not in bad.stderr
