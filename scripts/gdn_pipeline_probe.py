@@ -13,7 +13,6 @@ python scripts/gdn_pipeline_probe.py OUT.json
 
 from __future__ import annotations
 
-import statistics
 import sys
 import traceback
 
@@ -21,7 +20,7 @@ import torch
 from gdn_profile import reference_errors, single_sequence_case, write_results
 
 from deltaserve.bench import op_gdn
-from deltaserve.bench.common import device_record, kernel_medians_us, time_cuda
+from deltaserve.bench.common import device_record, kernel_medians_us, time_cuda, time_cuda_queued
 from deltaserve.ops.gdn import prefill
 
 SEG = {"segment_chunks": 128, "first_segment": 16}
@@ -48,18 +47,7 @@ SHAPES = [
 
 def queued_ms(fn, reps: int = 10) -> float:
     """Median device wall ms of fn() with all its launches queued behind a GPU sleep."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        torch.cuda._sleep(10_000_000)  # ~5 ms: the host queues the whole call meanwhile
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_cuda_queued(fn, reps=reps)
 
 
 def _case(hk: int, hv: int, lens: list[int]):

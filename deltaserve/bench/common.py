@@ -51,6 +51,24 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int = 5, rep: int = 30, min_ms: 
     return statistics.median(times)
 
 
+def time_cuda_queued(fn: Callable[[], Any], *, reps: int = 10) -> float:
+    """Median device wall ms of fn() with every launch of a call queued behind a ~5 ms GPU sleep: the
+    GPU time of the call without the host's launch gaps (``time_cuda`` includes them)."""
+    fn()
+    torch.cuda.synchronize()
+    times: list[float] = []
+    for _ in range(reps):
+        torch.cuda._sleep(10_000_000)  # ~5 ms at ~2 GHz, meanwhile the host queues the whole call
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def time_cuda_graph(fns: Sequence[Callable[[], Any]], *, replays: int = 30) -> float:
     """Per-call ms when all of fns run back to back inside one captured CUDA graph (median over replays).
 
