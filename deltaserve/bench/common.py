@@ -40,15 +40,20 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int = 5, rep: int = 30, min_ms: 
     times: list[float] = []
     total = 0.0
     while len(times) < rep or (total < min_ms and len(times) < 20 * rep):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(_event_ms(fn))
         total += times[-1]
     return statistics.median(times)
+
+
+def _event_ms(fn: Callable[[], Any]) -> float:
+    """ms between CUDA events recorded on the current stream just before and after fn() (waits for it)."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def time_cuda_queued(fn: Callable[[], Any], *, reps: int = 10) -> float:
@@ -59,13 +64,7 @@ def time_cuda_queued(fn: Callable[[], Any], *, reps: int = 10) -> float:
     times: list[float] = []
     for _ in range(reps):
         torch.cuda._sleep(10_000_000)  # ~5 ms at ~2 GHz, meanwhile the host queues the whole call
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(_event_ms(fn))
     return statistics.median(times)
 
 
