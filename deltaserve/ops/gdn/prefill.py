@@ -176,8 +176,8 @@ def _chunk_prep_kernel(
 ):
     """For one (chunk c_off + program 0, key head): the fp16 normalised q (times scale) and k, the two
     Gram products once, then G, A (lower blocks, in a_out_ptr's dtype) and Aqk (fp16, plane 1 of the
-    chunk's [2, C, C] pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C] products (one
-    warpgroup MMA each on Hopper)."""
+    chunk's [2, C, C] pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C]
+    products (one warpgroup MMA each on Hopper)."""
     pid_c = c_off + tl.program_id(0)
     i_kh = tl.program_id(1)
     i_n, bos, eos = _locate_chunk(pid_c, cu_ptr, NB, BLOCK_B, C)
