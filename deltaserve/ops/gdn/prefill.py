@@ -492,7 +492,8 @@ def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_pt
                     C: tl.constexpr):  # fmt: skip
     """``_scan_chunks`` (with outputs) on the transposed state tile ``S [BV, DK]``: every product is
     transposed so that its left operand (the state, X, Vn, the decayed Vn) comes from registers and only
-    the chunk's q, k, Tb and Aqk are read from shared memory, once per product (BV = 64: wgmma's M)."""
+    the chunk's q, k, Tb and Aqk are read from shared memory, once per product (BV 64: wgmma's M;
+    smaller tiles compile to mma.sync, whose operands all come from registers)."""
     for j in range(j_lo, j_hi):
         r, m, qn, kn = _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK, DK, True)
         vt = tl.load(
@@ -821,6 +822,7 @@ def _inverse_precision(device: torch.device) -> str:
 
 
 def _is_hopper(device: torch.device) -> bool:
+    """An NVIDIA sm_90 card (H100 / H200), where the launch settings in ``gdn_prefill`` were measured."""
     return device.type == "cuda" and torch.version.hip is None and capability(device)[0] == 9
 
 
