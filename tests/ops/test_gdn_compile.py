@@ -18,9 +18,10 @@ import sys
 
 import pytest
 
-from deltaserve.ops.gdn import decode, prefill
+from deltaserve.ops.gdn import decode
 
 triton_compile = pytest.importorskip("deltaserve.testing.triton_compile")
+gdn_compile = pytest.importorskip("deltaserve.testing.gdn_compile")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PTRS = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "state_ptr", "o_ptr", "inter_ptr")}
@@ -41,16 +42,9 @@ def test_divisibility_hints_give_vector_state_accesses():
     assert _vector_accesses(()) == 0
 
 
-SCAN_PTRS = {n: "*fp32" for n in ("g_ptr", "state_ptr", "carry_ptr", "start_ptr", "trans_ptr")}
-SCAN_PTRS.update(qn_ptr="*fp16", kn_ptr="*fp16", v_ptr="*bf16", o_ptr="*bf16", tq_ptr="*fp16", cu_ptr="*i32",
-                 slot_ptr="*i32", init_ptr="*i1")  # fmt: skip
-SCAN_ALIGNED = (*SCAN_PTRS, "sv_t", "sv_h", "so_t", "so_h", "ss_s", "ss_h", "ss_k")
-
-
 def _scan_ttgir(bv: int, phase: int, transposed: bool, stages: int) -> str:
-    const = dict(HV=32, HK=16, GROUP=2, DK=128, DV=128, BV=bv, C=64, BLOCK_B=16, PHASE=phase, ST=transposed)
-    return triton_compile.compile_for_hopper(
-        prefill._chunk_scan_kernel, SCAN_PTRS, const, divisible=SCAN_ALIGNED, num_warps=4, num_stages=stages
+    return gdn_compile.compile_prefill_kernel(
+        "scan", bv=bv, phase=phase, st=int(transposed), stages=stages, warps=4
     ).asm["ttgir"]
 
 
@@ -73,21 +67,11 @@ def test_prefill_scan_plans_compile(bv, phase, transposed, stages):
 
 
 def test_prefill_prep_and_inverse_compile_as_launched():
-    prep_ptrs = {n: "*bf16" for n in ("q_ptr", "k_ptr", "a_ptr", "b_ptr")}
-    prep_ptrs.update(alog_ptr="*fp32", dtb_ptr="*fp32", cu_ptr="*i32", g_out_ptr="*fp32", kn_out_ptr="*fp16",
-                     qn_out_ptr="*fp16", tq_out_ptr="*fp16", a_out_ptr="*fp16", scale="fp32")  # fmt: skip
-    prep = triton_compile.compile_for_hopper(
-        prefill._chunk_prep_kernel, prep_ptrs, dict(HV=32, HK=16, GROUP=2, DK=128, C=64, BLOCK_B=16),
-        divisible=(*prep_ptrs, "sq_t", "sq_h", "sk_t", "sk_h"), num_warps=4, **prefill._maxnreg(168),
-    )  # fmt: skip
+    prep = gdn_compile.compile_prefill_kernel("prep")  # 4 warps under the 168-register cap
     assert ".maxnreg 168" in prep.asm["ptx"]
     regs = triton_compile.kernel_stats(prep)["registers"]
     assert regs is None or regs <= 168  # None: no ptxas beside this Triton
-    inv_ptrs = {"a_ptr": "*fp16", "b_ptr": "*bf16", "cu_ptr": "*i32", "tq_out_ptr": "*fp16"}
-    inverse = triton_compile.compile_for_hopper(
-        prefill._chunk_inverse_kernel, inv_ptrs, dict(HV=32, C=64, BLOCK_B=16, PD="fp16", P="fp16"),
-        divisible=(*inv_ptrs, "sb_t"), num_warps=1,
-    )  # fmt: skip
+    inverse = gdn_compile.compile_prefill_kernel("inverse")  # fp16 products, one warp, A in fp16
     mmas = set(re.findall(r"mma\.sync\.aligned\.[\w.]+", inverse.asm["ptx"]))
     assert mmas == {"mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"}, mmas
 

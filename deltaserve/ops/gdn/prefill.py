@@ -635,7 +635,7 @@ def gdn_prefill(
         # register caps (ptxas maxnreg; 0: the compiler's choice). The prep at 168 (from 240; a few
         # bytes of spills) fits 3 programs per SM instead of 2: H200, 16/32 x 8 x 2048 prep 157 -> 139 us.
         # Hopper only, where it was measured (other cards compile the Gram products differently).
-        "prep_maxnreg": 168 if _is_hopper(q.device) else 0,
+        "prep_maxnreg": _PREP_MAXNREG_HOPPER if _is_hopper(q.device) else 0,
         "inverse_maxnreg": 0,
         "segment_chunks": 128 if pipelined else 0,
         "first_segment": 16,
@@ -807,6 +807,8 @@ def _part_chunks(device: torch.device, total_chunks: int, nb: int, tiles: int) -
     n_parts = min(_PARTS_MAX, 1 + max(1, round(_PARTS_PER_SM * num_sms(device) / tiles)))
     return max(triton.cdiv(mean, n_parts), triton.cdiv(total_chunks, _PARTS_MAX))
 
+
+_PREP_MAXNREG_HOPPER = 168  # the prep's register cap on sm_90 (three programs per SM)
 
 _PARTS_MIN_CHUNKS = 128  # sequences of 8192 tokens and more (measured down to there)
 _PARTS_MAX_TILES = 32  # Hv 16 (64 tiles) in 5 parts: 0.89 ms against 0.88 in pipelined segments
