@@ -45,12 +45,15 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int = 5, rep: int = 30, min_ms: 
     return statistics.median(times)
 
 
-def _event_ms(fn: Callable[[], Any]) -> float:
-    """ms between CUDA events recorded on the current stream just before and after fn() (waits for it)."""
+def _event_ms(fn: Callable[[], Any], still_pending: torch.cuda.Event | None = None) -> float:
+    """ms between CUDA events recorded on the current stream just before and after fn() (waits for it).
+    ``still_pending``: an event that must not have completed by the time fn() returns (RuntimeError)."""
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
+    if still_pending is not None and still_pending.query():
+        raise RuntimeError("time_cuda_queued: the GPU sleep ended before fn() returned (a host sync in fn?)")
     end.record()
     end.synchronize()
     return start.elapsed_time(end)
@@ -58,13 +61,19 @@ def _event_ms(fn: Callable[[], Any]) -> float:
 
 def time_cuda_queued(fn: Callable[[], Any], *, reps: int = 10) -> float:
     """Median device wall ms of fn() with every launch of a call queued behind a ~5 ms GPU sleep: the
-    GPU time of the call without the host's launch gaps (``time_cuda`` includes them)."""
+    GPU time of the call without the host's launch gaps (``time_cuda`` includes them).
+
+    Raises RuntimeError when the sleep had ended by the time fn() returned: fn synchronised with the
+    device (e.g. a ``.cpu()`` copy) or took longer to launch than the sleep lasts, so the GPU idled
+    inside the timed span and the figure would be host time."""
     fn()
     torch.cuda.synchronize()
     times: list[float] = []
     for _ in range(reps):
         torch.cuda._sleep(10_000_000)  # ~5 ms at ~2 GHz, meanwhile the host queues the whole call
-        times.append(_event_ms(fn))
+        slept = torch.cuda.Event()
+        slept.record()
+        times.append(_event_ms(fn, slept))
     return statistics.median(times)
 
 
