@@ -261,3 +261,26 @@ def test_edge_checks_name_the_argument():
         )  # B=4 != 2
     with pytest.raises(ValueError, match="^k:"):
         gdn.gdn_decode(q, k[:, :, :4], v, a, b, A_log, dt_bias, state=pool, state_slots=torch.zeros(4).long())
+    with pytest.raises(ValueError, match="^state_slots: slot 2 is out of range for a pool of 2"):
+        gdn.gdn_prefill(q, k, v, a, b, A_log, dt_bias, **{**kw, "state_slots": torch.tensor([2])})
+    with pytest.raises(ValueError, match="^state_slots: slot 5 is out of range"):
+        gdn.gdn_decode(q, k, v, a, b, A_log, dt_bias, state=pool, state_slots=torch.tensor([0, 1, 5, -1]))
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_prefill_negative_slot_starts_from_zero_and_writes_nothing(init: bool):
+    gen = torch.Generator().manual_seed(8)
+    hk, hv, dk, dv = 1, 2, 16, 8
+    cu = torch.tensor([0, 5, 12])
+    q, k, v, a, b, A_log, dt_bias = _inputs(12, hk, hv, dk, dv, gen)
+    pool = torch.randn(3, hv, dk, dv, generator=gen)
+    before = pool.clone()
+    o = gdn.gdn_prefill(
+        q, k, v, a, b, A_log, dt_bias, cu_seqlens=cu, state=pool, state_slots=torch.tensor([-1, 1]),
+        has_initial_state=torch.tensor([init, False]),
+    )  # fmt: skip
+    g, beta = ref.gdn_gating(a, b, A_log, dt_bias)
+    o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu)  # both from zero
+    assert _rel(o.float(), o_r) < 1e-2
+    assert torch.equal(pool[[0, 2]], before[[0, 2]])  # the padding sequence wrote nothing (not slot -1 = 2)
+    assert _rel(pool[1], s_r[1]) < 1e-5

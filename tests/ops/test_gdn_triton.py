@@ -100,7 +100,19 @@ def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, 
     _check_prefill(lens, layout, sdtype, ratio, {"transposed": True, "BV": bv, "segment_chunks": segments})
 
 
-def _check_prefill(lens, layout, sdtype, ratio, config):
+@gpu
+@pytest.mark.parametrize(
+    "config",
+    [None, {"segment_chunks": 16, "first_segment": 1}, {"part_chunks": 16}, {"transposed": True, "BV": 64}],
+    ids=["default", "segments", "parts", "transposed"],
+)
+def test_prefill_negative_slot_is_padding(config):
+    """A sequence on a negative slot (flagged with an initial state) starts from zero and its final state
+    reaches no slot, in every scan plan; the other sequences are unaffected."""
+    _check_prefill([3000, 1, 700], "kv", torch.float32, 2, config, pad_first=True)
+
+
+def _check_prefill(lens, layout, sdtype, ratio, config, pad_first: bool = False):
     from deltaserve.ops.gdn.prefill import gdn_prefill
 
     gen = torch.Generator(device="cuda").manual_seed(sum(lens) * 7 + ratio)
@@ -112,6 +124,8 @@ def _check_prefill(lens, layout, sdtype, ratio, config):
     full, pool = _pool(nb + 3, hv, layout, sdtype, gen, transposed=(layout == "vk" and ratio == 2))
     before = full.clone()
     slots = torch.randperm(nb + 3, generator=torch.Generator().manual_seed(t))[:nb].to("cuda", torch.int32)
+    if pad_first:
+        slots[0] = -1
     has_init = torch.arange(nb, device="cuda") % 2 == 0
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
     _poison_allocator(((t, hv, D), torch.bfloat16))
@@ -126,12 +140,13 @@ def _check_prefill(lens, layout, sdtype, ratio, config):
     h0 = torch.zeros(nb, hv, D, D, device="cuda")
     before_view = before[1].transpose(-1, -2) if (layout == "vk" and ratio == 2) else before[1]
     for i in range(nb):
-        if has_init[i]:
+        if has_init[i] and slots[i] >= 0:
             h0[i] = ref.read_state(before_view, int(slots[i]), layout)
     o_ref, s_ref = ref.chunk_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu.cpu(), initial_state=h0)
     assert _rel(o, o_ref) < OUT_TOL
-    finals = torch.stack([ref.read_state(pool, int(s), layout) for s in slots])
-    assert _rel(finals, s_ref) < STATE_TOL[sdtype]
+    valid = [i for i in range(nb) if slots[i] >= 0]
+    finals = torch.stack([ref.read_state(pool, int(slots[i]), layout) for i in valid])
+    assert _rel(finals, s_ref[valid]) < STATE_TOL[sdtype]
     others = [s for s in range(nb + 3) if s not in slots.tolist()]
     assert torch.equal(full[1, others], before[1, others])
     assert torch.equal(full[0], before[0]) and torch.equal(full[2], before[2])
@@ -423,16 +438,24 @@ _INTERPRET_SCRIPT = textwrap.dedent(
         o = prefill.gdn_prefill(q, k, v, a, b, A_log, dt, cu_seqlens=cu, state=full, state_slots=slots,
                                 has_initial_state=init.bool(), state_layout=layout, _config=config)
         logical = lambda x: x.transpose(-1, -2) if vk else x  # noqa: E731
-        h0 = torch.stack([logical(before[int(s)]) * bool(i) for s, i in zip(slots, init)])
+        # a negative slot: the sequence starts from zero whatever its flag, and nothing is written
+        h0 = torch.stack([logical(before[int(s)]) * (bool(i) and int(s) >= 0) for s, i in zip(slots, init)])
         o_r, s_r = ref.recurrent_gated_delta_rule_ref(q, k, v, g, beta, cu_seqlens=cu, initial_state=h0)
+        ok = slots >= 0
         assert rel(o.float(), o_r) < 2e-3, (config, rel(o.float(), o_r))
-        assert rel(logical(full[slots]), s_r) < 1e-3, (config, rel(logical(full[slots]), s_r))
-        assert bool((full[3] == 0).all()) and torch.equal(full[1], before[1])
+        assert rel(logical(full[slots[ok]]), s_r[ok]) < 1e-3, (config, rel(logical(full[slots[ok]]), s_r[ok]))
+        assert bool((full[3] == 0).all())
+        for s in sorted(set(range(5)) - set(slots[ok].tolist())):
+            assert torch.equal(full[s], before[s]), (config, s)
 
     # the pipelined path's segments (on CPU they run in order on one stream): one-chunk segments, so the
     # 70-token sequence carries its state through the fp32 carry, and an empty sequence in the middle
     cu2, slots2, init2 = torch.tensor([0, 1, 71, 71, 76]), torch.tensor([4, 0, 3, 2]), torch.tensor([1, 0, 0, 1])
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1, "first_segment": 1})
+    # ... with the 70-token sequence on a negative slot (flagged with an initial state): from zero, and
+    # neither its carry's end nor its final state reaches the pool
+    pool_run(q, k, v, a, b, A_log, cu2, torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1]),
+             {"segment_chunks": 1, "first_segment": 1})
     # the inverse's products on fp16 operands, from A's blocks stored in fp16
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"inverse_precision": "fp16", "diag_precision": "fp16",
                                                         "a_fp16": True})
@@ -451,6 +474,7 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     v3, a3, b3 = torch.randn(t3, hv, dv).half(), torch.randn(t3, hv).half(), torch.randn(t3, hv).half()
     slow = A_log - 4.0  # slow decay: every part's state reaches the next
     pool_run(q3, k3, v3, a3, b3, slow, cu3, slots3, init3, {"part_chunks": 1})
+    pool_run(q3, k3, v3, a3, b3, slow, cu3, torch.tensor([4, -1, 3, 2]), init3, {"part_chunks": 1})
     full = torch.zeros(5, hv, dk, dv)
     try:  # one pipeline stage for the parts' scans is refused (it faulted once on the device)
         prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,

@@ -55,8 +55,11 @@ def gdn_prefill(
 
     q, k [T, Hk, Dk]; v [T, Hv, Dv] (row strides free, last dim contiguous); a, b [T, Hv];
     A_log, dt_bias [Hv]; cu_seqlens [B+1] int; state [S, Hv, Dk, Dv] ("kv") or [S, Hv, Dv, Dk] ("vk"),
-    fp32/bf16, any strides; state_slots [B] int; has_initial_state [B] bool.
-    Returns o [T, Hv, Dv] in q.dtype. Final states are written to state[state_slots[b]] in place.
+    fp32/bf16, any strides; state_slots [B] int, distinct, each below S (negative = no pool state: the
+    sequence starts from zero whatever its flag and its final state is not written); has_initial_state
+    [B] bool. Returns o [T, Hv, Dv] in q.dtype. Final states are written to state[state_slots[b]] in
+    place. On CUDA no host sync: slot values are not checked there (the CPU path raises ValueError for a
+    slot >= S), so the caller owns their range.
     """
     if q.is_cuda:
         from deltaserve.ops.gdn.prefill import gdn_prefill as impl
@@ -96,8 +99,8 @@ def gdn_decode(
     """One decode token per sequence; state updated in place.
 
     q, k [B, Hk, Dk]; v [B, Hv, Dv]; a, b [B, Hv]; A_log, dt_bias [Hv]; state pool as in gdn_prefill;
-    state_slots [B] int (negative = padding: no state write, output row zeros).
-    Returns o [B, Hv, Dv] in q.dtype. CUDA-graph safe (no host sync).
+    state_slots [B] int (negative = padding: no state write, output row zeros; below S, unchecked on
+    CUDA as in gdn_prefill). Returns o [B, Hv, Dv] in q.dtype. CUDA-graph safe (no host sync).
     """
     if q.is_cuda:
         from deltaserve.ops.gdn.decode import gdn_decode as impl

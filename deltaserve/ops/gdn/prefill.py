@@ -391,13 +391,13 @@ def _chunk_scan_kernel(
             S = tl.where(_tile_grid(offs_k, offs_t, 1, -1, ST) == 0, 1.0, 0.0)  # identity columns
         elif part > 0:
             S = _zero_tile(DK, BV, ST)
-        elif tl.load(init_ptr + i_n) != 0:
+        elif (tl.load(init_ptr + i_n) != 0) & (slot >= 0):
             S = tl.load(s_base + pool_grid).to(tl.float32)
         else:
             S = _zero_tile(DK, BV, ST)
     elif j_lo > 0:
         S = tl.load(carry)  # fp32
-    elif tl.load(init_ptr + i_n) != 0:
+    elif (tl.load(init_ptr + i_n) != 0) & (slot >= 0):  # a negative slot: no pool state, from zero
         S = tl.load(s_base + pool_grid).to(tl.float32)
     else:
         S = _zero_tile(DK, BV, ST)
@@ -422,10 +422,11 @@ def _chunk_scan_kernel(
     if PHASE == 0:
         if j_hi < n_chunks:
             tl.store(carry + zero, S)
-        else:
+        elif slot >= 0:  # a negative slot's final state is not written
             tl.store(pool, S.to(state_ptr.dtype.element_ty))
     elif last:
-        tl.store(pool, S.to(state_ptr.dtype.element_ty))
+        if slot >= 0:
+            tl.store(pool, S.to(state_ptr.dtype.element_ty))
     elif PHASE == 1:
         if trans:
             tl.store(trans_ptr + pair * DK * DK + zero + _tile_grid(offs_k, offs_t, DK, 1, ST), S)

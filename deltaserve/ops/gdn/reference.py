@@ -185,6 +185,16 @@ def write_state(state: torch.Tensor, slot: int, s: torch.Tensor, state_layout: s
     state[slot].copy_(s if state_layout == "kv" else s.transpose(-1, -2))
 
 
+def host_slots(state_slots: torch.Tensor, n_slots: int) -> list[int]:
+    """The slot indices as Python ints; ValueError naming ``state_slots`` for one past the pool's
+    ``n_slots`` (negative ones are padding). The Triton kernels cannot check this without a host sync."""
+    slots = [int(x) for x in state_slots.tolist()]
+    bad = [x for x in slots if x >= n_slots]
+    if bad:
+        raise ValueError(f"state_slots: slot {bad[0]} is out of range for a pool of {n_slots} slots")
+    return slots
+
+
 def gdn_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -204,24 +214,26 @@ def gdn_prefill(
     """Varlen GDN prefill through a state pool (reference).
 
     q, k [T, Hk, Dk]; v [T, Hv, Dv]; a, b [T, Hv]; A_log, dt_bias [Hv]; cu_seqlens [B+1];
-    state [S, Hv, Dk, Dv] ("kv") or [S, Hv, Dv, Dk] ("vk"); state_slots [B]; has_initial_state [B].
+    state [S, Hv, Dk, Dv] ("kv") or [S, Hv, Dv, Dk] ("vk"); state_slots [B] (negative = no pool state:
+    the sequence starts from zero and its final state is not written); has_initial_state [B].
     Returns o [T, Hv, Dv] in q.dtype; final states written to state[state_slots[b]].
     """
     n, _, hv, dk, dv = checks.check_prefill(
         q, k, v, a, b, A_log, dt_bias, cu_seqlens, state, state_slots, has_initial_state, state_layout
     )
     g, beta = gdn_gating(a, b, A_log, dt_bias)
-    slots = [int(x) for x in state_slots.tolist()]
+    slots = host_slots(state_slots, state.shape[0])
     init_flags = [bool(x) for x in has_initial_state.tolist()]
     s0 = torch.zeros(n, hv, dk, dv, dtype=torch.float32, device=q.device)
     for i in range(n):
-        if init_flags[i]:
+        if init_flags[i] and slots[i] >= 0:
             s0[i] = read_state(state, slots[i], state_layout)
     o, finals = chunk_gated_delta_rule_ref(
         q, k, v, g, beta, cu_seqlens=cu_seqlens, initial_state=s0, scale=scale
     )
     for i in range(n):
-        write_state(state, slots[i], finals[i], state_layout)
+        if slots[i] >= 0:
+            write_state(state, slots[i], finals[i], state_layout)
     return o.to(q.dtype)
 
 
@@ -253,7 +265,7 @@ def gdn_decode_multi(
     t = q.shape[1]
     g, beta = gdn_gating(a, b, A_log, dt_bias)  # [B, T, Hv]
     out = torch.zeros(nb, t, hv, dv, dtype=q.dtype, device=q.device)
-    for i, slot in enumerate(int(x) for x in state_slots.tolist()):
+    for i, slot in enumerate(host_slots(state_slots, state.shape[0])):
         if slot < 0:
             continue
         qf, kf, vf, gf, bf = _prep(q[i], k[i], v[i], g[i], beta[i], scale, True)
