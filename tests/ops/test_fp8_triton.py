@@ -336,6 +336,27 @@ def test_prequantized_rejects_bad_args():
         block_fp8_linear(x, q, s, rb, out_dtype=torch.float32)
 
 
+def test_reference_linear_rejects_bad_args_naming_them():
+    """The CPU path checks what the GPU path checks (one ValueError naming the operand, not a torch
+    shape error from inside the product)."""
+    from deltaserve.ops.fp8 import block_fp8_linear, per_token_group_quant_fp8
+
+    q, s, rb = make_weight(64, 256, "plain", "cpu")
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"^x must be \[\.\.\., K=256\]"):
+        block_fp8_linear(x[:, :255], q, s, rb)
+    with pytest.raises(ValueError, match="^w_q must be"):
+        block_fp8_linear(x, q.to(torch.bfloat16), s, rb)
+    with pytest.raises(ValueError, match="^row_block entries"):
+        block_fp8_linear(x, q, s, torch.full_like(rb, s.shape[0]))
+    with pytest.raises(ValueError, match="^bias must be"):
+        block_fp8_linear(x, q, s, rb, torch.zeros(65, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="^x must be bfloat16"):
+        block_fp8_linear(torch.ones(2, 256, dtype=torch.int64), q, s, rb)
+    with pytest.raises(ValueError, match="^group must be"):
+        per_token_group_quant_fp8(x, 0)
+
+
 def test_triton_interpret_cpu():
     env = dict(os.environ, TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)

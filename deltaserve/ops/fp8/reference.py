@@ -48,6 +48,8 @@ def per_token_group_quant_fp8(x: torch.Tensor, group: int = 128) -> tuple[torch.
     """Dynamic activation quant: `x [M, K]` -> `(x_q [M, K] e4m3, scales [M, ceil(K/group)] fp32)`."""
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
+    if not isinstance(group, int) or group <= 0:
+        raise ValueError(f"group must be a positive int, got {group!r}")
     m, k = x.shape
     kb = -(-k // group)
     padded = F.pad(x.float(), (0, kb * group - k)).view(m, kb, group)  # [M, KB, G]
@@ -89,6 +91,7 @@ def block_fp8_linear(
     With `x_scale [M, ceil(K/block_k)]`, `x` is already quantised (e4m3, as `per_token_group_quant_fp8`
     with `group=block_k` returns it): W8A8 on those activations, output in `out_dtype` (bf16 default).
     """
+    _check_linear(x, w_q, scale_inv, row_block, bias)
     if x_scale is not None:
         if quantize_activation:
             raise ValueError("quantize_activation must be False with x_scale (x is already quantised)")
@@ -97,6 +100,10 @@ def block_fp8_linear(
     else:
         if out_dtype is not None:
             raise ValueError("out_dtype is only for pre-quantised x (with x_scale); the output is x.dtype")
+        if not x.dtype.is_floating_point or x.dtype == FP8_DTYPE:
+            raise ValueError(
+                f"x must be bfloat16, float16 or float32 (e4m3 only with x_scale), got {x.dtype}"
+            )
         xq, xs = per_token_group_quant_fp8(x.float(), block_k) if quantize_activation else (x, None)
         y_dtype = x.dtype
     xf = xq.float()  # [M, K]
@@ -106,6 +113,29 @@ def block_fp8_linear(
     if bias is not None:
         y = y + bias.float()
     return y.to(y_dtype)
+
+
+def _check_linear(
+    x: torch.Tensor, w_q: torch.Tensor, scale_inv: torch.Tensor, row_block: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> None:  # fmt: skip
+    """``block_fp8_linear``'s operands, one ValueError naming the first bad one (the reference may read
+    row_block's values: it is not the CUDA-graph path)."""
+    if w_q.dim() != 2 or w_q.dtype != FP8_DTYPE:
+        raise ValueError(f"w_q must be a 2-D {FP8_DTYPE} tensor, got {tuple(w_q.shape)} {w_q.dtype}")
+    n, k = w_q.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must be [..., K={k}] for w_q [{n}, {k}], got {tuple(x.shape)}")
+    if scale_inv.dim() != 2 or not scale_inv.dtype.is_floating_point:
+        raise ValueError(f"scale_inv must be a 2-D float tensor [NB, KB], got {tuple(scale_inv.shape)}")
+    if (
+        row_block is not None
+        and row_block.numel()
+        and (int(row_block.min()) < 0 or int(row_block.max()) >= scale_inv.shape[0])
+    ):
+        raise ValueError(f"row_block entries must lie in [0, {scale_inv.shape[0]}) (scale_inv's rows)")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
 
 
 def quantize_block_fp8(
