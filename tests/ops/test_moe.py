@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen3NextConfig
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
 
-from deltaserve.ops.moe import fused_experts, route_topk, shared_expert
+from deltaserve.ops.moe import ExpertWeights, fused_experts, fused_moe, route_topk, shared_expert
 
 
 def _block(seed: int, norm_topk_prob: bool) -> Qwen3NextSparseMoeBlock:
@@ -75,3 +75,8 @@ def test_moe_errors():
         fused_experts(x, torch.randn(3, 6, 8), torch.randn(3, 8, 3), torch.ones(2, 1), torch.full((2, 1), 3))
     with pytest.raises(ValueError, match="gate_weight"):
         shared_expert(x, torch.randn(6, 8), torch.randn(8, 3), torch.randn(8))
+    experts = ExpertWeights(torch.randn(3, 6, 8), torch.randn(3, 8, 3))
+    with pytest.raises(ValueError, match="^router_logits has 4 experts, w13 3"):
+        fused_moe(x, torch.randn(2, 4), 2, True, experts)  # the CPU path used to route over 4
+    with pytest.raises(ValueError, match="^router_weight must be"):
+        fused_moe(x, None, 2, True, experts, router_weight=torch.randn(3, 7))

@@ -201,16 +201,19 @@ def fused_moe(
     """
     if (router_logits is None) == (router_weight is None):
         raise ValueError("pass exactly one of router_logits [T, E] and router_weight [E, H]")
+    e = experts.w13.shape[0]
     if router_weight is not None:
-        if router_weight.dim() != 2 or router_weight.shape[0] != experts.w13.shape[0]:
+        if router_weight.shape != (e, x.shape[-1]):
             raise ValueError(
-                f"router_weight must be [E={experts.w13.shape[0]}, H], got {tuple(router_weight.shape)}"
+                f"router_weight must be [E={e}, H={x.shape[-1]}], got {tuple(router_weight.shape)}"
             )
         router_logits = router_logits_of(x, router_weight)  # [T, E]
     if x.dim() != 2 or router_logits.dim() != 2 or router_logits.shape[0] != x.shape[0]:
         raise ValueError(
             f"x must be [T, H] and router_logits [T, E], got {tuple(x.shape)}, {tuple(router_logits.shape)}"
         )
+    if router_logits.shape[1] != e:
+        raise ValueError(f"router_logits has {router_logits.shape[1]} experts, w13 {e}")
     xf = x.float()  # [T, H]
     weights, ids = route_topk(router_logits, top_k, renormalize)  # [T, k]
     w13, w2 = experts.dequantized(torch.float32)
