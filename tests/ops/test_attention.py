@@ -157,6 +157,7 @@ def test_edge_errors_name_the_argument() -> None:
         ((q, kc, vc), {"seq_lens": torch.tensor([1, 3])}, "seq_lens"),
         ((q, kc, vc), {"seq_lens": torch.tensor([50, 3])}, "seq_lens"),
         ((q, kc, vc), {"gate": q[:1]}, "gate"),
+        ((q, kc, vc), {"block_tables": c.block_tables + kc.shape[0]}, r"block_tables\[0\] has page ids"),
     ]
     for args, override, name in cases:
         with pytest.raises(ValueError, match=name):

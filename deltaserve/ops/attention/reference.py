@@ -177,7 +177,7 @@ def paged_attention(
         Query head ``h`` reads kv head ``h // (Hq // Hkv)``; softmax in fp32.
     """
     check_paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, gate)
-    _, bs, _, _ = k_cache.shape
+    n_blocks, bs, _, _ = k_cache.shape
     cu = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
     if cu[0] != 0 or cu[-1] > q.shape[0] or any(a > b for a, b in zip(cu[:-1], cu[1:])):
@@ -193,6 +193,10 @@ def paged_attention(
             raise ValueError(f"seq_lens[{b}]={seq_len} exceeds block_tables capacity")
         pos = torch.arange(seq_len, device=q.device)  # [L]
         blocks = block_tables[b, pos // bs].long()  # [L]
+        if int(blocks.min()) < 0 or int(blocks.max()) >= n_blocks:
+            raise ValueError(
+                f"block_tables[{b}] has page ids outside [0, {n_blocks}) for its {seq_len} tokens"
+            )
         k = _gather(k_cache, blocks, pos % bs).float() * k_scale  # [L, Hkv, D]
         v = _gather(v_cache, blocks, pos % bs).float() * v_scale  # [L, Hkv, D]
         out[s:e] = _attend(q[s:e], k, v, scale, seq_len - (e - s))
