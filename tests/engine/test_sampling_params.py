@@ -24,7 +24,9 @@ from deltaserve.engine.sampling_params import SamplingParams
         ("seed", 2**70),
         ("seed", 1.5),
         ("stop", [""]),
+        ("stop", 5),  # not a list: named at construction, not a TypeError from list(5)
         ("stop_token_ids", [-1]),
+        ("stop_token_ids", 7),
     ],
 )
 def test_bad_field_is_named(field: str, value) -> None:
