@@ -15,19 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from deltaserve.ops.conv1d.checks import check_decode, check_prefill
+from deltaserve.ops.pool_slots import host_slots
 
 __all__ = ["causal_conv1d_prefill", "causal_conv1d_decode", "causal_conv1d_decode_multi"]
 
 
 def _act(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     return F.silu(y) if activation in ("silu", "swish") else y
-
-
-def _slot_list(state_slots: torch.Tensor, num_slots: int) -> list[int]:
-    slots = [int(s) for s in state_slots.tolist()]
-    if any(s >= num_slots for s in slots):
-        raise ValueError(f"state_slots entries must be < S={num_slots}, got max {max(slots)}")
-    return slots
 
 
 def causal_conv1d_prefill(
@@ -61,7 +55,7 @@ def causal_conv1d_prefill(
     cu = [int(c) for c in cu_seqlens.tolist()]
     if cu[0] != 0 or cu[-1] != x.shape[0] or any(cu[i + 1] < cu[i] for i in range(b)):
         raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={x.shape[0]}")
-    slots = _slot_list(state_slots, conv_state.shape[0])
+    slots = host_slots(state_slots, conv_state.shape[0])
     init = [bool(h) for h in has_initial_state.tolist()]
 
     d = x.shape[1]
@@ -127,7 +121,7 @@ def causal_conv1d_decode_multi(
     """
     w = check_decode(x, 3, weight, bias, conv_state, state_slots, activation)
     b, t, d = x.shape
-    slots = _slot_list(state_slots, conv_state.shape[0])
+    slots = host_slots(state_slots, conv_state.shape[0])
     wf = weight.float()  # [D, W]
     bf = None if bias is None else bias.float()
     out = torch.zeros_like(x)  # [B, T, D]

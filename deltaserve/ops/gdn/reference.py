@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deltaserve.ops.gdn import checks
+from deltaserve.ops.pool_slots import host_slots
 
 L2NORM_EPS = 1e-6
 
@@ -183,16 +184,6 @@ def read_state(state: torch.Tensor, slot: int, state_layout: str) -> torch.Tenso
 def write_state(state: torch.Tensor, slot: int, s: torch.Tensor, state_layout: str) -> None:
     """fp32 [Hv, Dk, Dv] -> pool slot, in place, cast to the pool dtype."""
     state[slot].copy_(s if state_layout == "kv" else s.transpose(-1, -2))
-
-
-def host_slots(state_slots: torch.Tensor, n_slots: int) -> list[int]:
-    """The slot indices as Python ints; ValueError naming ``state_slots`` for one past the pool's
-    ``n_slots`` (negative ones are padding). The Triton kernels cannot check this without a host sync."""
-    slots = [int(x) for x in state_slots.tolist()]
-    bad = [x for x in slots if x >= n_slots]
-    if bad:
-        raise ValueError(f"state_slots: slot {bad[0]} is out of range for a pool of {n_slots} slots")
-    return slots
 
 
 def gdn_prefill(
