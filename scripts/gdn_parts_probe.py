@@ -20,10 +20,10 @@ import sys
 import traceback
 
 import torch
-from gdn_pipeline_probe import _case, _fla, _ours, queued_ms
+from gdn_pipeline_probe import _case, _fla, _ours
 from gdn_profile import reference_errors, single_sequence_case
 
-from deltaserve.bench.common import device_record, profiled, time_cuda
+from deltaserve.bench.common import device_record, profiled, time_cuda, time_cuda_queued
 
 SHAPES = [
     ("hk2/hv8 1x32768", 2, 8, [32768]),
@@ -150,7 +150,7 @@ def main() -> None:
                 fns.append((name, _ours(x, cu, pool, sl, hi, cfg), False))
         for name, fn, host in fns:
             try:
-                row = {"shape": label, "variant": name, "queued_ms": queued_ms(fn)}
+                row = {"shape": label, "variant": name, "queued_ms": time_cuda_queued(fn)}
                 if host:
                     row["host_timed_ms"] = time_cuda(fn, rep=10)
                 if name.startswith(("parts", "default", "one pass", "v:")):

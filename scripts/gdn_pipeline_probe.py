@@ -45,11 +45,6 @@ SHAPES = [
 ]
 
 
-def queued_ms(fn, reps: int = 10) -> float:
-    """Median device wall ms of fn() with all its launches queued behind a GPU sleep."""
-    return time_cuda_queued(fn, reps=reps)
-
-
 def _case(hk: int, hv: int, lens: list[int]):
     if len(lens) == 1:
         return single_sequence_case(lens[0], hk, hv, seed=0)
@@ -106,7 +101,7 @@ def main() -> None:
         try:
             fla = _fla(x, cu)
             if fla is not None:
-                row = {"shape": label, "variant": "fla 0.6.0", "queued_ms": queued_ms(fla)}
+                row = {"shape": label, "variant": "fla 0.6.0", "queued_ms": time_cuda_queued(fla)}
                 row["host_timed_ms"] = time_cuda(fla, rep=10)
                 print(row, flush=True)
                 res["rows"].append(row)
@@ -115,7 +110,7 @@ def main() -> None:
         for name, cfg in VARIANTS:
             try:
                 fn = _ours(x, cu, pool, sl, hi, cfg)
-                row = {"shape": label, "variant": name, "queued_ms": queued_ms(fn)}
+                row = {"shape": label, "variant": name, "queued_ms": time_cuda_queued(fn)}
                 row["host_timed_ms"] = time_cuda(fn, rep=10)
                 if "segment_chunks" not in cfg:  # kernel sums only mean wall time without overlap
                     row["kernel_ms"] = {k: v / 1e3 for k, v in kernel_medians_us(fn).items()}
