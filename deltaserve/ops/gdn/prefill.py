@@ -817,16 +817,19 @@ _PARTS_PER_SM = 1.7
 _PARTS_MAX = 16
 
 
+def _nvidia_major(device: torch.device) -> int:
+    """The compute capability's major version of an NVIDIA card, 0 for anything else (CPU, ROCm)."""
+    return capability(device)[0] if device.type == "cuda" and torch.version.hip is None else 0
+
+
 def _inverse_precision(device: torch.device) -> str:
     """fp16 tensor-core products on NVIDIA cards from sm_80 on, exact fp32 FMA elsewhere."""
-    if device.type == "cuda" and torch.version.hip is None and capability(device)[0] >= 8:
-        return "fp16"
-    return "ieee"
+    return "fp16" if _nvidia_major(device) >= 8 else "ieee"
 
 
 def _is_hopper(device: torch.device) -> bool:
     """An NVIDIA sm_90 card (H100 / H200), where the launch settings in ``gdn_prefill`` were measured."""
-    return device.type == "cuda" and torch.version.hip is None and capability(device)[0] == 9
+    return _nvidia_major(device) == 9
 
 
 def _maxnreg(cap: int) -> dict:
