@@ -153,7 +153,7 @@ def main() -> None:
                 row = {"shape": label, "variant": name, "queued_ms": time_cuda_queued(fn)}
                 if host:
                     row["host_timed_ms"] = time_cuda(fn, rep=10)
-                if name.startswith(("parts", "default", "one pass", "v:")):
+                if name.startswith(("parts", "default", "one pass", "v:", "before")):
                     row["launches_us"] = launch_breakdown_us(fn)
             except Exception:
                 row = {"shape": label, "variant": name, "error": traceback.format_exc()[-800:]}

@@ -6,9 +6,9 @@ launch variant. For triton 3.6's figures (the device's) put a triton 3.6 install
 
 SPEC is ``KERNEL[:key=value...]``, keys and defaults (the shipped Hopper launches, Qwen3-Next heads;
 ``deltaserve.testing.gdn_compile``):
-  prep:warps=4:maxnreg=168:a=fp16:group=2        (a: dtype of A's blocks)
+  prep:warps=4:maxnreg=168:a=fp16:group=2:tma=0  (a: dtype of A's blocks; tma=1: q, k chunk-major)
   inverse:warps=1:prec=fp16:maxnreg=0:a=fp16
-  scan:bv=64:st=1:warps=4:stages=2:phase=0:maxnreg=0
+  scan:bv=64:st=1:warps=4:stages=2:phase=0:maxnreg=0:tma=0  (tma=1: chunk tiles by TMA descriptors)
 e.g. ``scan:bv=32:st=0:stages=3 scan:bv=32`` compares the one-sequence scan with a transposed 32-column one.
 Equal ``ptx_hash`` values mean equal code (checks a refactor without a device run).
 """

@@ -5,7 +5,8 @@ gives it on a GPU: vector loads and stores of the state tile (none without the h
 spill counts read off such a compile would mislead).
 
 Prefill: the prep under its register cap, the inverse on fp16 tensor-core products, and the scan in each
-plan (the transposed one's products all take their left operand from registers), so that a kernel edit
+plan (the transposed one's products all take their left operand from registers; the TMA plans' chunk
+tiles come by bulk tensor copies), so that a kernel edit
 that breaks the sm_90 compile fails here rather than on the first device run."""
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def test_prefill_transposed_scan_takes_left_operands_from_registers():
 def test_prefill_scan_plans_compile(bv, phase, transposed, stages):
     ttgir = _scan_ttgir(bv, phase, transposed, stages)
     assert ("ttng.warp_group_dot " in ttgir) != (transposed and bv < 64)  # below M 64: mma.sync
+
+
+@pytest.mark.parametrize("bv, phase, stages", [(16, 0, 3), (32, 1, 2)], ids=["one-pass-bv16", "parts-1"])
+def test_prefill_tma_scan_reads_chunk_tiles_by_tma(bv, phase, stages):
+    """The TMA plans' scan (``_use_tma``) copies its chunk tiles with bulk tensor copies; the pointer
+    plans' does not, and the chunk-major prep still compiles under its register cap."""
+    opts = dict(bv=bv, phase=phase, st=0, stages=stages)
+    tma = gdn_compile.compile_prefill_kernel("scan", tma=1, **opts).asm["ptx"]
+    assert "cp.async.bulk.tensor" in tma
+    assert "cp.async.bulk.tensor" not in gdn_compile.compile_prefill_kernel("scan", tma=0, **opts).asm["ptx"]
+    regs = triton_compile.kernel_stats(gdn_compile.compile_prefill_kernel("prep", tma=1))["registers"]
+    assert regs is None or regs <= 168
 
 
 def test_prefill_prep_and_inverse_compile_as_launched():

@@ -100,11 +100,25 @@ def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, 
     _check_prefill(lens, layout, sdtype, ratio, {"transposed": True, "BV": bv, "segment_chunks": segments})
 
 
+@_plan_sweep
+@pytest.mark.parametrize("config", [{"tma": False}, {"tma": True, "BV": 64}], ids=["pointers", "tma-bv64"])
+def test_prefill_scan_sources_match_reference(lens, layout, sdtype, ratio, config):
+    """The scan's chunk tiles by pointers where the plan would take TMA, and by TMA at 64-column tiles
+    where it would not (``_use_tma``): the same acceptance as the default scan."""
+    _check_prefill(lens, layout, sdtype, ratio, config)
+
+
 @gpu
 @pytest.mark.parametrize(
     "config",
-    [None, {"segment_chunks": 16, "first_segment": 1}, {"part_chunks": 16}, {"transposed": True, "BV": 64}],
-    ids=["default", "segments", "parts", "transposed"],
+    [
+        None,
+        {"tma": False},
+        {"segment_chunks": 16, "first_segment": 1},
+        {"part_chunks": 16},
+        {"transposed": True, "BV": 64},
+    ],
+    ids=["default", "pointers", "segments", "parts", "transposed"],
 )
 def test_prefill_negative_slot_is_padding(config):
     """A sequence on a negative slot (flagged with an initial state) starts from zero and its final state
@@ -456,6 +470,11 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     # neither its carry's end nor its final state reaches the pool
     pool_run(q, k, v, a, b, A_log, cu2, torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1]),
              {"segment_chunks": 1, "first_segment": 1})
+    # the scan's chunk tiles by TMA descriptors (the prep's chunk-major, zero-padded q and k), in one-chunk
+    # segments with an empty sequence, and on a negative slot
+    tma_segments = {"tma": True, "segment_chunks": 1, "first_segment": 1}
+    pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, tma_segments)
+    pool_run(q, k, v, a, b, A_log, cu2, torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1]), tma_segments)
     # the inverse's products on fp16 operands, from A's blocks stored in fp16
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"inverse_precision": "fp16", "diag_precision": "fp16",
                                                         "a_fp16": True})
@@ -475,6 +494,7 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     slow = A_log - 4.0  # slow decay: every part's state reaches the next
     pool_run(q3, k3, v3, a3, b3, slow, cu3, slots3, init3, {"part_chunks": 1})
     pool_run(q3, k3, v3, a3, b3, slow, cu3, torch.tensor([4, -1, 3, 2]), init3, {"part_chunks": 1})
+    pool_run(q3, k3, v3, a3, b3, slow, cu3, slots3, init3, {"part_chunks": 1, "tma": True})
     full = torch.zeros(5, hv, dk, dv)
     try:  # one pipeline stage for the parts' scans is refused (it faulted once on the device)
         prefill.gdn_prefill(q3, k3, v3, a3, b3, slow, dt, cu_seqlens=cu3, state=full, state_slots=slots3,
@@ -576,6 +596,21 @@ def test_prefill_scan_plan(monkeypatch):
     assert prefill._scan_tiles(cuda, 1, 64, 128, True) == (64, 3, False)  # beside the pipelined prep
     assert prefill._scan_tiles(cuda, 2, 32, 128, True) == (32, 3, False)  # segments hold one sequence
     assert prefill._scan_tiles(torch.device("cpu"), 8, 32, 128, False) == (32, 3, False)
+
+
+def test_prefill_tma_plan(monkeypatch):
+    """TMA for the scan's chunk tiles on Hopper at column tiles of at most 32, never transposed; pointers
+    elsewhere (CPU, other cards)."""
+    pytest.importorskip("triton")
+    from deltaserve.ops.gdn import prefill
+
+    cuda = torch.device("cuda")
+    assert not prefill._use_tma(torch.device("cpu"), 32, False)
+    monkeypatch.setattr(prefill, "_is_hopper", lambda device: True)
+    assert prefill._use_tma(cuda, 16, False) and prefill._use_tma(cuda, 32, False)
+    assert not prefill._use_tma(cuda, 64, False) and not prefill._use_tma(cuda, 64, True)
+    monkeypatch.setattr(prefill, "_is_hopper", lambda device: False)
+    assert not prefill._use_tma(cuda, 32, False)
 
 
 def test_kernels_under_triton_interpreter():

@@ -4,7 +4,8 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
 
 1. ``_chunk_prep_kernel`` — one program per (chunk, key head), fully parallel. l2 normalisation and
    the two Gram products q k^T, k k^T once (full [C, C] tensor-core products), the fp16 normalised q
-   (times scale) and k as [T, Hk, Dk] for the scan, then for each of the key head's value heads:
+   (times scale) and k for the scan ([T, Hk, Dk], or for the TMA scan chunk-major [chunks, Hk, C, Dk]
+   with zero rows past each sequence's end), then for each of the key head's value heads:
    gating (g, beta from a, b, A_log, dt_bias), the in-chunk cumulative log-decay G and
        A   = strictly lower beta_i (k_i . k_j) exp(G_i - G_j)   (unit k; fp16, 10 lower 16x16 blocks)
        Aqk = causal (q_i . k_j) exp(G_i - G_j)                  (unit q, k; scale; fp16 for the scan)
@@ -30,6 +31,10 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
+   On Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb and Aqk tiles come by
+   TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per tile and no per-thread addresses or masks, which took a third of a chunk's
+   instructions (ncu: a lone sequence's scan is bound by its instruction stream). v stays a masked
+   load: a NaN in one sequence's v must not reach another's state through an exact-zero Tb row.
    When the batch gives more programs than SMs, two share an SM (2 pipeline stages), and the tile
    is held transposed, S^T [64, Dk] (``_scan_chunks_st``): the same products transposed, so every
    left operand (S^T, X^T, Vn^T) comes from registers and only Qn, Kn, Tb, Aqk are read from shared
@@ -62,6 +67,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from deltaserve.ops.device import capability, device_index, num_sms
 from deltaserve.ops.gdn import checks
@@ -173,8 +179,11 @@ def _chunk_prep_kernel(
     DK: tl.constexpr,
     C: tl.constexpr,
     BLOCK_B: tl.constexpr,
+    CHUNK_MAJOR: tl.constexpr,
 ):
-    """For one (chunk c_off + program 0, key head): the fp16 normalised q (times scale) and k, the two
+    """For one (chunk c_off + program 0, key head): the fp16 normalised q (times scale) and k (as
+    [T, HK, DK], or with ``CHUNK_MAJOR`` as [chunks, HK, C, DK] with zero rows past the sequence's end:
+    the TMA scan's whole-chunk tiles), the two
     Gram products once, then G, A (lower blocks, in a_out_ptr's dtype) and Aqk (fp16, plane 1 of the
     chunk's [2, C, C] pair) for each of the key head's GROUP value heads. Gram matrices as full [C, C]
     products (one warpgroup MMA each on Hopper)."""
@@ -189,12 +198,15 @@ def _chunk_prep_kernel(
     m = rows < eos
     kc = tl.load(k_ptr + rows[:, None] * sk_t + i_kh * sk_h + offs_d[None, :], mask=m[:, None], other=0.0)
     rk = tl.rsqrt(tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1) + 1e-6)  # [C]
-    n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
-    tl.store(kn_out_ptr + n_off, (kc.to(tl.float32) * rk[:, None]).to(tl.float16), mask=m[:, None])
+    if CHUNK_MAJOR:
+        n_off = (pid_c.to(tl.int64) * HK + i_kh) * C * DK + offs_c[:, None] * DK + offs_d[None, :]
+    else:
+        n_off = rows[:, None] * HK * DK + i_kh * DK + offs_d[None, :]
+    _store_normed(kn_out_ptr + n_off, kc.to(tl.float32) * rk[:, None], m, CHUNK_MAJOR)
     qc = tl.load(q_ptr + rows[:, None] * sq_t + i_kh * sq_h + offs_d[None, :], mask=m[:, None], other=0.0)
     qf = qc.to(tl.float32)
     rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * scale  # [C]
-    tl.store(qn_out_ptr + n_off, (qf * rq[:, None]).to(tl.float16), mask=m[:, None])
+    _store_normed(qn_out_ptr + n_off, qf * rq[:, None], m, CHUNK_MAJOR)
     kk = tl.dot(kc, tl.trans(kc)) * (rk[:, None] * rk[None, :])  # [C, C] unit-key Gram
     qk = tl.dot(qc, tl.trans(kc)) * (rq[:, None] * rk[None, :])  # [C, C]
     a_off = _lower_offset(offs_c[:, None], offs_c[None, :])
@@ -277,6 +289,16 @@ def _square_block(base, bi: tl.constexpr, bj: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def _store_normed(ptrs, x, m, CHUNK_MAJOR: tl.constexpr):
+    """Store the normalised rows ``x [C, DK]`` (fp32) as fp16: the rows past the sequence's end (``~m``)
+    as zeros with ``CHUNK_MAJOR`` (whole-chunk tiles), else not at all (they are the next sequence's)."""
+    if CHUNK_MAJOR:
+        tl.store(ptrs, tl.where(m[:, None], x, 0.0).to(tl.float16))
+    else:
+        tl.store(ptrs, x.to(tl.float16), mask=m[:, None])
+
+
+@triton.jit
 def _beta_block(b_ptr, bos, eos, sb_t, i_h, bi: tl.constexpr):
     """beta = sigmoid(b) of rows [bos + 16 bi, bos + 16 bi + 16), 0 past eos."""
     rows = bos + bi * 16 + tl.arange(0, 16)
@@ -287,13 +309,13 @@ def _beta_block(b_ptr, bos, eos, sb_t, i_h, bi: tl.constexpr):
 
 @triton.jit(do_not_specialize=["c_lo", "c_hi", "L", "NP"])
 def _chunk_scan_kernel(
-    qn_ptr,
-    kn_ptr,
+    qn_src,
+    kn_src,
     v_ptr,
     o_ptr,
     cu_ptr,
     g_ptr,
-    tq_ptr,
+    tq_src,
     state_ptr,
     slot_ptr,
     init_ptr,
@@ -322,6 +344,7 @@ def _chunk_scan_kernel(
     BLOCK_B: tl.constexpr,
     PHASE: tl.constexpr,
     ST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """PHASE 0: the scan over the chunks of one sequence that lie in global chunks [c_lo, c_hi). A
     sequence's state starts from the pool (or zero) at its first chunk and otherwise from the fp32 carry
@@ -337,7 +360,10 @@ def _chunk_scan_kernel(
     pool. start / trans: [NB * NP, HV, DK, DV | DK] fp32.
 
     ``ST``: the state tile is held transposed, [BV, DK] (``_scan_chunks_st``; the plan's BV 64 is
-    wgmma's M; smaller tiles run on mma.sync)."""
+    wgmma's M; smaller tiles run on mma.sync).
+
+    ``TMA``: qn_src, kn_src and tq_src are TMA descriptors of the chunk-major q, k ([chunks * HK * C, DK])
+    and the Tb / Aqk pairs ([chunks * HV * 2 * C, C]); else pointers, q and k token-major [T, HK, DK]."""
     pid_v = tl.program_id(0)
     i_h = tl.program_id(1)
     if PHASE == 0:
@@ -404,17 +430,18 @@ def _chunk_scan_kernel(
     row = bos + j_lo * C
     if ST:
         tl.static_assert(PHASE != 1, "the parts' first phase holds the state as [DK, BV]")
-        S, row = _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr,
-                                 tq_ptr, sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, C)  # fmt: skip
+        S, row = _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr,
+                                 tq_src, sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, C,
+                                 TMA)  # fmt: skip
     elif PHASE != 1:
-        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
-                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True)  # fmt: skip
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True, TMA)  # fmt: skip
     elif (part == 0) & (trans == 0):  # phase 1's only outputs: part 0's
-        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
-                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True)  # fmt: skip
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True, TMA)  # fmt: skip
     else:
-        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr,
-                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False)  # fmt: skip
+        S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src,
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False, TMA)  # fmt: skip
     # (row - bos - j_hi * C) == 0, but loop-carried: keeps the state tile's store pointers from being
     # computed before the loop and held in registers through it
     zero = row - bos - j_hi * C
@@ -455,52 +482,67 @@ def _zero_tile(DK: tl.constexpr, BV: tl.constexpr, ST: tl.constexpr):
 
 
 @triton.jit
-def _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK: tl.constexpr, DK: tl.constexpr,
-              WITH_Q: tl.constexpr):  # fmt: skip
-    """The scan's token rows of the chunk at ``row`` (``r [C]``, in-sequence mask ``m``) and its fp16
-    normalised q (rows of norm ``scale``; only ``WITH_Q``, else kn again) and k (unit rows), [C, DK]."""
+def _chunk_qk(row, eos, c, i_kh, qn_src, kn_src, offs_k, offs_c, HK: tl.constexpr, DK: tl.constexpr,
+              C: tl.constexpr, WITH_Q: tl.constexpr, TMA: tl.constexpr):  # fmt: skip
+    """The scan's token rows of global chunk ``c`` at ``row`` (``r [C]``, in-sequence mask ``m``) and its
+    fp16 normalised q (rows of norm ``scale``; only ``WITH_Q``, else kn again) and k (unit rows), [C, DK].
+    ``TMA``: one copy per tile of the prep's zero-padded chunk-major rows, no addresses or masks per
+    thread; else masked loads from [T, HK, DK]."""
     r = row + offs_c  # [C]
     m = r < eos
-    n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
-    if WITH_Q:
-        qn = tl.load(qn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK]
-    kn = tl.load(kn_ptr + n_off, mask=m[:, None], other=0.0)  # [C, DK]
+    if TMA:
+        blk = ((c * HK + i_kh) * C).to(tl.int32)
+        if WITH_Q:
+            qn = qn_src.load([blk, 0])  # [C, DK]
+        kn = kn_src.load([blk, 0])  # [C, DK]
+    else:
+        n_off = r[:, None] * HK * DK + i_kh * DK + offs_k[None, :]
+        if WITH_Q:
+            qn = tl.load(qn_src + n_off, mask=m[:, None], other=0.0)  # [C, DK]
+        kn = tl.load(kn_src + n_off, mask=m[:, None], other=0.0)  # [C, DK]
     if not WITH_Q:
         qn = kn
     return r, m, qn, kn
 
 
 @triton.jit
-def _chunk_mats(r, row, cbase, g_ptr, tq_ptr, offs_c, C: tl.constexpr, WITH_AQK: tl.constexpr):
+def _chunk_mats(r, row, cbase, g_ptr, tq_src, offs_c, C: tl.constexpr, WITH_AQK: tl.constexpr,
+                TMA: tl.constexpr):  # fmt: skip
     """The chunk's cumulative log-decay G [C] and its last entry, Tb [C, C] and (only ``WITH_AQK``, else
-    Tb again) Aqk [C, C] (fp16) for chunk-head pair ``cbase``."""
+    Tb again) Aqk [C, C] (fp16) for chunk-head pair ``cbase`` (``TMA``: from the descriptor's
+    [chunks * HV * 2 * C, C] view of the pairs)."""
     G = tl.load(g_ptr + cbase * C + offs_c)  # [C]
     g_last = tl.load(g_ptr + cbase * C + C - 1)
-    # row offsets from the loop-carried `row`, so the [C, C] offset tensor is not hoisted (and kept live)
-    t_rows = (r - row) * C
-    tile = tq_ptr + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
-    tb = tl.load(tile)  # [C, C]
-    if WITH_AQK:
-        aqk = tl.load(tile + C * C)  # [C, C]
+    if TMA:
+        tb = tq_src.load([(cbase * 2 * C).to(tl.int32), 0])  # [C, C]
+        if WITH_AQK:
+            aqk = tq_src.load([(cbase * 2 * C + C).to(tl.int32), 0])  # [C, C]
     else:
+        # row offsets from the loop-carried `row`, so the [C, C] offset tensor is not hoisted (and kept live)
+        t_rows = (r - row) * C
+        tile = tq_src + cbase * 2 * C * C + t_rows[:, None] + offs_c[None, :]
+        tb = tl.load(tile)  # [C, C]
+        if WITH_AQK:
+            aqk = tl.load(tile + C * C)  # [C, C]
+    if not WITH_AQK:
         aqk = tb
     return G, g_last, tb, aqk
 
 
 @triton.jit
-def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr, sv_t,
-                    sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
-                    C: tl.constexpr):  # fmt: skip
+def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src, sv_t,
+                    sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr,
+                    DK: tl.constexpr, C: tl.constexpr, TMA: tl.constexpr):  # fmt: skip
     """``_scan_chunks`` (with outputs) on the transposed state tile ``S [BV, DK]``: every product is
     transposed so that its left operand (the state, X, Vn, the decayed Vn) comes from registers and only
     the chunk's q, k, Tb and Aqk are read from shared memory, once per product (BV 64: wgmma's M;
     smaller tiles compile to mma.sync, whose operands all come from registers)."""
     for j in range(j_lo, j_hi):
-        r, m, qn, kn = _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK, DK, True)
+        r, m, qn, kn = _chunk_qk(row, eos, c0 + j, i_kh, qn_src, kn_src, offs_k, offs_c, HK, DK, C, True, TMA)
         vt = tl.load(
             v_ptr + r[None, :] * sv_t + i_h * sv_h + offs_v[:, None], mask=m[None, :], other=0.0
         )  # [BV, C]
-        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_ptr, offs_c, C, True)
+        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_src, offs_c, C, True, TMA)
         eg = tl.exp(G)
         s16 = S.to(tl.float16)  # [BV, DK]
         xt = vt.to(tl.float32) - tl.dot(s16, tl.trans(kn)) * eg[None, :]  # [BV, C]: X^T
@@ -518,20 +560,20 @@ def _scan_chunks_st(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_pt
 
 
 @triton.jit
-def _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_ptr, kn_ptr, v_ptr, o_ptr, g_ptr, tq_ptr, sv_t, sv_h,
+def _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src, sv_t, sv_h,
                  so_t, so_h, offs_k, offs_v, offs_c, HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
-                 DV: tl.constexpr, C: tl.constexpr, OUT: tl.constexpr):  # fmt: skip
+                 DV: tl.constexpr, C: tl.constexpr, OUT: tl.constexpr, TMA: tl.constexpr):  # fmt: skip
     """The scan's loop over a sequence's chunks [j_lo, j_hi) from state ``S [DK, BV]`` (fp32) at token
     ``row``: (S, row) after them. ``OUT``: write the chunks' output rows; without, the columns
     ``offs_v >= DV`` see v = 0 (a transition matrix's). A loop of its own per ``OUT``: a branch inside
     the loop would keep Triton from pipelining its loads."""
     for j in range(j_lo, j_hi):
-        r, m, qn, kn = _chunk_qk(row, eos, i_kh, qn_ptr, kn_ptr, offs_k, offs_c, HK, DK, OUT)
+        r, m, qn, kn = _chunk_qk(row, eos, c0 + j, i_kh, qn_src, kn_src, offs_k, offs_c, HK, DK, C, OUT, TMA)
         v_ok = m[:, None]
         if not OUT:
             v_ok = v_ok & (offs_v[None, :] < DV)
         vc = tl.load(v_ptr + r[:, None] * sv_t + i_h * sv_h + offs_v[None, :], mask=v_ok, other=0.0)
-        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_ptr, offs_c, C, OUT)
+        G, g_last, tb, aqk = _chunk_mats(r, row, (c0 + j) * HV + i_h, g_ptr, tq_src, offs_c, C, OUT, TMA)
         eg = tl.exp(G)
         s16 = S.to(tl.float16)
         x = vc.to(tl.float32) - eg[:, None] * tl.dot(kn, s16)  # [C, BV]
@@ -646,6 +688,8 @@ def gdn_prefill(
         # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
         # lengths stay on the device) and at most 16 parts for the whole batch
         "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK), nb, nb * hv * max(1, dv // 32)),
+        # the scan reads q, k, Tb and Aqk by TMA (None: on Hopper at BV <= 32, see ``_use_tma``)
+        "tma": None,
     }
     if _config:
         unknown = sorted(set(_config) - set(cfg))
@@ -664,14 +708,26 @@ def gdn_prefill(
         cfg["transposed"] = False  # the plan's choice, overridden by the caller's BV or parts
     if cfg["transposed"] and part_len:
         raise ValueError(f"_config: the transposed scan takes no parts, got part_chunks {part_len}")
+    tma = _use_tma(q.device, bv, bool(cfg["transposed"])) if cfg["tma"] is None else bool(cfg["tma"])
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
     c = CHUNK
     g_buf = torch.empty(n_chunk_max, hv, c, dtype=torch.float32, device=q.device)
-    kn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
-    qn_buf = torch.empty(t, hk, dk, dtype=torch.float16, device=q.device)
+    # normalised q, k: chunk-major for TMA (the prep zero-pads each sequence's last chunk), else token-major
+    n_shape = (n_chunk_max, hk, c, dk) if tma else (t, hk, dk)
+    kn_buf = torch.empty(n_shape, dtype=torch.float16, device=q.device)
+    qn_buf = torch.empty(n_shape, dtype=torch.float16, device=q.device)
     tq_buf = torch.empty(n_chunk_max, hv, 2, c, c, dtype=torch.float16, device=q.device)  # Tb, Aqk
+    scan_src = (qn_buf, kn_buf, tq_buf)
+    if tma:
+        if tq_buf.numel() // c >= 2**31 or kn_buf.numel() // dk >= 2**31:  # TMA coordinates are int32
+            raise ValueError(f"q: {t} tokens over {nb} sequences is past the TMA scan's int32 tile rows")
+        scan_src = (
+            TensorDescriptor.from_tensor(qn_buf.view(-1, dk), [c, dk]),
+            TensorDescriptor.from_tensor(kn_buf.view(-1, dk), [c, dk]),
+            TensorDescriptor.from_tensor(tq_buf.view(-1, c), [c, c]),
+        )
     a_dtype = torch.float16 if cfg["a_fp16"] else torch.float32
     a_buf = torch.empty(n_chunk_max, hv, 10, 16, 16, dtype=a_dtype, device=q.device)  # A's lower blocks
     segments = _segments(n_chunk_max, cfg["first_segment"], 0 if part_len > 0 else cfg["segment_chunks"])
@@ -684,7 +740,7 @@ def gdn_prefill(
         _chunk_prep_kernel[(hi - lo, hk)](
             q, k, a, b, A_log, dt_bias, cu_seqlens, g_buf, kn_buf, qn_buf, tq_buf, a_buf, nb, lo, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0),
-            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, num_warps=cfg["prep_warps"],
+            HV=hv, HK=hk, GROUP=hv // hk, DK=dk, C=c, BLOCK_B=block_b, CHUNK_MAJOR=tma, num_warps=cfg["prep_warps"],
             **_maxnreg(cfg["prep_maxnreg"]),
         )  # fmt: skip
         _chunk_inverse_kernel[(hi - lo, hv)](
@@ -699,11 +755,11 @@ def gdn_prefill(
         start, trans, part_len, n_parts = parts
         v_tiles = (dv + dk) // bv if phase == 1 else dv // bv  # phase 1: + the transition's tiles
         _chunk_scan_kernel[(v_tiles, hv, nb * n_parts)](
-            qn_buf, kn_buf, v, o, cu_seqlens, g_buf, tq_buf, state, state_slots, has_initial_state, carry,
+            scan_src[0], scan_src[1], v, o, cu_seqlens, g_buf, scan_src[2], state, state_slots, has_initial_state, carry,
             carry if start is None else start, carry if trans is None else trans, lo, hi, part_len, n_parts,
             v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
             HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
-            ST=bool(cfg["transposed"]) and phase == 0,
+            ST=bool(cfg["transposed"]) and phase == 0, TMA=tma,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"] if phase == 0 else cfg["part_stages"],
         )  # fmt: skip
 
@@ -777,6 +833,15 @@ def _scan_tiles(device: torch.device, nb: int, hv: int, dv: int, pipelined: bool
     if dv % 64 == 0 and nb * hv * (dv // 64) > sms:
         return 64, 2, True
     return bv, 2, False
+
+
+def _use_tma(device: torch.device, bv: int, transposed: bool) -> bool:
+    """Whether the scan reads its chunk tiles by TMA: on Hopper (where it was measured) with column tiles
+    of at most 32 (one program per SM, bound by its instruction stream). H200 device ms, pointers -> TMA
+    (scripts/gdn_parts_probe.py, BENCHMARKS.md): 2/8 x 2 x 16384 (BV 16) 0.417 -> 0.381, 16/32 x 32768
+    (BV 32, segments) 1.085 -> 1.048; at BV 64 TMA lost: 16/64 x 32768 1.582 -> 1.733, transposed
+    16/32 x 8 x 2048 0.427 -> 0.450 (there the scan compiled to 255 registers and spilled)."""
+    return _is_hopper(device) and bv <= 32 and not transposed
 
 
 def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles: int) -> bool:
