@@ -32,9 +32,10 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
    On Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb and Aqk tiles come by
-   TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per tile and no per-thread addresses or masks, which took a third of a chunk's
-   instructions (ncu: a lone sequence's scan is bound by its instruction stream). v stays a masked
-   load: a NaN in one sequence's v must not reach another's state through an exact-zero Tb row.
+   TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per tile and no per-thread
+   addresses or masks, which took a third of a chunk's instructions (ncu: a lone sequence's scan is
+   bound by its instruction stream). v stays a masked load: a NaN in one sequence's v must not reach
+   another's state through an exact-zero Tb row.
    When the batch gives more programs than SMs, two share an SM (2 pipeline stages), and the tile
    is held transposed, S^T [64, Dk] (``_scan_chunks_st``): the same products transposed, so every
    left operand (S^T, X^T, Vn^T) comes from registers and only Qn, Kn, Tb, Aqk are read from shared
@@ -441,7 +442,8 @@ def _chunk_scan_kernel(
                               sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, True, TMA)  # fmt: skip
     else:
         S, row = _scan_chunks(S, row, j_lo, j_hi, c0, eos, i_h, i_kh, qn_src, kn_src, v_ptr, o_ptr, g_ptr, tq_src,
-                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False, TMA)  # fmt: skip
+                              sv_t, sv_h, so_t, so_h, offs_k, offs_v, offs_c, HV, HK, DK, DV, C, False,
+                              TMA)  # fmt: skip
     # (row - bos - j_hi * C) == 0, but loop-carried: keeps the state tile's store pointers from being
     # computed before the loop and held in registers through it
     zero = row - bos - j_hi * C
@@ -755,7 +757,7 @@ def gdn_prefill(
         start, trans, part_len, n_parts = parts
         v_tiles = (dv + dk) // bv if phase == 1 else dv // bv  # phase 1: + the transition's tiles
         _chunk_scan_kernel[(v_tiles, hv, nb * n_parts)](
-            scan_src[0], scan_src[1], v, o, cu_seqlens, g_buf, scan_src[2], state, state_slots, has_initial_state, carry,
+            *scan_src[:2], v, o, cu_seqlens, g_buf, scan_src[2], state, state_slots, has_initial_state, carry,
             carry if start is None else start, carry if trans is None else trans, lo, hi, part_len, n_parts,
             v.stride(0), v.stride(1), o.stride(0), o.stride(1), *ss,
             HV=hv, HK=hk, GROUP=hv // hk, DK=dk, DV=dv, BV=bv, C=c, BLOCK_B=block_b, PHASE=phase,
