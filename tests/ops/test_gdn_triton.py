@@ -101,10 +101,10 @@ def test_prefill_transposed_scan_matches_reference(lens, layout, sdtype, ratio, 
 
 
 @_plan_sweep
-@pytest.mark.parametrize("config", [{"tma": False}, {"tma": True, "BV": 64}], ids=["pointers", "tma-bv64"])
-def test_prefill_scan_sources_match_reference(lens, layout, sdtype, ratio, config):
-    """The scan's chunk tiles by pointers where the plan would take TMA, and by TMA at 64-column tiles
-    where it would not (``_use_tma``): the same acceptance as the default scan."""
+@pytest.mark.parametrize("config", [{"tma": True}, {"tma": True, "BV": 64}], ids=["tma", "tma-bv64"])
+def test_prefill_tma_scan_matches_reference(lens, layout, sdtype, ratio, config):
+    """The scan's chunk tiles by TMA (``_use_tma`` takes it for long sequences only) at the plan's column
+    tiles and at 64-column ones: the same acceptance as the default scan."""
     _check_prefill(lens, layout, sdtype, ratio, config)
 
 
@@ -113,12 +113,12 @@ def test_prefill_scan_sources_match_reference(lens, layout, sdtype, ratio, confi
     "config",
     [
         None,
-        {"tma": False},
+        {"tma": True},
         {"segment_chunks": 16, "first_segment": 1},
         {"part_chunks": 16},
         {"transposed": True, "BV": 64},
     ],
-    ids=["default", "pointers", "segments", "parts", "transposed"],
+    ids=["default", "tma", "segments", "parts", "transposed"],
 )
 def test_prefill_negative_slot_is_padding(config):
     """A sequence on a negative slot (flagged with an initial state) starts from zero and its final state
@@ -599,18 +599,22 @@ def test_prefill_scan_plan(monkeypatch):
 
 
 def test_prefill_tma_plan(monkeypatch):
-    """TMA for the scan's chunk tiles on Hopper at column tiles of at most 32, never transposed; pointers
-    elsewhere (CPU, other cards)."""
+    """TMA for the scan's chunk tiles on Hopper, over sequences of 8192 tokens and more on average, at
+    column tiles of at most 32, never transposed or in parts; pointers elsewhere (CPU, other cards)."""
     pytest.importorskip("triton")
     from deltaserve.ops.gdn import prefill
 
     cuda = torch.device("cuda")
-    assert not prefill._use_tma(torch.device("cpu"), 32, False)
+    assert not prefill._use_tma(torch.device("cpu"), 32, False, False, 512)
     monkeypatch.setattr(prefill, "_is_hopper", lambda device: True)
-    assert prefill._use_tma(cuda, 16, False) and prefill._use_tma(cuda, 32, False)
-    assert not prefill._use_tma(cuda, 64, False) and not prefill._use_tma(cuda, 64, True)
+    assert prefill._use_tma(cuda, 16, False, False, 256) and prefill._use_tma(cuda, 32, False, False, 128)
+    assert not prefill._use_tma(cuda, 32, False, False, 127)  # under 8192 tokens per sequence
+    assert not prefill._use_tma(cuda, 32, False, True, 512)  # parts
+    assert not prefill._use_tma(cuda, 64, False, False, 512) and not prefill._use_tma(
+        cuda, 64, True, False, 512
+    )
     monkeypatch.setattr(prefill, "_is_hopper", lambda device: False)
-    assert not prefill._use_tma(cuda, 32, False)
+    assert not prefill._use_tma(cuda, 32, False, False, 512)
 
 
 def test_kernels_under_triton_interpreter():

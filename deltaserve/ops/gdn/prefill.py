@@ -31,7 +31,7 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
-   On Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb and Aqk tiles come by
+   For long sequences on Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb and Aqk tiles come by
    TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per tile and no per-thread
    addresses or masks, which took a third of a chunk's instructions (ncu: a lone sequence's scan is
    bound by its instruction stream). v stays a masked load: a NaN in one sequence's v must not reach
@@ -690,7 +690,7 @@ def gdn_prefill(
         # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
         # lengths stay on the device) and at most 16 parts for the whole batch
         "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK), nb, nb * hv * max(1, dv // 32)),
-        # the scan reads q, k, Tb and Aqk by TMA (None: on Hopper at BV <= 32, see ``_use_tma``)
+        # the scan reads q, k, Tb and Aqk by TMA (None: long sequences on Hopper at BV <= 32, ``_use_tma``)
         "tma": None,
     }
     if _config:
@@ -710,7 +710,10 @@ def gdn_prefill(
         cfg["transposed"] = False  # the plan's choice, overridden by the caller's BV or parts
     if cfg["transposed"] and part_len:
         raise ValueError(f"_config: the transposed scan takes no parts, got part_chunks {part_len}")
-    tma = _use_tma(q.device, bv, bool(cfg["transposed"])) if cfg["tma"] is None else bool(cfg["tma"])
+    if cfg["tma"] is None:
+        tma = _use_tma(q.device, bv, bool(cfg["transposed"]), part_len > 0, triton.cdiv(t, CHUNK) // nb)
+    else:
+        tma = bool(cfg["tma"])
     if scale is None:
         scale = dk**-0.5
     o = torch.empty(t, hv, dv, dtype=q.dtype, device=q.device)
@@ -837,13 +840,20 @@ def _scan_tiles(device: torch.device, nb: int, hv: int, dv: int, pipelined: bool
     return bv, 2, False
 
 
-def _use_tma(device: torch.device, bv: int, transposed: bool) -> bool:
-    """Whether the scan reads its chunk tiles by TMA: on Hopper (where it was measured) with column tiles
-    of at most 32 (one program per SM, bound by its instruction stream). H200 device ms, pointers -> TMA
-    (scripts/gdn_parts_probe.py, BENCHMARKS.md): 2/8 x 2 x 16384 (BV 16) 0.417 -> 0.381, 16/32 x 32768
-    (BV 32, segments) 1.085 -> 1.048; at BV 64 TMA lost: 16/64 x 32768 1.582 -> 1.733, transposed
-    16/32 x 8 x 2048 0.427 -> 0.450 (there the scan compiled to 255 registers and spilled)."""
-    return _is_hopper(device) and bv <= 32 and not transposed
+def _use_tma(device: torch.device, bv: int, transposed: bool, parts: bool, mean_chunks: int) -> bool:
+    """Whether the scan reads its chunk tiles by TMA: on Hopper (where it was measured), one pass or
+    segments (no parts) with column tiles of at most 32 (one program per SM, bound by its instruction
+    stream), over sequences of ``_TMA_MIN_CHUNKS`` chunks and more on average.
+
+    Each TMA scan launch costs the host ~20-50 us more (descriptors built and encoded per launch), so
+    TMA is kept to the long scans that save more device time than that, where a model's prefill is
+    bound by the device anyway. H200 device ms, pointers -> TMA (scripts/gdn_parts_probe.py,
+    scripts/gdn_prefill_host_probe.py, BENCHMARKS.md): 2/8 x 2 x 16384 (BV 16) 0.417 -> 0.381,
+    16/32 x 32768 (BV 32, five segment launches) 1.089 -> 1.045; 16/32 x 4096 0.161 -> 0.159 and
+    2/8 x 32768 in parts 0.478 -> 0.473, less than the host adds. At BV 64 TMA lost: 16/64 x 32768
+    1.582 -> 1.733, transposed 16/32 x 8 x 2048 0.427 -> 0.450 (the scan compiled to 255 registers and
+    spilled)."""
+    return _is_hopper(device) and bv <= 32 and not transposed and not parts and mean_chunks >= _TMA_MIN_CHUNKS
 
 
 def _pipelined(device: torch.device, n_chunk_max: int, nb: int, hv: int, v_tiles: int) -> bool:
@@ -878,6 +888,7 @@ def _part_chunks(device: torch.device, total_chunks: int, nb: int, tiles: int) -
 
 _PREP_MAXNREG_HOPPER = 168  # the prep's register cap on sm_90 (three programs per SM)
 
+_TMA_MIN_CHUNKS = 128  # sequences of 8192 tokens and more, on average
 _PARTS_MIN_CHUNKS = 128  # sequences of 8192 tokens and more (measured down to there)
 _PARTS_MAX_TILES = 32  # Hv 16 (64 tiles) in 5 parts: 0.89 ms against 0.88 in pipelined segments
 _PARTS_PER_SM = 1.7
