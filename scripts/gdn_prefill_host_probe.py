@@ -67,16 +67,8 @@ def main() -> None:
                 k: round(statistics.median(r[k] for r in mine), 4)
                 for k in ("host_us", "timed_ms", "device_ms")
             }
-            print(
-                label,
-                "|",
-                name,
-                "|",
-                meds,
-                "| host per round",
-                [round(r["host_us"]) for r in mine],
-                flush=True,
-            )
+            per_round = [round(r["host_us"]) for r in mine]
+            print(f"{label} | {name} | {meds} | host per round {per_round}", flush=True)
         with open(out_path, "w") as f:
             json.dump(res, f, indent=1)
         if os.environ.get("PROFILE") == "1":

@@ -6,8 +6,8 @@ spill counts read off such a compile would mislead).
 
 Prefill: the prep under its register cap, the inverse on fp16 tensor-core products, and the scan in each
 plan (the transposed one's products all take their left operand from registers; the TMA plans' chunk
-tiles come by bulk tensor copies), so that a kernel edit
-that breaks the sm_90 compile fails here rather than on the first device run."""
+tiles come by bulk tensor copies), so that a kernel edit that breaks the sm_90 compile fails here
+rather than on the first device run."""
 
 from __future__ import annotations
 

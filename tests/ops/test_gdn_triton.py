@@ -468,13 +468,13 @@ _INTERPRET_SCRIPT = textwrap.dedent(
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"segment_chunks": 1, "first_segment": 1})
     # ... with the 70-token sequence on a negative slot (flagged with an initial state): from zero, and
     # neither its carry's end nor its final state reaches the pool
-    pool_run(q, k, v, a, b, A_log, cu2, torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1]),
-             {"segment_chunks": 1, "first_segment": 1})
+    pad_slots2, pad_init2 = torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1])
+    pool_run(q, k, v, a, b, A_log, cu2, pad_slots2, pad_init2, {"segment_chunks": 1, "first_segment": 1})
     # the scan's chunk tiles by TMA descriptors (the prep's chunk-major, zero-padded q and k), in one-chunk
     # segments with an empty sequence, and on a negative slot
     tma_segments = {"tma": True, "segment_chunks": 1, "first_segment": 1}
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, tma_segments)
-    pool_run(q, k, v, a, b, A_log, cu2, torch.tensor([4, -1, 3, 2]), torch.tensor([1, 1, 0, 1]), tma_segments)
+    pool_run(q, k, v, a, b, A_log, cu2, pad_slots2, pad_init2, tma_segments)
     # the inverse's products on fp16 operands, from A's blocks stored in fp16
     pool_run(q, k, v, a, b, A_log, cu2, slots2, init2, {"inverse_precision": "fp16", "diag_precision": "fp16",
                                                         "a_fp16": True})

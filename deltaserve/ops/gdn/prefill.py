@@ -31,11 +31,11 @@ Three kernels (C = 64 tokens per chunk, d = Dk = Dv):
    about 8x finer than bf16 operands: the carried state stays within ~2e-4 of fp32 over long
    sequences. Trap: fp16 tops out at 65504; unit q/k, Tb and Aqk are far below it, and the state,
    X and Vn scale with |v|, so values must stay below ~1e4.
-   For long sequences on Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb and Aqk tiles come by
-   TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per tile and no per-thread
-   addresses or masks, which took a third of a chunk's instructions (ncu: a lone sequence's scan is
-   bound by its instruction stream). v stays a masked load: a NaN in one sequence's v must not reach
-   another's state through an exact-zero Tb row.
+   For long sequences on Hopper with column tiles of at most 32 (``_use_tma``) the chunk's q, k, Tb
+   and Aqk tiles come by TMA (host-side tensor descriptors of the buffers' 2-D views): one copy per
+   tile and no per-thread addresses or masks, which took a third of a chunk's instructions (ncu: a
+   lone sequence's scan is bound by its instruction stream). v stays a masked load: a NaN in one
+   sequence's v must not reach another's state through an exact-zero Tb row.
    When the batch gives more programs than SMs, two share an SM (2 pipeline stages), and the tile
    is held transposed, S^T [64, Dk] (``_scan_chunks_st``): the same products transposed, so every
    left operand (S^T, X^T, Vn^T) comes from registers and only Qn, Kn, Tb, Aqk are read from shared
@@ -660,7 +660,8 @@ def gdn_prefill(
     if dk not in (64, 128) or dv & (dv - 1) or dv < 16:
         raise ValueError(f"v: unsupported head dims Dk={dk}, Dv={dv} for the Triton prefill")
     t = q.shape[0]
-    n_chunk_max = triton.cdiv(t, CHUNK) + nb
+    n_chunks = triton.cdiv(t, CHUNK)  # T in chunks; each sequence's partial last chunk may add one more
+    n_chunk_max = n_chunks + nb
     pipelined = _pipelined(q.device, n_chunk_max, nb, hv, dv // min(_bv_one_pass(nb, hv, dv), dv))
     bv_default, stages, transposed = _scan_tiles(q.device, nb, hv, dv, pipelined)
     precision = _inverse_precision(q.device)
@@ -689,7 +690,7 @@ def gdn_prefill(
         "part_stages": 2,
         # sequences cut into parts of this many chunks (0: none), from the mean sequence length (the
         # lengths stay on the device) and at most 16 parts for the whole batch
-        "part_chunks": _part_chunks(q.device, triton.cdiv(t, CHUNK), nb, nb * hv * max(1, dv // 32)),
+        "part_chunks": _part_chunks(q.device, n_chunks, nb, nb * hv * max(1, dv // 32)),
         # the scan reads q, k, Tb and Aqk by TMA (None: long sequences on Hopper at BV <= 32, ``_use_tma``)
         "tma": None,
     }
@@ -711,7 +712,7 @@ def gdn_prefill(
     if cfg["transposed"] and part_len:
         raise ValueError(f"_config: the transposed scan takes no parts, got part_chunks {part_len}")
     if cfg["tma"] is None:
-        tma = _use_tma(q.device, bv, bool(cfg["transposed"]), part_len > 0, triton.cdiv(t, CHUNK) // nb)
+        tma = _use_tma(q.device, bv, bool(cfg["transposed"]), part_len > 0, n_chunks // nb)
     else:
         tma = bool(cfg["tma"])
     if scale is None:
@@ -771,7 +772,7 @@ def gdn_prefill(
     if part_len > 0:
         # parts of every sequence scanned side by side: local states and transitions, their combination
         # in part order, then the outputs from the combined states (``_chunk_scan_kernel`` PHASE 1, 2)
-        n_parts = triton.cdiv(triton.cdiv(t, c), part_len)  # bound: parts of a sequence of all T tokens
+        n_parts = triton.cdiv(n_chunks, part_len)  # bound: parts of a sequence of all T tokens
         if nb * n_parts > 65535:
             raise ValueError(
                 f"_config: part_chunks={part_len} gives {nb} x {n_parts} parts, over the grid limit"
